@@ -1,0 +1,155 @@
+"""Token sequences in, right-padded batches out, and the per-sample masks that go with them.
+
+Every hook takes a list of samples (token id sequences of any lengths) and returns one result per sample in the
+input order. Inside, samples are grouped by length into batches of `batch_size`, right-padded (so position ids and
+the causal mask of real tokens are those of an unpadded run), and per-sample masks are padded with False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from leaf.errors import LeafError
+
+# A mask for one sample: booleans (or 0/1) of the sample's length, or a tensor of them.
+MaskLike = Sequence[bool] | Sequence[int] | torch.Tensor
+
+
+@dataclass
+class TokenBatch:
+    """Right-padded ids with their attention mask; `index` maps batch rows back to input positions."""
+
+    input_ids: torch.Tensor       # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) long, 1 on real tokens
+    lengths: list[int]
+    index: list[int]
+
+    def pad_masks(self, masks: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-sample boolean masks (this batch's rows) -> (B, T) bool, False on padding."""
+        out = torch.zeros(self.input_ids.shape, dtype=torch.bool, device=self.input_ids.device)
+        for row, mask in enumerate(masks):
+            out[row, : mask.numel()] = mask.to(out.device)
+        return out
+
+
+def as_id_tensors(samples: Sequence[Sequence[int] | torch.Tensor], max_length: int | None) -> list[torch.Tensor]:
+    """Validate token id samples: non-empty, 1-D, not longer than the model accepts."""
+    if isinstance(samples, torch.Tensor) or (len(samples) and isinstance(samples[0], int)):
+        raise LeafError("Pass a list of samples (each a list or 1-D tensor of token ids), not a single sequence: "
+                        "wrap it as [ids].")
+    if len(samples) == 0:
+        raise LeafError("No samples given: pass a non-empty list of token id sequences.")
+    out = []
+    for i, sample in enumerate(samples):
+        ids = torch.as_tensor(sample, dtype=torch.long)
+        if ids.dim() != 1:
+            raise LeafError(f"Sample {i} has shape {tuple(ids.shape)}; each sample must be a 1-D sequence of token ids "
+                            "(unpadded). Split a (B, T) batch into its rows without padding.")
+        if ids.numel() == 0:
+            raise LeafError(f"Sample {i} is empty (0 tokens). Drop it, or check the text and the chat template that "
+                            "produced it.")
+        if max_length is not None and ids.numel() > max_length:
+            raise LeafError(f"Sample {i} has {ids.numel()} tokens but the model accepts at most {max_length} "
+                            "(max_position_embeddings). Truncate the sample or use a model with a longer context.")
+        out.append(ids)
+    return out
+
+
+def as_masks(masks: Sequence[MaskLike] | None, ids: Sequence[torch.Tensor], what: str) -> list[torch.Tensor] | None:
+    """Validate per-sample masks against the samples' lengths; None stays None."""
+    if masks is None:
+        return None
+    if isinstance(masks, torch.Tensor) and masks.dim() == 2 and masks.shape[0] == len(ids):
+        masks = [row[: len(sample)] for row, sample in zip(masks, ids)]
+    if len(masks) != len(ids):
+        raise LeafError(f"{what} has {len(masks)} entries for {len(ids)} samples: give one mask per sample.")
+    out = []
+    for i, (mask, sample) in enumerate(zip(masks, ids)):
+        mask = torch.as_tensor(mask).bool().flatten()
+        if mask.numel() != sample.numel():
+            raise LeafError(f"{what} of sample {i} has {mask.numel()} entries but the sample has {sample.numel()} "
+                            "tokens: the mask must mark the sample's own tokens, one entry per token.")
+        out.append(mask)
+    return out
+
+
+def iter_batches(ids: Sequence[torch.Tensor], batch_size: int, pad_id: int,
+                 device: torch.device) -> Iterator[TokenBatch]:
+    """Group samples of similar length (longest first) into right-padded batches."""
+    if batch_size < 1:
+        raise LeafError(f"batch_size must be at least 1, got {batch_size}.")
+    order = sorted(range(len(ids)), key=lambda i: -ids[i].numel())
+    for start in range(0, len(order), batch_size):
+        index = order[start: start + batch_size]
+        lengths = [ids[i].numel() for i in index]
+        input_ids = torch.full((len(index), max(lengths)), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, i in enumerate(index):
+            input_ids[row, : lengths[row]] = ids[i]
+            attention_mask[row, : lengths[row]] = 1
+        yield TokenBatch(input_ids.to(device), attention_mask.to(device), lengths, index)
+
+
+@dataclass
+class EncodedSample:
+    """One prompt/response pair rendered and tokenized, with the masks hooks take and character offsets."""
+
+    text: str
+    input_ids: torch.Tensor       # (T,)
+    offsets: torch.Tensor         # (T, 2) character spans of each token in `text`
+    prompt_mask: torch.Tensor     # (T,) tokens inside the prompt's text
+    response_mask: torch.Tensor   # (T,) tokens inside the response's text
+    special_mask: torch.Tensor    # (T,) special/template tokens (BOS, role markers): never content
+    prompt_span: tuple[int, int]
+    response_span: tuple[int, int]
+
+
+def encode_prompt_response(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, *,
+                           chat_template: bool = True) -> EncodedSample:
+    """Render (prompt, response) as one user/assistant exchange and tokenize it with character offsets.
+
+    With chat_template=True the tokenizer's chat template renders it (the tokenizer must have one); with False the
+    text is `bos + prompt + "\\n" + response`. Token masks come from character offsets, so they are exact for any
+    tokenizer, including ones whose tokens straddle the prompt/response boundary (such tokens count as neither).
+    """
+    if not prompt:
+        raise LeafError("The prompt is empty: every sample needs an instruction/question text.")
+    if chat_template:
+        if not getattr(tokenizer, "chat_template", None):
+            raise LeafError(f"The tokenizer of {tokenizer.name_or_path!r} has no chat template. Pass "
+                            "chat_template=False to join prompt and response with a newline, or use an instruct "
+                            "model's tokenizer.")
+        head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": response}], tokenize=False)
+        if not text.startswith(head):
+            raise LeafError("The chat template does not render the prompt with a generation prompt as a prefix of the "
+                            "full exchange, so the response position is ambiguous. Use chat_template=False.")
+        prompt_start = head.find(prompt)
+        response_start = text.find(response, len(head)) if response else len(text)
+    else:
+        head = (tokenizer.bos_token or "") + prompt + "\n"
+        text = head + response
+        prompt_start, response_start = len(tokenizer.bos_token or ""), len(head)
+    if prompt_start < 0 or response_start < 0:
+        raise LeafError("The chat template changed the prompt or response text (e.g. stripped whitespace), so their "
+                        "tokens cannot be located. Strip the texts first or use chat_template=False.")
+    prompt_span = (prompt_start, prompt_start + len(prompt))
+    response_span = (response_start, response_start + len(response))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = torch.tensor(enc["offset_mapping"], dtype=torch.long).reshape(-1, 2)
+    special_ids = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    ids = torch.tensor(enc["input_ids"], dtype=torch.long)
+    special = torch.tensor([int(i) in special_ids for i in ids.tolist()], dtype=torch.bool)
+
+    def inside(span: tuple[int, int]) -> torch.Tensor:
+        return (offsets[:, 0] >= span[0]) & (offsets[:, 1] <= span[1]) & (offsets[:, 1] > offsets[:, 0]) & ~special
+
+    return EncodedSample(text=text, input_ids=ids, offsets=offsets, prompt_mask=inside(prompt_span),
+                         response_mask=inside(response_span), special_mask=special, prompt_span=prompt_span,
+                         response_span=response_span)

@@ -1,0 +1,161 @@
+"""Load any Hugging Face causal LM for hooking: safe defaults, clear errors, one wrapper for every architecture.
+
+    from leaf.hooks import load_model
+    model = load_model("Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16", device="cuda")   # or a local folder
+
+Safe by default: weights load from safetensors only (pickle `.bin` checkpoints can run code when loaded, so they
+need `allow_pickle=True`), and `trust_remote_code` stays off unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nnsight
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from leaf.errors import LeafError
+from leaf.hooks.architecture import Architecture, discover, execution_order
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CAUSAL_CLASSES = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+@dataclass
+class HookedModel:
+    """A loaded causal LM with its tokenizer, its nnsight wrapper and the module paths leaf hooks.
+
+    `hf_model` is the plain transformers model (use it as usual); `nnsight` wraps the same object for tracing
+    (`with model.nnsight.trace(input_ids=...)`), so researchers can write their own interventions next to
+    leaf's built-ins.
+    """
+
+    hf_model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    arch: Architecture
+    name: str
+    nnsight: nnsight.NNsight = field(repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    @property
+    def max_length(self) -> int | None:
+        config = self.hf_model.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return int(value) if value else None
+
+    @property
+    def pad_token_id(self) -> int:
+        for value in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0):
+            if value is not None:
+                return int(value)
+        return 0
+
+    @functools.cached_property
+    def execution_order(self) -> dict[str, int]:
+        return execution_order(self.hf_model, self.device)
+
+
+def wrap_model(hf_model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: str = "model") -> HookedModel:
+    """Wrap an already-loaded transformers causal LM (e.g. one you are training) for leaf's hooks."""
+    return HookedModel(hf_model=hf_model, tokenizer=tokenizer, arch=discover(hf_model), name=name,
+                       nnsight=nnsight.NNsight(hf_model))
+
+
+def _check_local_folder(path: Path, allow_pickle: bool) -> None:
+    if not path.is_dir():
+        raise LeafError(f"Model path {str(path)!r} is a file, not a folder. Pass the folder that holds config.json "
+                        "and the weights.")
+    if not (path / "config.json").is_file():
+        raise LeafError(f"{str(path)!r} is not a Hugging Face model folder: it has no config.json. Pass the folder "
+                        "written by save_pretrained (config.json, *.safetensors, tokenizer files).")
+    files = [p.name for p in path.iterdir() if p.is_file()]
+    if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in files):
+        return
+    pickled = sorted(name for name in files if name.endswith(PICKLE_SUFFIXES))
+    if pickled and not allow_pickle:
+        raise LeafError(
+            f"{str(path)!r} holds only pickle weights ({', '.join(pickled)}); loading pickle can run arbitrary code, "
+            "so leaf loads safetensors only. Convert once with `model.save_pretrained(dir, safe_serialization=True)` "
+            "from a trusted environment, or pass allow_pickle=True (CLI: --allow-pickle) if you trust the file.")
+    if not pickled:
+        raise LeafError(f"{str(path)!r} has a config.json but no weights (*.safetensors). Copy the weight files into "
+                        "the folder, or point to the folder that has them.")
+
+
+def _check_causal(config, source: str) -> None:
+    model_type = getattr(config, "model_type", "?")
+    archs = list(getattr(config, "architectures", None) or [])
+    causal_arch = not archs or any(a in _CAUSAL_CLASSES or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "is_encoder_decoder", False) \
+            or not causal_arch:
+        what = ", ".join(archs) or model_type
+        raise LeafError(f"{source!r} is a {what} checkpoint (model_type={model_type!r}), not a causal language "
+                        "model. leaf needs a decoder-only LM that AutoModelForCausalLM loads (Llama, Qwen, Mistral, "
+                        "GPT-2, ...).")
+
+
+def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
+               attn_implementation: str | None = None, allow_pickle: bool = False, trust_remote_code: bool = False,
+               revision: str | None = None) -> HookedModel:
+    """Load a causal LM and its tokenizer from a local folder or a hub id, in eval mode, ready for hooks.
+
+    dtype: "float32" (default), "bfloat16", "float16" or "auto" (the checkpoint's). attn_implementation: None
+    keeps transformers' default (SDPA); attention hooks switch to eager for the duration of a call, since SDPA
+    returns no probabilities. Weights are safetensors-only unless allow_pickle=True.
+    """
+    source = str(name_or_path)
+    path = Path(source).expanduser()
+    if path.exists():
+        _check_local_folder(path, allow_pickle)
+        source = str(path)
+    elif not _HUB_ID.match(source) or source.startswith((".", "/", "~")):
+        raise LeafError(f"Model path {source!r} does not exist. Pass a local folder written by save_pretrained or a "
+                        "hub id such as 'Qwen/Qwen2.5-0.5B-Instruct'.")
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise LeafError(f"Unknown dtype {dtype!r}. Available: {', '.join(DTYPES)}.")
+        dtype = DTYPES[dtype]
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise LeafError(f"Could not read the config of {source!r}: {exc}\nFor a hub id, check the name and that the "
+                        "hub is reachable (or download the model and pass its folder).") from None
+    _check_causal(config, source)
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, revision=revision,
+                  use_safetensors=None if allow_pickle else True)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+    except OSError as exc:
+        hint = (" The hub checkpoint may have only pickle weights: pass allow_pickle=True (--allow-pickle) if you "
+                "trust it." if not path.exists() and not allow_pickle else "")
+        raise LeafError(f"Could not load {source!r}: {exc}.{hint}") from None
+    hf_model.to(torch.device(device)).eval()
+    return wrap_model(hf_model, tokenizer, name=source)
+
+
+def model_summary(model: HookedModel) -> dict:
+    """A JSON-able description of a loaded model, for reports."""
+    return {"name": model.name, "class": type(model.hf_model).__name__, "dtype": str(model.dtype).replace("torch.", ""),
+            "device": str(model.device), "parameters": sum(p.numel() for p in model.hf_model.parameters()),
+            "architecture": json.loads(json.dumps(model.arch.__dict__))}

@@ -1,0 +1,3 @@
+from leaf.cli import main
+
+main()

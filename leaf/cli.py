@@ -1,0 +1,135 @@
+"""The `leaf` command line: thin typer adapters that build a config and call one library function.
+
+    leaf --help
+    leaf tiny-model --family qwen2 --output /tmp/tiny-qwen2
+    leaf saliency --model /tmp/tiny-qwen2 --prompt "Tom has 3 apples and a red hat. How many apples?" --response "3"
+
+Flags mean the same in every command: --teacher, --student, --model, --data, --output, --batch-size, --seed,
+--device, --dtype. A LeafError (bad input) prints its message and exits with code 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from leaf.errors import LeafError
+
+app = typer.Typer(
+    name="leaf", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="LeaF: find the confounding tokens a student leans on but its teacher ignores, prune them into "
+         "counterfactuals, and distil the teacher's focus into the student.")
+
+# The shared flags: one meaning everywhere.
+Teacher = Annotated[str, typer.Option("--teacher", help="Teacher model: local HF folder or hub id.")]
+Student = Annotated[str, typer.Option("--student", help="Student model: local HF folder or hub id.")]
+Model = Annotated[str, typer.Option("--model", help="Model: local HF folder or hub id.")]
+Data = Annotated[Path, typer.Option("--data", help="Dataset file (JSONL/JSON/CSV/Parquet) or folder.")]
+Output = Annotated[Path, typer.Option("--output", help="Output folder (or file where the command says so).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per forward/backward pass.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Device = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, ...")]
+Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto (the checkpoint's).")]
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle (.bin) weights: only for "
+                                                                   "files you trust (pickle can run code).")]
+
+
+def user_errors(command):
+    """Print a LeafError's message in red and exit 1, instead of a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LeafError as exc:
+            typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+def _not_built(name: str, issue: int):
+    @app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                 help=f"(not built yet: issue {issue})", add_help_option=False)
+    def command(ctx: typer.Context) -> None:
+        typer.secho(f"`leaf {name}` is not built yet (tracked in issue {issue}). Nothing was run.",
+                    fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(2)
+    return command
+
+
+_not_built("analyze", 3)
+_not_built("distill", 4)
+_not_built("serve", 5)
+_not_built("demo", 6)
+
+
+class Family(str, Enum):
+    llama = "llama"
+    qwen2 = "qwen2"
+    mistral = "mistral"
+    gpt2 = "gpt2"
+
+
+class Size(str, Enum):
+    tiny = "tiny"
+    small = "small"
+
+
+@app.command("tiny-model")
+@user_errors
+def tiny_model(output: Output, family: Annotated[Family, typer.Option(help="Architecture family.")] = Family.llama,
+               size: Annotated[Size, typer.Option(help="tiny (<1M params) or small (~10M).")] = Size.tiny,
+               seed: Seed = 0) -> None:
+    """Build a random causal LM with a byte-level tokenizer and chat template, offline, as a HF folder."""
+    from leaf.tiny_models import build_tiny_model
+
+    path = build_tiny_model(family.value, output, seed=seed, size=size.value)
+    typer.echo(f"wrote {family.value} ({size.value}, seed {seed}) to {path}")
+
+
+class Method(str, Enum):
+    grad = "grad"
+    grad_x_input = "grad_x_input"
+
+
+class Norm(str, Enum):
+    l2 = "l2"
+    l1 = "l1"
+
+
+@app.command("saliency")
+@user_errors
+def saliency(model: Model,
+             prompt: Annotated[str, typer.Option(help="The instruction / question text.")],
+             response: Annotated[str, typer.Option(help="The reference response whose NLL is differentiated.")],
+             method: Annotated[Method, typer.Option(help="grad or grad_x_input.")] = Method.grad,
+             norm: Annotated[Norm, typer.Option(help="Norm over the embedding dimension.")] = Norm.l2,
+             chat_template: Annotated[bool, typer.Option(help="Render with the tokenizer's chat template.")] = True,
+             top: Annotated[int, typer.Option(min=1, help="Rows in the printed table.")] = 10,
+             output: Annotated[Path | None, typer.Option("--output", help="Write the full report as JSON.")] = None,
+             device: Device = "cpu", dtype: Dtype = "float32", allow_pickle: AllowPickle = False,
+             json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+    """Per-token gradient saliency and attention share of one prompt/response on one model."""
+    from leaf.saliency_report import SaliencyReportConfig, format_report, saliency_report
+
+    config = SaliencyReportConfig(model=model, prompt=prompt, response=response, method=method.value,
+                                  norm=norm.value, chat_template=chat_template, device=device, dtype=dtype,
+                                  allow_pickle=allow_pickle, output=output)
+    report = saliency_report(config)
+    typer.echo(json.dumps(report, indent=2) if json_out else format_report(report, top=top))
+
+
+def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard load/save bars are noise next to leaf's own progress
+    app(prog_name="leaf")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Tiny random causal LMs, built offline, for tests, benchmarks and the demo.
+
+Each model is a normal Hugging Face folder (config.json, model.safetensors, tokenizer files with a chat template)
+that `AutoModelForCausalLM.from_pretrained`, `leaf.hooks.load_model` and vLLM's CPU backend all load. Nothing is
+downloaded: the weights are random, deterministic from a seed, and the tokenizer is byte-level (every UTF-8 byte is a
+token, so any text round-trips and character offsets are exact).
+
+    from leaf.tiny_models import build_tiny_model
+    path = build_tiny_model("qwen2", "/tmp/tiny-qwen2", seed=0)            # ~0.3M parameters
+    path = build_tiny_model("llama", "/tmp/small-llama", size="small")     # ~10M parameters
+
+Head dim is 32 everywhere: vLLM's CPU attention supports {32, 64, 80, ...} and fails at the first generate on 16.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+from leaf.errors import LeafError
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+SPECIAL_TOKENS = (BOS, EOS, PAD, *ROLE_TOKENS)
+
+# One turn: role marker, newline, content, end marker, newline. The BOS token at position 0 is the attention sink.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' }}\n{{ message['content'] }}{{ '<|end|>' }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySize:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    max_positions: int
+
+
+SIZES: dict[str, TinySize] = {
+    # Under 1M parameters: what the test suite uses.
+    "tiny": TinySize(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256,
+                     max_positions=1024),
+    # About 10M parameters: benchmarks and the demo.
+    "small": TinySize(hidden_size=384, num_layers=6, num_heads=12, num_kv_heads=4, intermediate_size=1024,
+                      max_positions=2048),
+}
+
+FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table, the alphabet of the ByteLevel pre-tokenizer."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars)}
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer: ids 0-255 are the UTF-8 bytes, then BOS, EOS, PAD and the chat role markers."""
+    vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(list(SPECIAL_TOKENS))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "right"
+    return tok
+
+
+def _config(family: str, size: TinySize, vocab_size: int, tok: PreTrainedTokenizerFast):
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if family == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=size.hidden_size, n_layer=size.num_layers,
+                          n_head=size.num_heads, n_inner=size.intermediate_size, n_positions=size.max_positions,
+                          tie_word_embeddings=True, **ids)
+    common = dict(vocab_size=vocab_size, hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
+                  num_attention_heads=size.num_heads, num_key_value_heads=size.num_kv_heads,
+                  intermediate_size=size.intermediate_size, max_position_embeddings=size.max_positions,
+                  head_dim=size.hidden_size // size.num_heads, **ids)
+    if family == "llama":
+        return LlamaConfig(tie_word_embeddings=False, **common)
+    if family == "qwen2":  # GQA + tied embeddings + qkv bias, as the real Qwen2 family
+        return Qwen2Config(tie_word_embeddings=True, use_sliding_window=False, **common)
+    if family == "mistral":
+        return MistralConfig(tie_word_embeddings=False, sliding_window=size.max_positions, **common)
+    raise LeafError(f"Unknown tiny model family {family!r}. Available: {', '.join(FAMILIES)}.")
+
+
+def build_tiny_model(family: str, output_dir: str | Path, *, seed: int = 0, size: str | TinySize = "tiny",
+                     vocab_size: int | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Build a random `family` causal LM with the byte tokenizer and save it as a HF folder; returns the folder.
+
+    Deterministic: the same (family, size, seed, vocab_size) gives bit-identical weights. `vocab_size` defaults to
+    the tokenizer's size rounded up to a multiple of 8 (the logit matrix is padded, as in real checkpoints).
+    """
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise LeafError(f"Unknown tiny model size {size!r}. Available: {', '.join(SIZES)}.")
+        size = SIZES[size]
+    if size.hidden_size // size.num_heads < 32:
+        raise LeafError(f"head dim {size.hidden_size // size.num_heads} < 32: vLLM's CPU attention cannot run it. "
+                        "Use hidden_size >= 32 * num_heads.")
+    tok = byte_tokenizer()
+    vocab_size = vocab_size or -(-len(tok) // 8) * 8
+    if vocab_size < len(tok):
+        raise LeafError(f"vocab_size {vocab_size} is smaller than the tokenizer ({len(tok)} tokens).")
+    config = _config(family, size, vocab_size, tok)
+    config.architectures = [AutoModelForCausalLM._model_mapping[type(config)].__name__]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tok.save_pretrained(output_dir)
+    (output_dir / "leaf_tiny_model.json").write_text(json.dumps(
+        {"family": family, "seed": seed, "size": size.__dict__, "vocab_size": vocab_size}, indent=2))
+    return output_dir
