@@ -1,0 +1,62 @@
+"""The `leaf` command: help, unbuilt commands, tiny-model + saliency end to end, errors without tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from leaf.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("analyze", "distill", "serve", "demo", "tiny-model", "saliency"):
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command,issue", [("analyze", 3), ("distill", 4), ("serve", 5), ("demo", 6)])
+def test_unbuilt_commands_say_so_with_exit_code_2(command, issue):
+    result = runner.invoke(app, [command, "--teacher", "x", "--output", "y"])
+    assert result.exit_code == 2
+    assert f"not built yet (tracked in issue {issue})" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_tiny_model_then_saliency_json(tmp_path):
+    result = runner.invoke(app, ["tiny-model", "--family", "gpt2", "--output", str(tmp_path / "m"), "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["saliency", "--model", str(tmp_path / "m"), "--prompt", "Tom has 3 red apples.",
+                                 "--response", "3", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "response NLL" in result.output
+    report = json.loads(out.read_text())
+    assert "".join(t["text"] for t in report["tokens"]) == "Tom has 3 red apples."
+    assert max(t["saliency_norm"] for t in report["tokens"]) == 1.0
+    assert min(t["saliency_norm"] for t in report["tokens"]) == 0.0
+    # per-token shares add up to the share on the whole prompt (sink excluded in both)
+    assert sum(t["attention"] for t in report["tokens"]) == pytest.approx(report["attention_on_prompt"], rel=1e-4)
+
+
+def test_bad_model_path_is_a_clean_error(tmp_path):
+    result = runner.invoke(app, ["saliency", "--model", str(tmp_path / "missing"), "--prompt", "a",
+                                 "--response", "b"])
+    assert result.exit_code == 1
+    assert "does not exist" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_installed_import_names_from_another_folder(tmp_path):
+    """leaf.hooks and leaf.serve import from anywhere; hooks/serve are not top-level names."""
+    code = ("import leaf.hooks, leaf.serve, importlib.util;"
+            "assert importlib.util.find_spec('hooks') is None and importlib.util.find_spec('serve') is None;"
+            "print(leaf.hooks.token_saliency.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "leaf.hooks.tracing"
+    help_out = subprocess.run([sys.executable, "-m", "leaf", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert help_out.returncode == 0 and "analyze" in help_out.stdout
