@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import nnsight
 import torch
 from rich.progress import Progress
 
@@ -140,36 +141,47 @@ def _trace_batch(model: HookedModel, batch: TokenBatch, plan: HookPlan, layers: 
     loss_fn = plan.loss_fn or reductions.mean_nll
     ids = batch.input_ids
     with model.nnsight.trace(input_ids=ids, attention_mask=batch.attention_mask):
-        got = {"mass": [], "probs": [], "outputs": {}, "grads": {}}
-        tensors = {}  # name -> the module's (first) output tensor, read during the forward
-        emb = None
-        for name in reads:
-            out = _envoy(model, name).output
+        got = nnsight.save(_intervene(model, plan, reads, attention_at, loss_fn, ids, target, query, keys))
+    return got
+
+
+def _intervene(model: HookedModel, plan: HookPlan, reads: list[str], attention_at: dict[str, int],
+               loss_fn: LossFn, ids: torch.Tensor, target, query, keys) -> dict:
+    """The body of the trace. It is a function, not inline code in the `with` block, on purpose: nnsight runs a
+    block against a scope dict that keeps every name bound in it, so an inline layer's (B, H, T, T) map would stay
+    alive into the next layer; a function's locals die with each loop iteration."""
+    got = {"mass": [], "probs": [], "outputs": {}, "grads": {}}
+    tensors = {}  # name -> the module's (first) output tensor, kept for its gradient
+    emb = None
+    for name in reads:
+        out = _envoy(model, name).output
+        if name == model.arch.embedding:
+            emb = out
+            if plan.needs_grad:
+                emb.requires_grad_(True)
+            if plan.saliency == "grad_x_input":
+                got["embeds"] = emb.detach()
+        if name in attention_at:
+            probs = out[1].detach()                            # (B, H, T, T)
+            if keys is not None:
+                got["mass"].append(reductions.attention_mass(probs, query, keys))   # (B, S, H)
+            if plan.attention_probs:
+                got["probs"].append(probs)
+            del probs
+        if name in plan.outputs:
+            got["outputs"][name] = _first_tensor(out).detach()
+        if name in plan.grads:
             tensors[name] = _first_tensor(out)
-            if name == embedding:
-                emb = out
-                if plan.needs_grad:
-                    emb.requires_grad_(True)
-                if plan.saliency == "grad_x_input":
-                    got["embeds"] = emb.detach()
-            if name in attention_at:
-                probs = out[1].detach()                            # (B, H, T, T)
-                if keys is not None:
-                    got["mass"].append(reductions.attention_mass(probs, query, keys))   # (B, S, H)
-                if plan.attention_probs:
-                    got["probs"].append(probs)
-            if name in plan.outputs:
-                got["outputs"][name] = tensors[name].detach()
-        if plan.needs_grad:
-            losses = loss_fn(model.nnsight.output.logits, ids, target)            # (B,)
-            got["loss"] = losses.detach()
-            with losses.sum().backward():
-                for name in reversed(reads):
-                    if name in plan.grads:
-                        got["grads"][name] = tensors[name].grad
-                if plan.saliency:
-                    got["emb_grad"] = emb.grad
-        got.save()
+        del out
+    if plan.needs_grad:
+        losses = loss_fn(model.nnsight.output.logits, ids, target)            # (B,)
+        got["loss"] = losses.detach()
+        with losses.sum().backward():
+            for name in reversed(reads):
+                if name in plan.grads:
+                    got["grads"][name] = tensors[name].grad
+            if plan.saliency:
+                got["emb_grad"] = emb.grad
     return got
 
 

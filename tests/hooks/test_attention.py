@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from leaf.errors import LeafError
-from leaf.hooks import attention_mass, attention_probs, load_model
+from leaf.hooks import attention_mass, attention_probs, encode_prompt_response, load_model
 from tests.hooks import reference
 
 ATOL = 1e-5
@@ -55,3 +55,33 @@ def test_attention_hooks_restore_the_attention_implementation(model_dirs, encode
     before = model.hf_model.config._attn_implementation
     attention_probs(model, [encoded[0].input_ids])
     assert model.hf_model.config._attn_implementation == before == "sdpa"
+
+
+def test_a_layers_attention_map_is_freed_before_the_next_layer_runs(model_dirs):
+    """The on-the-fly reduction holds no (B, H, T, T) map past its layer: what keeps peak memory flat in T."""
+    import weakref
+
+    model = load_model(model_dirs["llama"])
+    sample = encode_prompt_response(model.tokenizer, "Tom has 3 apples. How many?", "3")
+    model.execution_order  # measured once per model by a plain forward; not the pass under test
+    layers = model.hf_model.model.layers
+    maps, alive_at_next = {}, []
+
+    def keep_ref(index):
+        def hook(_module, _args, output):
+            maps[index] = weakref.ref(output[1])
+        return hook
+
+    def check_previous(index):
+        def hook(_module, _args):
+            alive_at_next.append(maps[index - 1]() is not None)
+        return hook
+
+    handles = [layers[i].self_attn.register_forward_hook(keep_ref(i)) for i in range(len(layers))]
+    handles += [layers[i].self_attn.register_forward_pre_hook(check_previous(i)) for i in range(1, len(layers))]
+    try:
+        attention_mass(model, [sample.input_ids], [sample.response_mask], {"prompt": [sample.prompt_mask]})
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert alive_at_next == [False] * (len(layers) - 1)

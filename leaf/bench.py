@@ -1,0 +1,61 @@
+"""What every script under benchmarks/ prints: a readable table, then one JSON object as the very last line."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
+    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(str(c)), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print(f"\n{title}")
+    print("  ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def emit_json(figures: dict) -> None:
+    """The machine-readable result: one line of JSON, always last."""
+    figures = {**figures, "env": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                                  "python": platform.python_version(), "machine": platform.machine()}}
+    print(json.dumps(figures, sort_keys=True), flush=True)
+
+
+def median_times(fns: dict[str, Callable[[], object]], iters: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Time several functions interleaved (a, b, a, b, ...) so that drift in machine load hits all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def peak_rss_reset() -> int:
+    """Reset the kernel's peak-RSS counter of this process; returns the current RSS in bytes (Linux)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    return _status_kb("VmRSS") * 1024
+
+
+def peak_rss() -> int:
+    """Peak RSS in bytes since the last peak_rss_reset() (Linux)."""
+    return _status_kb("VmHWM") * 1024
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")

@@ -1,0 +1,21 @@
+"""Benchmarks run (in their --quick form) and end with one JSON line of figures, ratios included."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_hooks_overhead_quick_prints_table_then_json():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hooks_overhead.py"), "--quick"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    lines = out.stdout.strip().splitlines()
+    figures = json.loads(lines[-1])
+    assert figures["benchmark"] == "hooks_overhead"
+    for key in ("time_ratio", "memory_ratio", "leaf_seconds", "plain_seconds", "leaf_peak_bytes", "plain_peak_bytes"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
+    assert figures["max_abs_diff"] < 1e-5  # the two paths computed the same numbers
+    assert any("plain PyTorch" in line for line in lines[:-1])
