@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Annotated
 import typer
 
 from leaf.errors import LeafError
+from leaf.saliency_report import SaliencyReportConfig
 
 app = typer.Typer(
     name="leaf", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -38,6 +40,11 @@ Device = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, 
 Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto (the checkpoint's).")]
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle (.bin) weights: only for "
                                                                    "files you trust (pickle can run code).")]
+
+
+def field_help(config_class, name: str) -> str:
+    """The help text a config dataclass carries for one field, so that CLI and library say the same thing."""
+    return config_class.__dataclass_fields__[name].metadata["help"]
 
 
 def user_errors(command):
@@ -105,17 +112,19 @@ class Norm(str, Enum):
 @app.command("saliency")
 @user_errors
 def saliency(model: Model,
-             prompt: Annotated[str, typer.Option(help="The instruction / question text.")],
-             response: Annotated[str, typer.Option(help="The reference response whose NLL is differentiated.")],
-             method: Annotated[Method, typer.Option(help="grad or grad_x_input.")] = Method.grad,
-             norm: Annotated[Norm, typer.Option(help="Norm over the embedding dimension.")] = Norm.l2,
-             chat_template: Annotated[bool, typer.Option(help="Render with the tokenizer's chat template.")] = True,
+             prompt: Annotated[str, typer.Option(help=field_help(SaliencyReportConfig, "prompt"))],
+             response: Annotated[str, typer.Option(help=field_help(SaliencyReportConfig, "response"))],
+             method: Annotated[Method, typer.Option(help=field_help(SaliencyReportConfig, "method"))] = Method.grad,
+             norm: Annotated[Norm, typer.Option(help=field_help(SaliencyReportConfig, "norm"))] = Norm.l2,
+             chat_template: Annotated[bool, typer.Option(
+                 help=field_help(SaliencyReportConfig, "chat_template"))] = True,
              top: Annotated[int, typer.Option(min=1, help="Rows in the printed table.")] = 10,
-             output: Annotated[Path | None, typer.Option("--output", help="Write the full report as JSON.")] = None,
+             output: Annotated[Path | None, typer.Option(
+                 "--output", help=field_help(SaliencyReportConfig, "output"))] = None,
              device: Device = "cpu", dtype: Dtype = "float32", allow_pickle: AllowPickle = False,
              json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
     """Per-token gradient saliency and attention share of one prompt/response on one model."""
-    from leaf.saliency_report import SaliencyReportConfig, format_report, saliency_report
+    from leaf.saliency_report import format_report, saliency_report
 
     config = SaliencyReportConfig(model=model, prompt=prompt, response=response, method=method.value,
                                   norm=norm.value, chat_template=chat_template, device=device, dtype=dtype,
@@ -125,9 +134,8 @@ def saliency(model: Model,
 
 
 def main() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # per-shard load/save bars are noise next to leaf's own progress
+    # transformers' per-shard load/save bars are noise next to leaf's own progress (read at transformers import)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     app(prog_name="leaf")
 
 

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from leaf.errors import LeafError
-from leaf.hooks import HookPlan, encode_prompt_response, load_model, model_summary, run
 from leaf.io import write_json_atomic
 
 
@@ -36,11 +35,15 @@ class SaliencyReportConfig:
 
 def saliency_report(config: SaliencyReportConfig) -> dict:
     """Tokens of the prompt with their min-max normalised saliency and the response's attention share on each."""
+    from leaf.hooks import HookPlan, encode_prompt_response, load_model, model_summary, run  # heavy: nnsight
+
     model = load_model(config.model, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle)
     enc = encode_prompt_response(model.tokenizer, config.prompt, config.response, chat_template=config.chat_template)
     n = len(enc.input_ids)
     key_masks = {"prompt": [enc.prompt_mask]}
-    key_masks.update({f"token_{i}": [_one_hot(n, i)] for i in enc.prompt_mask.nonzero().flatten().tolist()})
+    for i in enc.prompt_mask.nonzero().flatten().tolist():  # one key set per prompt token: its own share
+        key_masks[f"token_{i}"] = [enc.prompt_mask.new_zeros(n)]
+        key_masks[f"token_{i}"][0][i] = True
     [result] = run(model, [enc.input_ids], HookPlan(
         saliency=config.method, norm=config.norm, target_mask=[enc.response_mask], query_mask=[enc.response_mask],
         key_masks=key_masks))
@@ -60,14 +63,6 @@ def saliency_report(config: SaliencyReportConfig) -> dict:
     if config.output:
         write_json_atomic(config.output, report)
     return report
-
-
-def _one_hot(n: int, i: int):
-    import torch
-
-    mask = torch.zeros(n, dtype=torch.bool)
-    mask[i] = True
-    return mask
 
 
 def format_report(report: dict, top: int = 10) -> str:

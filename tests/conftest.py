@@ -36,6 +36,15 @@ def family(request) -> str:
     return request.param
 
 
+@pytest.fixture(scope="session")
+def samples():
+    """The PROMPTS rendered with the tiny models' byte tokenizer, for tests that use one model."""
+    from leaf.tiny_models import byte_tokenizer
+
+    tok = byte_tokenizer()
+    return [encode_prompt_response(tok, p, r) for p, r in PROMPTS]
+
+
 @pytest.fixture
 def encoded(model_dirs, family):
     """The PROMPTS rendered with the family's chat template: three samples of different lengths."""

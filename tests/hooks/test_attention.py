@@ -40,20 +40,20 @@ def test_attention_mass_matches_the_reduction_of_full_maps(model_dirs, family, e
             torch.testing.assert_close(mass["all"], torch.ones_like(mass["all"]), atol=1e-5, rtol=0)
 
 
-def test_layer_selection_and_negative_indices(model_dirs, encoded):
+def test_layer_selection_and_negative_indices(model_dirs, samples):
     model = load_model(model_dirs["mistral"])
-    full = attention_probs(model, [encoded[0].input_ids])[0]
-    last = attention_probs(model, [encoded[0].input_ids], layers=[-1])[0]
+    full = attention_probs(model, [samples[0].input_ids])[0]
+    last = attention_probs(model, [samples[0].input_ids], layers=[-1])[0]
     assert last.shape[0] == 1
     torch.testing.assert_close(last[0], full[-1])
     with pytest.raises(LeafError, match="Layer 5 does not exist: the model has 2 layers"):
-        attention_probs(model, [encoded[0].input_ids], layers=[5])
+        attention_probs(model, [samples[0].input_ids], layers=[5])
 
 
-def test_attention_hooks_restore_the_attention_implementation(model_dirs, encoded):
+def test_attention_hooks_restore_the_attention_implementation(model_dirs, samples):
     model = load_model(model_dirs["llama"])
     before = model.hf_model.config._attn_implementation
-    attention_probs(model, [encoded[0].input_ids])
+    attention_probs(model, [samples[0].input_ids])
     assert model.hf_model.config._attn_implementation == before == "sdpa"
 
 

@@ -22,15 +22,15 @@ def test_capture_any_module_output_and_gradient(model_dirs, family, encoded):
             torch.testing.assert_close(result.grads[name], want_grad, atol=1e-5, rtol=1e-4)
 
 
-def test_capture_reads_modules_in_execution_order_not_the_order_asked(model_dirs, encoded):
+def test_capture_reads_modules_in_execution_order_not_the_order_asked(model_dirs, samples):
     model = load_model(model_dirs["llama"])
     # rotary_emb is registered after the layers but runs before them; ask in the "wrong" order.
     names = ["model.norm", "model.layers.1", "model.rotary_emb", "model.layers.0"]
-    [result] = capture(model, [encoded[1].input_ids], outputs=names)
+    [result] = capture(model, [samples[1].input_ids], outputs=names)
     assert set(result.outputs) == set(names)
 
 
-def test_unknown_module_names_the_fix(model_dirs, encoded):
+def test_unknown_module_names_the_fix(model_dirs, samples):
     model = load_model(model_dirs["gpt2"])
     with pytest.raises(LeafError, match="model.layers.0 do not run"):
-        capture(model, [encoded[0].input_ids], outputs=["model.layers.0"])
+        capture(model, [samples[0].input_ids], outputs=["model.layers.0"])

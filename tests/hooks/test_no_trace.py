@@ -35,7 +35,7 @@ def test_weights_and_logits_unchanged_and_no_parameter_gradient(model_dirs, fami
     assert torch.equal(before, after)
 
 
-def test_a_raising_loss_function_leaves_no_hooks_and_restores_state(model_dirs, encoded):
+def test_a_raising_loss_function_leaves_no_hooks_and_restores_state(model_dirs, samples):
     model = load_model(model_dirs["qwen2"])
     hf = model.hf_model
     hf.train()
@@ -44,17 +44,17 @@ def test_a_raising_loss_function_leaves_no_hooks_and_restores_state(model_dirs, 
     def broken_loss(logits, input_ids, mask):
         raise RuntimeError("caller's bug")
 
-    plan = _full_plan(encoded, model)
+    plan = _full_plan(samples, model)
     plan.loss_fn = broken_loss
     with pytest.raises(RuntimeError, match="caller's bug"):
-        run(model, [e.input_ids for e in encoded], plan)
+        run(model, [e.input_ids for e in samples], plan)
     assert _hook_count(hf) == hooks_before
     assert hf.training and all(p.requires_grad for p in hf.parameters())
     assert hf.config._attn_implementation == "sdpa"
     hf.eval()
     # the model still works with the hooks afterwards, and gives what a fresh load gives
     plan.loss_fn = None
-    again = run(model, [encoded[0].input_ids], HookPlan(saliency="grad", target_mask=[encoded[0].response_mask]))
-    fresh = run(load_model(model_dirs["qwen2"]), [encoded[0].input_ids],
-                HookPlan(saliency="grad", target_mask=[encoded[0].response_mask]))
+    again = run(model, [samples[0].input_ids], HookPlan(saliency="grad", target_mask=[samples[0].response_mask]))
+    fresh = run(load_model(model_dirs["qwen2"]), [samples[0].input_ids],
+                HookPlan(saliency="grad", target_mask=[samples[0].response_mask]))
     torch.testing.assert_close(again[0].saliency, fresh[0].saliency, atol=0, rtol=0)

@@ -35,26 +35,26 @@ def test_loss_is_the_mean_response_nll(model_dirs, encoded, family):
         assert result.loss == pytest.approx(want, abs=1e-5)
 
 
-def test_custom_loss_function_is_differentiated(model_dirs, encoded):
+def test_custom_loss_function_is_differentiated(model_dirs, samples):
     """A caller's loss: the summed (not mean) NLL scales every gradient by the number of target tokens."""
     model = load_model(model_dirs["llama"])
-    ids, target = [e.input_ids for e in encoded], [e.response_mask for e in encoded]
+    ids, target = [e.input_ids for e in samples], [e.response_mask for e in samples]
 
     def summed_nll(logits, input_ids, mask):
         return mean_nll(logits, input_ids, mask) * mask[:, 1:].sum(-1)
 
     mean_scores = token_saliency(model, ids, target)
     sum_scores = token_saliency(model, ids, target, loss_fn=summed_nll)
-    for sample, a, b in zip(encoded, mean_scores, sum_scores):
+    for sample, a, b in zip(samples, mean_scores, sum_scores):
         torch.testing.assert_close(b, a * int(sample.response_mask.sum()), rtol=1e-4, atol=1e-6)
 
 
-def test_results_keep_input_order_whatever_the_batch_size(model_dirs, encoded):
+def test_results_keep_input_order_whatever_the_batch_size(model_dirs, samples):
     model = load_model(model_dirs["qwen2"])
-    ids, target = [e.input_ids for e in encoded], [e.response_mask for e in encoded]
+    ids, target = [e.input_ids for e in samples], [e.response_mask for e in samples]
     one = token_saliency(model, ids, target, batch_size=1)
     two = token_saliency(model, ids, target, batch_size=2)
-    for a, b, sample in zip(one, two, encoded):
+    for a, b, sample in zip(one, two, samples):
         assert a.shape == (len(sample.input_ids),)
         torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)
 
@@ -66,3 +66,13 @@ def test_mean_nll_matches_a_hand_computed_value():
     target = torch.tensor([[False, True, True]])
     want = (-torch.log(torch.tensor(torch.e**2 / (1 + torch.e**2))) - torch.log(torch.tensor(0.5))) / 2
     torch.testing.assert_close(mean_nll(logits, ids, target), want[None])
+
+
+def test_bfloat16_model_gives_float32_scores_close_to_float32(model_dirs, samples):
+    """The GPU dtype path on CPU: bf16 weights, scores and loss still computed in float32."""
+    ids, target = [e.input_ids for e in samples], [e.response_mask for e in samples]
+    full = token_saliency(load_model(model_dirs["qwen2"]), ids, target)
+    half = token_saliency(load_model(model_dirs["qwen2"], dtype="bfloat16"), ids, target)
+    for a, b in zip(full, half):
+        assert b.dtype == torch.float32
+        assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.98
