@@ -108,13 +108,12 @@ class EncodedSample:
     response_span: tuple[int, int]
 
 
-def encode_prompt_response(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, *,
-                           chat_template: bool = True) -> EncodedSample:
-    """Render (prompt, response) as one user/assistant exchange and tokenize it with character offsets.
+def render_prompt_response(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, *,
+                           chat_template: bool = True) -> tuple[str, tuple[int, int], tuple[int, int]]:
+    """Render (prompt, response) as one user/assistant exchange: (text, prompt char span, response char span).
 
     With chat_template=True the tokenizer's chat template renders it (the tokenizer must have one); with False the
-    text is `bos + prompt + "\\n" + response`. Token masks come from character offsets, so they are exact for any
-    tokenizer, including ones whose tokens straddle the prompt/response boundary (such tokens count as neither).
+    text is `bos + prompt + "\\n" + response`.
     """
     if not prompt:
         raise LeafError("The prompt is empty: every sample needs an instruction/question text.")
@@ -139,8 +138,16 @@ def encode_prompt_response(tokenizer: PreTrainedTokenizerBase, prompt: str, resp
     if prompt_start < 0 or response_start < 0:
         raise LeafError("The chat template changed the prompt or response text (e.g. stripped whitespace), so their "
                         "tokens cannot be located. Strip the texts first or use chat_template=False.")
-    prompt_span = (prompt_start, prompt_start + len(prompt))
-    response_span = (response_start, response_start + len(response))
+    return text, (prompt_start, prompt_start + len(prompt)), (response_start, response_start + len(response))
+
+
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, prompt_span: tuple[int, int],
+                response_span: tuple[int, int]) -> EncodedSample:
+    """Tokenize an already rendered text with character offsets; masks from the prompt/response char spans.
+
+    Masks come from offsets, so they are exact for any tokenizer, including ones whose tokens straddle the
+    prompt/response boundary (such tokens count as neither).
+    """
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = torch.tensor(enc["offset_mapping"], dtype=torch.long).reshape(-1, 2)
     special_ids = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
@@ -153,3 +160,11 @@ def encode_prompt_response(tokenizer: PreTrainedTokenizerBase, prompt: str, resp
     return EncodedSample(text=text, input_ids=ids, offsets=offsets, prompt_mask=inside(prompt_span),
                          response_mask=inside(response_span), special_mask=special, prompt_span=prompt_span,
                          response_span=response_span)
+
+
+def encode_prompt_response(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, *,
+                           chat_template: bool = True) -> EncodedSample:
+    """Render (prompt, response) as one user/assistant exchange and tokenize it with character offsets."""
+    text, prompt_span, response_span = render_prompt_response(tokenizer, prompt, response,
+                                                              chat_template=chat_template)
+    return encode_text(tokenizer, text, prompt_span, response_span)

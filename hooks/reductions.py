@@ -26,6 +26,18 @@ def mean_nll(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.T
     return total / shifted.sum(-1).clamp(min=1)
 
 
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Surprisal of every token given its prefix: (B, T, V), (B, T) -> (B, T) float32, 0 at position 0.
+
+    One row at a time, so the float32 log-softmax never spans the whole batch.
+    """
+    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=logits.device)
+    for row in range(logits.shape[0]):
+        logp = logits[row, :-1].float().log_softmax(-1)                    # (T-1, V)
+        out[row, 1:] = -logp.gather(-1, input_ids[row, 1:, None]).squeeze(-1)
+    return out
+
+
 def token_scores(grad: torch.Tensor, embeds: torch.Tensor | None = None, *, norm: str = "l2",
                  method: str = "grad") -> torch.Tensor:
     """Per-token sensitivity from input-embedding gradients: (B, T, D) -> (B, T) float32.

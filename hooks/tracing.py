@@ -45,6 +45,7 @@ class HookPlan:
     layers: Sequence[int] | None = None         # attention layers (None: all); negative indices count from the end
     outputs: Sequence[str] = ()                 # module names whose output to keep
     grads: Sequence[str] = ()                   # module names whose output gradient to keep
+    token_nll: bool = False                     # keep every token's surprisal -log p(x_t | x_<t)
 
     def __post_init__(self) -> None:
         if self.saliency not in (None, *reductions.SALIENCY_METHODS):
@@ -75,6 +76,7 @@ class SampleResult:
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)   # module -> (T, ...)
     grads: dict[str, torch.Tensor] = field(default_factory=dict)     # module -> (T, ...)
     layers: list[int] = field(default_factory=list)                  # the layer index of each L row
+    token_nll: torch.Tensor | None = None                            # (T,) float32, 0 at position 0
 
 
 def _resolve_layers(model: HookedModel, layers: Sequence[int] | None) -> list[int]:
@@ -173,8 +175,12 @@ def _intervene(model: HookedModel, plan: HookPlan, reads: list[str], attention_a
         if name in plan.grads:
             tensors[name] = _first_tensor(out)
         del out
+    if plan.token_nll or plan.needs_grad:
+        logits = model.nnsight.output.logits                                  # (B, T, V)
+    if plan.token_nll:
+        got["token_nll"] = reductions.token_nll(logits.detach(), ids)
     if plan.needs_grad:
-        losses = loss_fn(model.nnsight.output.logits, ids, target)            # (B,)
+        losses = loss_fn(logits, ids, target)                                 # (B,)
         got["loss"] = losses.detach()
         with losses.sum().backward():
             for name in reversed(reads):
@@ -239,6 +245,8 @@ def _unbatch(got: dict, batch: TokenBatch, plan: HookPlan, layers: list[int], ke
             result.loss = float(got["loss"][row])
         if scores is not None:
             result.saliency = scores[row, :n].cpu()
+        if "token_nll" in got:
+            result.token_nll = got["token_nll"][row, :n].cpu()
         if mass is not None:
             result.attention_mass = {name: mass[row, :, s].cpu() for s, name in enumerate(key_names)}
         if probs is not None:

@@ -76,3 +76,16 @@ def test_bfloat16_model_gives_float32_scores_close_to_float32(model_dirs, sample
     for a, b in zip(full, half):
         assert b.dtype == torch.float32
         assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.98
+
+
+def test_token_nll_matches_cross_entropy_of_each_token(model_dirs, samples):
+    model = load_model(model_dirs["gpt2"])
+    results = run(model, [e.input_ids for e in samples], HookPlan(token_nll=True), batch_size=3)
+    ref_model = reference.eager_model(model_dirs["gpt2"])
+    for sample, result in zip(samples, results):
+        ids = sample.input_ids
+        with torch.no_grad():
+            logits = ref_model(ids[None]).logits[0]
+        want = torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="none")
+        assert result.token_nll[0] == 0
+        torch.testing.assert_close(result.token_nll[1:], want, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,468 @@
+"""`leaf analyze`: confounding-token detection and counterfactual pruning on a teacher/student pair (stage 1).
+
+    leaf analyze --teacher T --student S --data train.jsonl --output runs/analyze [--threshold iqr] [--resume]
+
+Per sample: both models' per-token gradient sensitivity of the response NLL (leaf.hooks), min-max normalised; the
+teacher's scores carried onto the student's tokens through character offsets (any two tokenizers); Δ = teacher -
+student, normalised; flags by a threshold mode; spans of flagged tokens in character offsets; counterfactuals with
+one span (span pruning) or all spans (collective pruning) removed. Work goes in windows of samples; each finished
+window is written atomically under parts/, so `--resume` skips it, and the final files are merged from the parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from leaf.errors import LeafError
+from leaf.io import write_json_atomic, write_text_atomic
+
+LEVELS = ("instruction", "response", "both")
+PRUNING = ("span", "collective")
+TEMPLATES = ("student", "teacher", "none")
+
+
+def _h(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class AnalyzeConfig:
+    teacher: str = field(metadata=_h("Teacher model: local HF folder or hub id."))
+    student: str = field(metadata=_h("Student model: local HF folder or hub id."))
+    data: Path = field(metadata=_h("Dataset: JSONL/JSON/CSV/Parquet file or saved HF dataset folder."))
+    output: Path = field(metadata=_h("Output folder (samples.jsonl, scores.safetensors, summary.json, report.html)."))
+    threshold: str = field(default="iqr", metadata=_h("Threshold mode: iqr, absolute, quantile, random, ppl."))
+    tau: float | None = field(default=None, metadata=_h("τ for --threshold absolute (paper: 0.10 instr, 0.15 resp)."))
+    quantile: float = field(default=0.05, metadata=_h("Fraction flagged by --threshold quantile (0.05 math, 0.10 code)."))
+    baseline_count: str = field(default="iqr", metadata=_h(
+        "Gradient mode whose flag count the random and ppl baselines copy: iqr, absolute or quantile."))
+    level: str = field(default="instruction", metadata=_h("Where to look: instruction, response, both."))
+    segments: int = field(default=2, metadata=_h("Response segments at response level: 2 or 3."))
+    pruning: str = field(default="span", metadata=_h("span: one counterfactual per span; collective: all at once."))
+    gold: str | None = field(default=None, metadata=_h("Field holding the distractor text (ground truth)."))
+    gold_pair: str | None = field(default=None, metadata=_h(
+        "FIELD_A,FIELD_B: the distractor is what FIELD_A (question) adds to FIELD_B (its clean twin)."))
+    template: str = field(default="student", metadata=_h(
+        "Whose chat template renders the text both models see: student, teacher, or none (plain)."))
+    select: bool = field(default=False, metadata=_h(
+        "Keep only samples the teacher answers correctly and the student does not (greedy generation)."))
+    verify: bool = field(default=False, metadata=_h(
+        "Keep a counterfactual only if both models answer it correctly (greedy generation)."))
+    answer_field: str | None = field(default=None, metadata=_h(
+        "Field with the reference answer (default: extracted from the response: ####, \\boxed{}, last number)."))
+    max_new_tokens: int = field(default=256, metadata=_h("Generation budget for --select/--verify."))
+    prompt_field: str | None = field(default=None, metadata=_h("Prompt field (default: instruction, question, prompt)."))
+    response_field: str | None = field(default=None, metadata=_h(
+        "Response field (default: output, solution, response)."))
+    id_field: str = field(default="id", metadata=_h("Sample id field (default: the row number)."))
+    limit: int | None = field(default=None, metadata=_h("Analyse only the first N samples."))
+    batch_size: int = field(default=8, metadata=_h("Samples per forward/backward pass."))
+    window: int = field(default=64, metadata=_h("Samples per part file: the unit of --resume, sorted by length."))
+    seed: int = field(default=0, metadata=_h("Seed of the random baseline."))
+    device: str = field(default="cpu", metadata=_h("torch device."))
+    dtype: str = field(default="float32", metadata=_h("Model dtype."))
+    allow_pickle: bool = field(default=False, metadata=_h("Allow pickle (.bin) weights."))
+    trust_remote_code: bool = field(default=False, metadata=_h("Run model code from the checkpoint (only if trusted)."))
+    resume: bool = field(default=False, metadata=_h("Continue an interrupted run in --output."))
+    report_samples: int = field(default=100, metadata=_h("Samples shown in report.html."))
+
+    def __post_init__(self) -> None:
+        from leaf.scoring import GRADIENT_MODES, get_threshold
+
+        get_threshold(self.threshold)
+        self.data, self.output = Path(self.data), Path(self.output)
+        checks = [
+            (self.level in LEVELS, f"--level must be one of {', '.join(LEVELS)}, got {self.level!r}."),
+            (self.pruning in PRUNING, f"--pruning must be one of {', '.join(PRUNING)}, got {self.pruning!r}."),
+            (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}, got {self.template!r}."),
+            (self.segments in (2, 3), f"--segments must be 2 or 3, got {self.segments}."),
+            (0 < self.quantile < 1, f"--quantile must be in (0, 1), got {self.quantile}."),
+            (self.tau is None or 0 <= self.tau <= 1, f"--tau must be in [0, 1] (Δ is normalised), got {self.tau}."),
+            (self.threshold != "absolute" or self.tau is not None, "--threshold absolute needs --tau."),
+            (self.baseline_count in GRADIENT_MODES, f"--baseline-count must be one of {', '.join(GRADIENT_MODES)}."),
+            (self.baseline_count != "absolute" or self.tau is not None, "--baseline-count absolute needs --tau."),
+            (not (self.gold and self.gold_pair), "Give --gold or --gold-pair, not both."),
+            (self.gold_pair is None or len(self.gold_pair.split(",")) == 2,
+             f"--gold-pair takes two field names separated by a comma, got {self.gold_pair!r}."),
+            (self.batch_size >= 1 and self.window >= 1, "--batch-size and --window must be at least 1."),
+            (self.limit is None or self.limit >= 1, f"--limit must be at least 1, got {self.limit}."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LeafError(message)
+
+    def fingerprint(self) -> dict:
+        """What must match for --resume to continue a run: everything that changes the results."""
+        skip = {"output", "resume", "report_samples"}
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
+        return {**values, "data_sha256": _file_digest(self.data)}
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def run_analyze(config: AnalyzeConfig, *, command: list[str] | None = None, progress: bool = True) -> dict:
+    """Run stage 1 over the dataset; write the output folder; return the summary."""
+    return Analyzer(config, command=command or sys.argv, progress=progress).run()
+
+
+class Analyzer:
+    """One run of `leaf analyze`: prepare the folder, analyse window by window into parts/, then merge."""
+
+    def __init__(self, config: AnalyzeConfig, command: list[str], progress: bool) -> None:
+        self.config, self.command, self.progress = config, command, progress
+        self.parts = config.output / "parts"
+
+    # -- output folder and resume -------------------------------------------------------------------------------
+    def prepare_output(self) -> None:
+        config, manifest = self.config, self.parts / "manifest.json"
+        fingerprint = config.fingerprint()
+        if manifest.exists():
+            if not config.resume:
+                raise LeafError(f"{config.output} already holds an analyze run. Pass --resume to continue it, or "
+                                "choose another --output (nothing was overwritten).")
+            previous = json.loads(manifest.read_text())
+            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+            if changed:
+                raise LeafError(f"Cannot --resume {config.output}: the run there used different settings or data "
+                                f"(differs in: {', '.join(changed)}). Use the same settings, or a new --output.")
+        elif config.output.exists() and any(config.output.iterdir()) and not config.resume:
+            raise LeafError(f"{config.output} exists and is not empty. Choose a new --output (nothing was "
+                            "overwritten).")
+        self.parts.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(manifest, fingerprint)
+
+    def part_path(self, window: int, suffix: str) -> Path:
+        return self.parts / f"part-{window:05d}{suffix}"
+
+    # -- the run -------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        from leaf.data import load_records, to_samples
+        from leaf.hooks import load_model
+
+        config = self.config
+        samples = to_samples(load_records(config.data), prompt_field=config.prompt_field,
+                             response_field=config.response_field, id_field=config.id_field)
+        if config.limit:
+            samples = samples[: config.limit]
+        self.prepare_output()
+        load = dict(device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
+                    trust_remote_code=config.trust_remote_code)
+        self.teacher, self.student = load_model(config.teacher, **load), load_model(config.student, **load)
+        self.notes: list[str] = []
+        self.render_all(samples)
+        windows = [list(range(i, min(i + config.window, len(samples)))) for i in range(0, len(samples), config.window)]
+        columns = [TextColumn("[bold]analyze"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]} samples/s"), TimeRemainingColumn()]
+        with Progress(*columns, disable=not self.progress) as bar:
+            task = bar.add_task("analyze", total=len(samples), rate="-")
+            for w, rows in enumerate(windows):
+                if self.part_path(w, ".jsonl").exists():
+                    bar.advance(task, len(rows))
+                    continue
+                self.analyze_window(w, rows, samples)
+                bar.advance(task, len(rows))
+                speed = bar.tasks[0].speed
+                bar.update(task, rate=f"{speed:.2f}" if speed else "-")
+        return self.merge(len(windows), len(samples))
+
+    def render_all(self, samples) -> None:
+        """The one text both models see, rendered with the chosen template (noted when the two templates differ)."""
+        from leaf.hooks import render_prompt_response
+
+        config = self.config
+        use_template = config.template != "none"
+        renderer = self.teacher.tokenizer if config.template == "teacher" else self.student.tokenizer
+        self.rendered = [render_prompt_response(renderer, s.prompt, s.response, chat_template=use_template)
+                         for s in samples]
+        if use_template and samples:
+            other = self.student.tokenizer if config.template == "teacher" else self.teacher.tokenizer
+            try:
+                other_text = render_prompt_response(other, samples[0].prompt, samples[0].response)[0]
+            except LeafError:
+                other_text = None
+            if other_text != self.rendered[0][0]:
+                self.notes.append(f"teacher and student chat templates render different text; both models see the "
+                                  f"{config.template}'s rendering (--template teacher|student|none to choose)")
+        self.samples = samples
+
+
+    # -- one window ----------------------------------------------------------------------------------------------
+    def gold_spans(self, sample) -> list[tuple[int, int]] | None:
+        from leaf.gold import spans_from_pair, spans_from_text
+
+        config = self.config
+        if config.gold:
+            if config.gold not in sample.record:
+                raise LeafError(f"Sample {sample.id!r} has no gold field {config.gold!r}. Fields: "
+                                f"{', '.join(sample.record)}.")
+            return spans_from_text(sample.prompt, sample.record[config.gold] or "")
+        if config.gold_pair:
+            a, b = (name.strip() for name in config.gold_pair.split(","))
+            for name in (a, b):
+                if name not in sample.record:
+                    raise LeafError(f"Sample {sample.id!r} has no field {name!r} (from --gold-pair). Fields: "
+                                    f"{', '.join(sample.record)}.")
+            if sample.record[a] != sample.prompt:
+                raise LeafError(f"--gold-pair's first field {a!r} must be the prompt field the sample is read from.")
+            return spans_from_pair(sample.record[a], sample.record[b])
+        return None
+
+    def select(self, rows: list[int]) -> dict[int, dict]:
+        """--select: greedy answers of both models; keep rows where the teacher is right and the student wrong."""
+        from leaf.answers import extract_answer, is_correct
+        from leaf.generation import greedy_generate
+
+        config = self.config
+        heads = [self.rendered[r][0][: self.rendered[r][2][0]] for r in rows]
+        out = {}
+        gens = {name: greedy_generate(model, heads, max_new_tokens=config.max_new_tokens,
+                                      batch_size=config.batch_size)
+                for name, model in (("teacher", self.teacher), ("student", self.student))}
+        for k, r in enumerate(rows):
+            sample = self.samples[r]
+            reference = sample.record.get(config.answer_field) if config.answer_field else None
+            reference = str(reference) if reference is not None else extract_answer(sample.response)
+            result = {"reference": reference}
+            for name in ("teacher", "student"):
+                result[f"{name}_answer"] = extract_answer(gens[name][k])
+                result[f"{name}_correct"] = is_correct(gens[name][k], reference) if reference else False
+            result["kept"] = result["teacher_correct"] and not result["student_correct"]
+            out[r] = result
+        return out
+
+    def verify(self, records: list[dict]) -> int:
+        """--verify: drop instruction-level counterfactuals that either model answers wrongly; returns how many."""
+        from leaf.answers import is_correct
+        from leaf.generation import greedy_generate
+        from leaf.hooks import render_prompt_response
+
+        config = self.config
+        jobs = []  # (record, unit, counterfactual, rendered head)
+        renderer = self.teacher.tokenizer if config.template == "teacher" else self.student.tokenizer
+        for record in records:
+            for unit in record.get("units", []):
+                for cf in unit["counterfactuals"]:
+                    if cf["field"] == "prompt" and cf["prompt"].strip():
+                        text, _, rspan = render_prompt_response(renderer, cf["prompt"], "x",
+                                                                chat_template=config.template != "none")
+                        jobs.append((record, cf, text[: rspan[0]]))
+        if not jobs:
+            return 0
+        heads = [job[2] for job in jobs]
+        gens = [greedy_generate(m, heads, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+                for m in (self.teacher, self.student)]
+        for k, (record, cf, _) in enumerate(jobs):
+            reference = record["selection"]["reference"] if "selection" in record else None
+            if reference is None:
+                from leaf.answers import extract_answer
+
+                reference = extract_answer(record["response"])
+            cf["verified"] = bool(reference) and all(is_correct(g[k], reference) for g in gens)
+        dropped = 0
+        for record in records:
+            for unit in record.get("units", []):
+                kept = [cf for cf in unit["counterfactuals"] if cf.get("verified", True)]
+                dropped += len(unit["counterfactuals"]) - len(kept)
+                unit["counterfactuals"] = kept
+        return dropped
+
+    def units_of(self, row: int) -> list:
+        from leaf.detect import Unit
+        from leaf.segments import split_response
+
+        config = self.config
+        text, pspan, rspan = self.rendered[row]
+        units = []
+        if config.level in ("instruction", "both"):
+            units.append(Unit("instruction", None, target=rspan, region=pspan, base=pspan))
+        if config.level in ("response", "both"):
+            segs = [(rspan[0] + a, rspan[0] + b) for a, b in split_response(text[rspan[0]: rspan[1]], config.segments)]
+            for k in range(1, len(segs)):
+                units.append(Unit("response", k + 1, target=segs[k], region=(rspan[0], segs[k][0]), base=rspan))
+        return units
+
+    def analyze_window(self, window: int, rows: list[int], samples) -> None:
+        from safetensors.torch import save_file
+
+        from leaf.detect import detect, tokens_in
+        from leaf.gold import DetectionCounts
+        from leaf.hooks import HookPlan, encode_text, run
+
+        config = self.config
+        counts = {"skipped_too_long": 0, "filtered_selection": 0, "counterfactuals_dropped": 0}
+        detection: dict[str, DetectionCounts] = {}
+        records: dict[int, dict] = {}
+        selection = self.select(rows) if config.select else {}
+        jobs = []  # (row, unit, s_enc, t_enc)
+        for r in rows:
+            sample, (text, pspan, rspan) = samples[r], self.rendered[r]
+            record = {"row": r, "id": sample.id, "status": "ok", "text": text, "prompt": sample.prompt,
+                      "response": sample.response, "prompt_span": list(pspan), "response_span": list(rspan)}
+            records[r] = record
+            if r in selection:
+                record["selection"] = selection[r]
+                if not selection[r]["kept"]:
+                    record["status"] = "filtered_selection"
+                    counts["filtered_selection"] += 1
+                    continue
+            s_enc = encode_text(self.student.tokenizer, text, pspan, rspan)
+            t_enc = encode_text(self.teacher.tokenizer, text, pspan, rspan)
+            limits = [(len(s_enc.input_ids), self.student.max_length), (len(t_enc.input_ids), self.teacher.max_length)]
+            if any(limit is not None and n > limit for n, limit in limits):
+                record["status"] = "skipped_too_long"
+                record["tokens"] = {"student": limits[0][0], "teacher": limits[1][0]}
+                counts["skipped_too_long"] += 1
+                continue
+            gold = self.gold_spans(sample)
+            if gold is not None:
+                record["gold_spans"] = [list(g) for g in gold]
+            for unit in self.units_of(r):
+                s_target = tokens_in(s_enc.offsets, s_enc.special_mask, unit.target)
+                t_target = tokens_in(t_enc.offsets, t_enc.special_mask, unit.target)
+                s_target[0] = t_target[0] = False
+                if s_target.any() and t_target.any():
+                    jobs.append((r, unit, s_enc, t_enc, s_target, t_target))
+            record["units"] = []
+        need_ppl = config.threshold == "ppl" or config.gold is not None or config.gold_pair is not None
+        tensors: dict[str, torch.Tensor] = {}
+        if jobs:
+            s_res = run(self.student, [j[2].input_ids for j in jobs],
+                        HookPlan(saliency="grad", target_mask=[j[4] for j in jobs], token_nll=need_ppl),
+                        batch_size=config.batch_size)
+            t_res = run(self.teacher, [j[3].input_ids for j in jobs],
+                        HookPlan(saliency="grad", target_mask=[j[5] for j in jobs]), batch_size=config.batch_size)
+            for k, ((r, unit, s_enc, t_enc, _, _), s, t) in enumerate(zip(jobs, s_res, t_res)):
+                record = records[r]
+                gold = [tuple(g) for g in record["gold_spans"]] if "gold_spans" in record else None
+                unit_record, unit_tensors = detect(
+                    config, unit, record["text"], s_enc, t_enc, s.saliency, t.saliency, s.token_nll,
+                    seed=config.seed * 1_000_003 + r, gold_spans=gold,
+                    counts=detection if (gold is not None and unit.level == "instruction") else None)
+                unit_record["nll"] = {"teacher": t.loss, "student": s.loss}
+                u = len(record["units"])
+                record["units"].append(unit_record)
+                if unit.level == "instruction":
+                    record["nll"] = unit_record["nll"]
+                tensors.update({f"{r}.{u}.{name}": value.contiguous() for name, value in unit_tensors.items()})
+        if config.verify:
+            counts["counterfactuals_dropped"] = self.verify([rec for rec in records.values() if "units" in rec])
+        # parts: tensors, then counts, then the jsonl that marks the window done (each file atomic)
+        tmp = self.part_path(window, ".safetensors.tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(self.part_path(window, ".safetensors"))
+        write_json_atomic(self.part_path(window, ".counts.json"),
+                          {"counts": counts, "detection": {m: c.__dict__ for m, c in detection.items()}})
+        lines = "".join(json.dumps(records[r], ensure_ascii=False) + "\n" for r in rows)
+        write_text_atomic(self.part_path(window, ".jsonl"), lines)
+
+    # -- merge ---------------------------------------------------------------------------------------------------
+    def merge(self, windows: int, total: int) -> dict:
+        from safetensors.torch import load_file, save_file
+
+        from leaf.gold import DetectionCounts
+        from leaf.report import write_report
+
+        config, out = self.config, self.config.output
+        records, tensors = [], {}
+        counts = {"samples": total, "analysed": 0, "skipped_too_long": 0, "filtered_selection": 0, "units": 0,
+                  "candidate_tokens": 0, "flagged_tokens": 0, "spans": 0, "counterfactuals": 0,
+                  "counterfactuals_dropped": 0}
+        detection: dict[str, DetectionCounts] = {}
+        thresholds = []
+        for w in range(windows):
+            part = json.loads(self.part_path(w, ".counts.json").read_text())
+            for key in ("skipped_too_long", "filtered_selection", "counterfactuals_dropped"):
+                counts[key] += part["counts"][key]
+            for mode, values in part["detection"].items():
+                acc = detection.setdefault(mode, DetectionCounts())
+                for key, value in values.items():
+                    if isinstance(value, int):
+                        setattr(acc, key, getattr(acc, key) + value)
+            tensors.update(load_file(str(self.part_path(w, ".safetensors"))))
+            for line in self.part_path(w, ".jsonl").read_text(encoding="utf-8").splitlines():
+                record = json.loads(line)
+                records.append(record)
+                if record["status"] != "ok":
+                    continue
+                counts["analysed"] += 1
+                for unit in record["units"]:
+                    counts["units"] += 1
+                    counts["candidate_tokens"] += len(unit["tokens"])
+                    counts["flagged_tokens"] += sum(t["flag"] for t in unit["tokens"])
+                    counts["spans"] += len(unit["spans"])
+                    counts["counterfactuals"] += len(unit["counterfactuals"])
+                    if unit["threshold"] is not None:
+                        thresholds.append(unit["threshold"])
+        write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        tmp = out / "scores.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        tmp.replace(out / "scores.safetensors")
+        summary = {
+            "output": str(out), "counts": counts,
+            "threshold": {"mode": config.threshold, "tau": config.tau, "quantile": config.quantile,
+                          "baseline_count": config.baseline_count,
+                          "mean_applied": sum(thresholds) / len(thresholds) if thresholds else None},
+            "detection": {mode: c.metrics() for mode, c in detection.items()} or None,
+            "models": {"teacher": _describe(self.teacher), "student": _describe(self.student)},
+            "notes": self.notes, "config": {k: str(v) if isinstance(v, Path) else v
+                                            for k, v in asdict(config).items()},
+            "versions": _versions(), "command": " ".join(self.command),
+        }
+        write_json_atomic(out / "summary.json", summary)
+        write_report(out / "report.html", records[: config.report_samples], summary)
+        return summary
+
+
+def _describe(model) -> dict:
+    from leaf.hooks import model_summary
+
+    return model_summary(model)
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("leaf-distill", "torch", "transformers", "nnsight", "safetensors", "datasets"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    """The table printed at the end of `leaf analyze`."""
+    c = summary["counts"]
+    lines = [f"analysed {c['analysed']} of {c['samples']} samples "
+             f"(skipped too long: {c['skipped_too_long']}, filtered by selection: {c['filtered_selection']})",
+             f"units {c['units']}, flagged tokens {c['flagged_tokens']} of {c['candidate_tokens']} candidates, "
+             f"spans {c['spans']}, counterfactuals {c['counterfactuals']} (dropped by verification: "
+             f"{c['counterfactuals_dropped']})"]
+    detection = summary.get("detection")
+    if detection:
+        lines.append(f"\n{'mode':<10} {'tok P':>6} {'tok R':>6} {'tok F1':>6} {'span P':>6} {'span R':>6} {'span F1':>7}")
+        for mode, m in detection.items():
+            lines.append(f"{mode:<10} {m['token']['precision']:>6.3f} {m['token']['recall']:>6.3f} "
+                         f"{m['token']['f1']:>6.3f} {m['span']['precision']:>6.3f} {m['span']['recall']:>6.3f} "
+                         f"{m['span']['f1']:>7.3f}")
+    lines.append(f"\nwrote {summary['output']}/samples.jsonl, scores.safetensors, summary.json, report.html")
+    return "\n".join(lines)

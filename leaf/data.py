@@ -1,0 +1,116 @@
+"""Datasets in, (prompt, response) samples out: JSONL, JSON, CSV, Parquet or a saved HF dataset folder.
+
+Fields are found by name: instruction style (`instruction` [+ `input`] / `output`), `question` / `solution`,
+`prompt` / `response`, or chat `messages` (one user turn and one assistant turn). Names are configurable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from leaf.errors import LeafError
+
+PROMPT_FIELDS = ("instruction", "question", "prompt", "problem")
+RESPONSE_FIELDS = ("output", "solution", "response", "answer_text", "completion")
+SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class Sample:
+    id: str
+    prompt: str
+    response: str
+    record: dict  # the raw row, for gold fields and reference answers
+
+
+def _check_jsonl(path: Path) -> None:
+    """datasets' JSON errors do not name the line; find a malformed line ourselves first."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LeafError(f"{path}: line {number} is not valid JSON ({exc.msg} at column {exc.colno}): "
+                                f"{line.strip()[:80]!r}. Fix or delete that line.") from None
+            if not isinstance(value, dict):
+                raise LeafError(f"{path}: line {number} is a JSON {type(value).__name__}, not an object with fields.")
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Rows of a dataset file or saved dataset folder, loaded with `datasets` (offline, no hub)."""
+    path = Path(path)
+    if not path.exists():
+        raise LeafError(f"Data path {str(path)!r} does not exist.")
+    import datasets
+
+    datasets.disable_progress_bars()
+    if path.is_dir():
+        try:
+            data = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as exc:
+            raise LeafError(f"{str(path)!r} is a folder but not a dataset saved with save_to_disk ({exc}). Pass a "
+                            "JSONL/JSON/CSV/Parquet file instead.") from None
+        if isinstance(data, datasets.DatasetDict):
+            split = "train" if "train" in data else next(iter(data))
+            data = data[split]
+    else:
+        kind = SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise LeafError(f"Unknown data format {path.suffix!r} for {str(path)!r}. Use one of "
+                            f"{', '.join(SUFFIXES)} or a saved dataset folder.")
+        if path.stat().st_size == 0:
+            raise LeafError(f"{str(path)!r} is empty: there are no samples to analyse.")
+        if path.suffix.lower() == ".jsonl":
+            _check_jsonl(path)
+        try:
+            data = datasets.load_dataset(kind, data_files=str(path), split="train")
+        except Exception as exc:  # datasets raises many types for unreadable files
+            raise LeafError(f"Could not read {str(path)!r} as {kind}: {exc}") from None
+    records = data.to_list()
+    if not records:
+        raise LeafError(f"{str(path)!r} holds no samples.")
+    return records
+
+
+def _pick(record: dict, names: tuple[str, ...], given: str | None, what: str, number: int) -> str:
+    if given:
+        if given not in record:
+            raise LeafError(f"Sample {number} has no field {given!r} ({what}). Fields: {', '.join(record)}.")
+        return given
+    for name in names:
+        if name in record:
+            return name
+    raise LeafError(f"Sample {number} has no {what} field: looked for {', '.join(names)}; it has "
+                    f"{', '.join(record)}. Name it with --{what}-field.")
+
+
+def to_samples(records: list[dict], *, prompt_field: str | None = None, response_field: str | None = None,
+               input_field: str = "input", messages_field: str = "messages",
+               id_field: str = "id") -> list[Sample]:
+    """Map rows to samples; the first row fixes the field names, every row must have them."""
+    samples = []
+    for number, record in enumerate(records):
+        if messages_field in record and not prompt_field:
+            messages = record[messages_field] or []
+            roles = [m.get("role") for m in messages]
+            if roles != ["user", "assistant"]:
+                raise LeafError(f"Sample {number}: {messages_field!r} must be one user turn then one assistant turn "
+                                f"(found roles {roles}).")
+            prompt, response = messages[0]["content"], messages[1]["content"]
+        else:
+            p = _pick(record, PROMPT_FIELDS, prompt_field, "prompt", number)
+            r = _pick(record, RESPONSE_FIELDS, response_field, "response", number)
+            prompt, response = record[p], record[r]
+            if p == "instruction" and record.get(input_field):
+                prompt = f"{prompt}\n\n{record[input_field]}"
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise LeafError(f"Sample {number} has an empty or non-text prompt: {prompt!r}.")
+        if not isinstance(response, str) or not response.strip():
+            raise LeafError(f"Sample {number} has an empty or non-text response: {response!r}.")
+        sample_id = str(record.get(id_field, number))
+        samples.append(Sample(id=sample_id, prompt=prompt, response=response, record=record))
+    return samples

@@ -1,0 +1,99 @@
+"""Confounder detection for one analysis unit: scores in, Δ, flags, spans and counterfactual texts out.
+
+A unit is one (sample, loss, region) triple: at instruction level the loss is the response NLL and the region the
+instruction tokens; at response level the loss is segment k's NLL and the region the earlier segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from leaf.gold import DetectionCounts, token_gold
+from leaf.scoring import THRESHOLDS, ThresholdContext, delta, flag, minmax
+from leaf.spans import is_whitespace, project, remove_spans, token_spans
+
+
+@dataclass
+class Unit:
+    level: str                     # "instruction" | "response"
+    segment: int | None            # response level: the segment whose NLL is the loss (2 or 3)
+    target: tuple[int, int]        # char span whose tokens form the loss
+    region: tuple[int, int]        # char span whose tokens are scored
+    base: tuple[int, int]          # char span of the field the spans are reported in (prompt or response)
+
+
+def tokens_in(offsets: torch.Tensor, special: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+    return (offsets[:, 0] >= span[0]) & (offsets[:, 1] <= span[1]) & (offsets[:, 1] > offsets[:, 0]) & ~special
+
+
+def candidates(text: str, offsets: torch.Tensor, special: torch.Tensor, region: tuple[int, int]) -> torch.Tensor:
+    """Tokens of the region that may be flagged: not special, not whitespace-only."""
+    mask = tokens_in(offsets, special, region)
+    for i in mask.nonzero().flatten().tolist():
+        if is_whitespace(text[int(offsets[i, 0]): int(offsets[i, 1])]):
+            mask[i] = False
+    return mask
+
+
+def contexts(config, d: torch.Tensor, surprisal: torch.Tensor | None, seed: int) -> dict[str, ThresholdContext]:
+    """One ThresholdContext per mode; the baselines copy the count of config.baseline_count's gradient mask."""
+    base = ThresholdContext(tau=config.tau, quantile=config.quantile)
+    count = int(flag(config.baseline_count, d, base).mask.sum())
+    generator = torch.Generator().manual_seed(seed)
+    return {"iqr": base, "absolute": base, "quantile": base,
+            "random": ThresholdContext(count=count, generator=generator),
+            "ppl": ThresholdContext(count=count, surprisal=surprisal)}
+
+
+def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, t_scores: torch.Tensor,
+           s_surprisal: torch.Tensor | None, seed: int, gold_spans: list[tuple[int, int]] | None,
+           counts: dict[str, DetectionCounts] | None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Δ, flags, spans and counterfactuals of one unit -> (JSON record, raw tensors)."""
+    cand = candidates(text, s_enc.offsets, s_enc.special_mask, unit.region)
+    t_region = tokens_in(t_enc.offsets, t_enc.special_mask, unit.region)
+    t_on_s = project(t_scores, t_enc.offsets, t_region, s_enc.offsets, cand, len(text))
+    idx = cand.nonzero().flatten()
+    g_s, g_t = minmax(s_scores[idx]), minmax(t_on_s[idx])
+    d = delta(t_on_s[idx], s_scores[idx])
+    surprisal = s_surprisal[idx] if s_surprisal is not None else None
+    ctxs = contexts(config, d, surprisal, seed)
+    modes = list(THRESHOLDS) if counts is not None else [config.threshold]
+    if counts is not None and config.tau is None:
+        modes.remove("absolute")
+    chosen = None
+    for mode in modes:
+        flags = flag(mode, d, ctxs[mode])
+        full = torch.zeros(len(s_enc.offsets), dtype=torch.bool)
+        full[idx] = flags.mask
+        spans = token_spans(full, s_enc.offsets, text, cand)
+        if counts is not None and gold_spans is not None:
+            gold = token_gold(s_enc.offsets, gold_spans, base=unit.base[0])
+            counts.setdefault(mode, DetectionCounts()).add(
+                flags.mask, gold[idx], [(a - unit.base[0], b - unit.base[0]) for a, b, _ in spans], gold_spans)
+        if mode == config.threshold:
+            chosen = (flags, spans)
+    flags, spans = chosen
+    base_text = text[unit.base[0]: unit.base[1]]
+    rel = [(a - unit.base[0], b - unit.base[0], tokens) for a, b, tokens in spans]
+    if config.pruning == "span":
+        groups = [[(a, b)] for a, b, _ in rel]
+    else:
+        groups = [[(a, b) for a, b, _ in rel]] if rel else []
+    field_name = "prompt" if unit.level == "instruction" else "response"
+    counterfactuals = [{"field": field_name, "removed": [list(s) for s in group],
+                        field_name: remove_spans(base_text, group)} for group in groups]
+    record = {
+        "level": unit.level, "segment": unit.segment, "target_span": list(unit.target),
+        "region_span": list(unit.region), "threshold_mode": config.threshold, "threshold": flags.threshold,
+        "tokens": [{"index": int(i), "start": int(s_enc.offsets[i, 0]), "end": int(s_enc.offsets[i, 1]),
+                    "teacher": round(float(a), 5), "student": round(float(b), 5), "delta": round(float(c), 5),
+                    "flag": bool(f)} for i, a, b, c, f in zip(idx, g_t, g_s, d, flags.mask)],
+        "spans": [{"start": a, "end": b, "text": base_text[a:b], "tokens": tokens} for a, b, tokens in rel],
+        "counterfactuals": counterfactuals,
+    }
+    tensors = {"student": s_scores.float(), "teacher": t_scores.float(), "teacher_on_student": t_on_s.float(),
+               "candidates": idx.to(torch.int64), "delta": d.float()}
+    return record, tensors
+

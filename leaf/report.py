@@ -1,0 +1,119 @@
+"""report.html for `leaf analyze`: one self-contained file (no server, no external assets).
+
+Per sample and unit: the analysed text three times, shaded by the teacher's and the student's normalised
+sensitivity and by Δ (red = low Δ = the student leans on it, the teacher does not), with the pruned spans marked.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from leaf.io import write_text_atomic
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
+h1{font-size:1.4em} h2{font-size:1.1em;margin-top:2em;border-top:1px solid #ccc;padding-top:1em}
+table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}
+.row{display:grid;grid-template-columns:6em 1fr;gap:.5em;margin:.3em 0;align-items:start}
+.label{font-weight:600;color:#555} .text{white-space:pre-wrap;font-family:ui-monospace,monospace;line-height:1.6}
+mark.pruned{background:none;outline:2px solid #c00;outline-offset:1px;border-radius:2px}
+.cf{font-family:ui-monospace,monospace;white-space:pre-wrap;background:#f6f6f6;padding:.3em;margin:.2em 0}
+.meta{color:#666;font-size:.9em}
+"""
+
+
+def _color(value: float, kind: str) -> str:
+    if kind == "delta":  # low Δ is the confounder signal
+        return f"rgba(220,40,40,{(1 - value) ** 2:.3f})"
+    return f"rgba(40,90,220,{value:.3f})"
+
+
+def _shaded(text: str, base: int, tokens: list[dict], spans: list[dict], key: str | None) -> str:
+    """HTML of `text` with each scored token shaded by tokens[i][key]; pruned spans (if key is None or delta)
+    wrapped in <mark class="pruned">."""
+    values: dict[tuple[int, int], float] = {}
+    for t in tokens:
+        values.setdefault((t["start"] - base, t["end"] - base), t[key] if key else 0.0)
+    cuts = {0, len(text)}
+    for a, b in values:
+        cuts.update((a, b))
+    for s in spans:
+        cuts.update((s["start"], s["end"]))
+    cuts = sorted(c for c in cuts if 0 <= c <= len(text))
+    out, inside = [], False
+    for a, b in zip(cuts, cuts[1:]):
+        in_span = any(s["start"] <= a and b <= s["end"] for s in spans)
+        if in_span and not inside:
+            out.append('<mark class="pruned">')
+        if not in_span and inside:
+            out.append("</mark>")
+        inside = in_span
+        piece = html.escape(text[a:b])
+        value = next((v for (s, e), v in values.items() if s <= a and b <= e), None)
+        if value is None or key is None:
+            out.append(piece)
+        else:
+            out.append(f'<span style="background:{_color(value, key)}" title="{key} {value:.3f}">{piece}</span>')
+    if inside:
+        out.append("</mark>")
+    return "".join(out)
+
+
+def _unit_html(record: dict, unit: dict) -> str:
+    field = "prompt" if unit["level"] == "instruction" else "response"
+    text, base = record[field], record[f"{field}_span"][0]
+    title = "instruction" if unit["level"] == "instruction" else f"response, segment {unit['segment']} as the loss"
+    tau = "" if unit["threshold"] is None else f"τ = {unit['threshold']:.3f}"
+    rows = [f'<div class="meta">{html.escape(title)}; threshold {unit["threshold_mode"]} {tau}; '
+            f'{sum(t["flag"] for t in unit["tokens"])} of {len(unit["tokens"])} tokens flagged</div>']
+    for label, key in (("teacher", "teacher"), ("student", "student"), ("Δ", "delta")):
+        spans = unit["spans"] if key == "delta" else []
+        rows.append(f'<div class="row"><div class="label">{label}</div>'
+                    f'<div class="text">{_shaded(text, base, unit["tokens"], spans, key)}</div></div>')
+    for cf in unit["counterfactuals"]:
+        rows.append(f'<div class="row"><div class="label">pruned</div><div class="cf">'
+                    f'{html.escape(cf[cf["field"]])}</div></div>')
+    return "\n".join(rows)
+
+
+def _summary_html(summary: dict) -> str:
+    counts = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in summary["counts"].items())
+    parts = [f"<table><tr><th>count</th><th>value</th></tr>{counts}</table>"]
+    if summary.get("detection"):
+        rows = "".join(
+            f"<tr><td>{html.escape(mode)}</td>" + "".join(
+                f"<td>{m[level][k]:.3f}</td>" for level in ("token", "span") for k in ("precision", "recall", "f1"))
+            + "</tr>" for mode, m in summary["detection"].items())
+        parts.append("<table><tr><th>mode</th><th>token P</th><th>token R</th><th>token F1</th><th>span P</th>"
+                     f"<th>span R</th><th>span F1</th></tr>{rows}</table>")
+    for note in summary.get("notes", []):
+        parts.append(f'<p class="meta">note: {html.escape(note)}</p>')
+    return "\n".join(parts)
+
+
+def render_report(records: list[dict], summary: dict) -> str:
+    models = summary["models"]
+    body = [f"<h1>leaf analyze</h1><p class=meta>teacher {html.escape(models['teacher']['name'])} · student "
+            f"{html.escape(models['student']['name'])} · {html.escape(summary['command'])}</p>",
+            _summary_html(summary),
+            '<p class="meta">Shading: blue = normalised gradient sensitivity; red = low Δ (teacher − student), the '
+            'confounder signal. Outlined: pruned spans.</p>']
+    for record in records:
+        nll = record.get("nll") or {}
+        head = (f'<h2 id="sample-{html.escape(record["id"])}">sample {html.escape(record["id"])}'
+                f' <span class="meta">({html.escape(record["status"])}'
+                + (f"; response NLL teacher {nll['teacher']:.3f}, student {nll['student']:.3f}" if nll else "")
+                + ")</span></h2>")
+        body.append(head)
+        for unit in record.get("units", []):
+            body.append(_unit_html(record, unit))
+    data = html.escape(json.dumps({"counts": summary["counts"]}))
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>leaf analyze report</title>"
+            f"<style>{CSS}</style></head><body data-summary=\"{data}\">{''.join(body)}</body></html>\n")
+
+
+def write_report(path: str | Path, records: list[dict], summary: dict) -> Path:
+    return write_text_atomic(path, render_report(records, summary))
