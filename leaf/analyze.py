@@ -18,7 +18,6 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 
 from leaf.errors import LeafError
 from leaf.io import write_json_atomic, write_text_atomic

@@ -21,6 +21,7 @@ from typing import Annotated
 import typer
 
 from leaf.errors import LeafError
+from leaf.analyze import AnalyzeConfig
 from leaf.saliency_report import SaliencyReportConfig
 
 app = typer.Typer(
@@ -47,6 +48,23 @@ def field_help(config_class, name: str) -> str:
     return config_class.__dataclass_fields__[name].metadata["help"]
 
 
+def command_line(ctx: typer.Context) -> list[str]:
+    """The command as a canonical argument list (every option that differs from its default), for the record."""
+    import shlex
+
+    args = ["leaf", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or not param.opts:
+            continue
+        flag = max(param.opts, key=len)
+        if isinstance(value, bool):
+            args.append(flag if value else (param.secondary_opts or [flag])[0])
+        else:
+            args += [flag, shlex.quote(str(value.value if isinstance(value, Enum) else value))]
+    return args
+
+
 def user_errors(command):
     """Print a LeafError's message in red and exit 1, instead of a traceback."""
     @functools.wraps(command)
@@ -69,10 +87,80 @@ def _not_built(name: str, issue: int):
     return command
 
 
-_not_built("analyze", 3)
 _not_built("distill", 4)
 _not_built("serve", 5)
 _not_built("demo", 6)
+
+
+def _a(name: str, *flags: str, **kwargs):
+    """A typer option whose help comes from AnalyzeConfig."""
+    return typer.Option(*flags, help=field_help(AnalyzeConfig, name), **kwargs)
+
+
+class Threshold(str, Enum):
+    iqr = "iqr"
+    absolute = "absolute"
+    quantile = "quantile"
+    random = "random"
+    ppl = "ppl"
+
+
+class Level(str, Enum):
+    instruction = "instruction"
+    response = "response"
+    both = "both"
+
+
+class Pruning(str, Enum):
+    span = "span"
+    collective = "collective"
+
+
+class Template(str, Enum):
+    student = "student"
+    teacher = "teacher"
+    none = "none"
+
+
+@app.command("analyze")
+@user_errors
+def analyze(ctx: typer.Context, teacher: Teacher, student: Student, data: Data, output: Output,
+            threshold: Annotated[Threshold, _a("threshold")] = Threshold.iqr,
+            tau: Annotated[float | None, _a("tau")] = None,
+            quantile: Annotated[float, _a("quantile")] = 0.05,
+            baseline_count: Annotated[Threshold, _a("baseline_count")] = Threshold.iqr,
+            level: Annotated[Level, _a("level")] = Level.instruction,
+            segments: Annotated[int, _a("segments")] = 2,
+            pruning: Annotated[Pruning, _a("pruning")] = Pruning.span,
+            gold: Annotated[str | None, _a("gold")] = None,
+            gold_pair: Annotated[str | None, _a("gold_pair")] = None,
+            template: Annotated[Template, _a("template")] = Template.student,
+            select: Annotated[bool, _a("select")] = False,
+            verify: Annotated[bool, _a("verify")] = False,
+            answer_field: Annotated[str | None, _a("answer_field")] = None,
+            max_new_tokens: Annotated[int, _a("max_new_tokens")] = 256,
+            prompt_field: Annotated[str | None, _a("prompt_field")] = None,
+            response_field: Annotated[str | None, _a("response_field")] = None,
+            id_field: Annotated[str, _a("id_field")] = "id",
+            limit: Annotated[int | None, _a("limit")] = None,
+            batch_size: BatchSize = 8,
+            window: Annotated[int, _a("window")] = 64,
+            seed: Seed = 0, device: Device = "cpu", dtype: Dtype = "float32", allow_pickle: AllowPickle = False,
+            trust_remote_code: Annotated[bool, _a("trust_remote_code")] = False,
+            resume: Annotated[bool, _a("resume")] = False,
+            report_samples: Annotated[int, _a("report_samples")] = 100) -> None:
+    """Find confounding tokens (student-sensitive, teacher-insensitive) and prune them into counterfactuals."""
+    from leaf.analyze import format_summary, run_analyze
+
+    config = AnalyzeConfig(
+        teacher=teacher, student=student, data=data, output=output, threshold=threshold.value, tau=tau,
+        quantile=quantile, baseline_count=baseline_count.value, level=level.value, segments=segments,
+        pruning=pruning.value, gold=gold, gold_pair=gold_pair, template=template.value, select=select, verify=verify,
+        answer_field=answer_field, max_new_tokens=max_new_tokens, prompt_field=prompt_field,
+        response_field=response_field, id_field=id_field, limit=limit, batch_size=batch_size, window=window,
+        seed=seed, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        resume=resume, report_samples=report_samples)
+    typer.echo(format_summary(run_analyze(config, command=command_line(ctx))))
 
 
 class Family(str, Enum):

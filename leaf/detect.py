@@ -60,8 +60,9 @@ def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, 
     surprisal = s_surprisal[idx] if s_surprisal is not None else None
     ctxs = contexts(config, d, surprisal, seed)
     modes = list(THRESHOLDS) if counts is not None else [config.threshold]
-    if counts is not None and config.tau is None:
-        modes.remove("absolute")
+    if counts is not None:  # every mode that can run, for the detection table
+        modes = [m for m in modes if m == config.threshold or not (
+            (m == "absolute" and config.tau is None) or (m == "ppl" and surprisal is None))]
     chosen = None
     for mode in modes:
         flags = flag(mode, d, ctxs[mode])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
@@ -94,6 +94,36 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
+# A fixed corpus for the BPE tokenizer, so that its merges (and so its token boundaries) are deterministic.
+_BPE_CORPUS = [
+    "Tom has 3 apples. He buys 2 more apples. How many apples does he have now?",
+    "Ann reads 4 pages a day for 5 days. The book is blue. How many pages does she read?",
+    "The store sells pencils for $2 each and pens for $5 each. Each cut takes 5 seconds.",
+    "She has 12 gifts to wrap for her family, friends and teachers, and 144 inches of ribbon.",
+    "Step 1: add the numbers. Step 2: multiply the total by the price. #### 42",
+    "There are 7 days in a week and 24 hours in a day; the answer is 168 hours.",
+] * 4
+
+
+def bpe_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on a small fixed corpus: every byte is still a token (any text encodes),
+    but frequent words are single tokens, so its token boundaries differ from `byte_tokenizer`'s. Same special
+    tokens and chat template. Used to test teacher/student pairs with different tokenizers."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(_BPE_CORPUS, trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "right"
+    return tok
+
+
+TOKENIZERS = {"byte": byte_tokenizer, "bpe": bpe_tokenizer}
+
+
 def _config(family: str, size: TinySize, vocab_size: int, tok: PreTrainedTokenizerFast):
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if family == "gpt2":
@@ -114,11 +144,13 @@ def _config(family: str, size: TinySize, vocab_size: int, tok: PreTrainedTokeniz
 
 
 def build_tiny_model(family: str, output_dir: str | Path, *, seed: int = 0, size: str | TinySize = "tiny",
-                     vocab_size: int | None = None, dtype: torch.dtype = torch.float32) -> Path:
+                     vocab_size: int | None = None, dtype: torch.dtype = torch.float32,
+                     tokenizer: str = "byte") -> Path:
     """Build a random `family` causal LM with the byte tokenizer and save it as a HF folder; returns the folder.
 
     Deterministic: the same (family, size, seed, vocab_size) gives bit-identical weights. `vocab_size` defaults to
     the tokenizer's size rounded up to a multiple of 8 (the logit matrix is padded, as in real checkpoints).
+    tokenizer: "byte" (default: ids 0-255 are the UTF-8 bytes) or "bpe" (byte-level BPE with merges).
     """
     if isinstance(size, str):
         if size not in SIZES:
@@ -127,7 +159,9 @@ def build_tiny_model(family: str, output_dir: str | Path, *, seed: int = 0, size
     if size.hidden_size // size.num_heads < 32:
         raise LeafError(f"head dim {size.hidden_size // size.num_heads} < 32: vLLM's CPU attention cannot run it. "
                         "Use hidden_size >= 32 * num_heads.")
-    tok = byte_tokenizer()
+    if tokenizer not in TOKENIZERS:
+        raise LeafError(f"Unknown tokenizer {tokenizer!r}. Available: {', '.join(TOKENIZERS)}.")
+    tok = TOKENIZERS[tokenizer]()
     vocab_size = vocab_size or -(-len(tok) // 8) * 8
     if vocab_size < len(tok):
         raise LeafError(f"vocab_size {vocab_size} is smaller than the tokenizer ({len(tok)} tokens).")
@@ -141,5 +175,5 @@ def build_tiny_model(family: str, output_dir: str | Path, *, seed: int = 0, size
     model.save_pretrained(output_dir, safe_serialization=True)
     tok.save_pretrained(output_dir)
     (output_dir / "leaf_tiny_model.json").write_text(json.dumps(
-        {"family": family, "seed": seed, "size": size.__dict__, "vocab_size": vocab_size}, indent=2))
+        {"family": family, "seed": seed, "size": size.__dict__, "vocab_size": vocab_size, "tokenizer": tokenizer}, indent=2))
     return output_dir

@@ -1,0 +1,188 @@
+"""`leaf analyze` end to end on two tiny models with different tokenizers and real GSM-Plus distractors."""
+
+import json
+import shutil
+from html.parser import HTMLParser
+
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from leaf.analyze import AnalyzeConfig, run_analyze
+from leaf.cli import app
+from leaf.spans import remove_spans
+from leaf.tiny_models import build_tiny_model
+from tests.test_answers_gold_segments import GSM_PLUS
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    teacher = build_tiny_model("llama", root / "teacher", seed=1, tokenizer="bpe")
+    student = build_tiny_model("qwen2", root / "student", seed=2)
+    return str(teacher), str(student)
+
+
+@pytest.fixture
+def data(tmp_path):
+    """Six short GSM-Plus problems (they fit the tiny models' 1024-token context)."""
+    rows = [json.loads(line) for line in GSM_PLUS.read_text().splitlines()]
+    rows = sorted(rows, key=lambda r: len(r["question"]) + len(r["solution"]))[:6]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class Marks(HTMLParser):
+    """Collects the text inside <mark class="pruned"> elements."""
+
+    def __init__(self):
+        super().__init__()
+        self.depth, self.marks = 0, []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "mark" and ("class", "pruned") in attrs:
+            self.depth += 1
+            self.marks.append("")
+
+    def handle_endtag(self, tag):
+        if tag == "mark" and self.depth:
+            self.depth -= 1
+
+    def handle_data(self, data):
+        if self.depth:
+            self.marks[-1] += data
+
+
+def _analyze(pair, data, out, *extra):
+    teacher, student = pair
+    return runner.invoke(app, ["analyze", "--teacher", teacher, "--student", student, "--data", str(data),
+                               "--output", str(out), "--gold-pair", "question,seed_question", "--window", "2",
+                               "--batch-size", "2", *extra])
+
+
+def test_analyze_writes_all_four_outputs_consistently(pair, data, tmp_path):
+    out = tmp_path / "out"
+    result = _analyze(pair, data, out, "--level", "both", "--threshold", "quantile", "--quantile", "0.1")
+    assert result.exit_code == 0, result.output
+    assert "iqr" in result.output and "tok F1" in result.output          # the printed detection table
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(r["status"] == "ok" for r in records)
+    scores = load_file(str(out / "scores.safetensors"))
+    n_spans = 0
+    for r in records:
+        assert r["text"][slice(*r["prompt_span"])] == r["prompt"]
+        assert {u["level"] for u in r["units"]} == {"instruction", "response"}
+        for u, unit in enumerate(r["units"]):
+            field = "prompt" if unit["level"] == "instruction" else "response"
+            assert sum(t["flag"] for t in unit["tokens"]) >= 1                  # quantile always flags some
+            for span in unit["spans"]:
+                assert r[field][span["start"]: span["end"]] == span["text"]
+            for cf in unit["counterfactuals"]:
+                assert cf[field] == remove_spans(r[field], [tuple(s) for s in cf["removed"]])
+            assert len(unit["counterfactuals"]) == len(unit["spans"])          # span pruning: one per span
+            assert scores[f"{r['row']}.{u}.delta"].shape == (len(unit["tokens"]),)
+            assert all(0.0 <= t["delta"] <= 1.0 for t in unit["tokens"])
+            if unit["level"] == "instruction":
+                n_spans += len(unit["spans"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["analysed"] == 6
+    assert set(summary["detection"]) == {"iqr", "quantile", "random", "ppl"}
+    assert summary["command"].startswith("leaf analyze --teacher")
+    assert summary["models"]["teacher"]["class"] == "LlamaForCausalLM"
+    # the report: one file, no external assets, the Δ rows mark exactly the pruned spans
+    page = (out / "report.html").read_text()
+    assert "<script src" not in page and "http" not in page.split("<body")[0]
+    parser = Marks()
+    parser.feed(page)
+    all_spans = [s["text"] for r in records for u in r["units"] for s in u["spans"]]
+    assert parser.marks == all_spans and len(all_spans) >= n_spans > 0
+
+
+def test_resume_skips_finished_windows_and_gives_the_same_result(pair, data, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert _analyze(pair, data, full).exit_code == 0
+    assert _analyze(pair, data, part).exit_code == 0
+    # an interrupted run: the last window never finished and the final files were never merged
+    (part / "parts" / "part-00002.jsonl").unlink()
+    for name in ("samples.jsonl", "summary.json", "report.html", "scores.safetensors"):
+        (part / name).unlink()
+    first = (part / "parts" / "part-00000.jsonl").stat().st_mtime_ns
+    result = _analyze(pair, data, part)
+    assert result.exit_code == 1 and "--resume" in result.output              # never overwrites silently
+    assert _analyze(pair, data, part, "--resume").exit_code == 0
+    assert (part / "parts" / "part-00000.jsonl").stat().st_mtime_ns == first  # not recomputed
+    assert (part / "samples.jsonl").read_text() == (full / "samples.jsonl").read_text()
+    changed = _analyze(pair, data, part, "--resume", "--threshold", "quantile")
+    assert changed.exit_code == 1 and "differs in: threshold" in changed.output
+
+
+def test_too_long_samples_are_skipped_and_counted(pair, data, tmp_path):
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows[1]["question"] = rows[1]["question"] + " It was a sunny day." * 80   # > 1024 byte tokens
+    rows[1]["seed_question"] = rows[1]["question"]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    result = _analyze(pair, data, out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["skipped_too_long"] == 1 and summary["counts"]["analysed"] == 5
+    statuses = [json.loads(line)["status"] for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert statuses[1] == "skipped_too_long"
+
+
+def test_different_chat_templates_are_noted_and_one_is_used(pair, data, tmp_path):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(pair[0], teacher)
+    config_path = teacher / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    template_file = teacher / "chat_template.jinja"
+    template = template_file.read_text() if template_file.exists() else config["chat_template"]
+    template = template.replace("<|end|>", "<|eos|>")
+    if template_file.exists():
+        template_file.write_text(template)
+    else:
+        config["chat_template"] = template
+        config_path.write_text(json.dumps(config))
+    out = tmp_path / "out"
+    result = _analyze((str(teacher), pair[1]), data, out, "--limit", "2")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert any("chat templates render different text" in note for note in summary["notes"])
+
+
+def test_selection_and_verification_run_generation(pair, data, tmp_path):
+    """Random tiny models answer nothing correctly: selection keeps no sample, and says so per sample."""
+    out = tmp_path / "out"
+    config = AnalyzeConfig(teacher=pair[0], student=pair[1], data=data, output=out, select=True, verify=True,
+                           max_new_tokens=4, limit=3)
+    summary = run_analyze(config, progress=False)
+    assert summary["counts"]["filtered_selection"] == 3 and summary["counts"]["analysed"] == 0
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert all(r["selection"]["teacher_correct"] is False for r in records)
+    assert all(r["selection"]["reference"] for r in records)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--threshold", "absolute"], "--threshold absolute needs --tau"),
+    (["--level", "sentence"], "'sentence' is not one of"),
+    (["--gold", "x", "--gold-pair", "a,b"], "Give --gold or --gold-pair, not both"),
+    (["--segments", "5"], "--segments must be 2 or 3"),
+])
+def test_bad_options_are_clean_errors(pair, data, tmp_path, args, message):
+    teacher, student = pair
+    result = runner.invoke(app, ["analyze", "--teacher", teacher, "--student", student, "--data", str(data),
+                                 "--output", str(tmp_path / "o"), *args])
+    assert result.exit_code in (1, 2) and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_malformed_data_line_is_named(pair, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "solution": "s"}\n{oops\n')
+    result = runner.invoke(app, ["analyze", "--teacher", pair[0], "--student", pair[1], "--data", str(bad),
+                                 "--output", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "line 2 is not valid JSON" in result.output
+    assert not (tmp_path / "o").exists()

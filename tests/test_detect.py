@@ -1,0 +1,60 @@
+"""detect() on hand-made scores: a student that leans on the distractor, a teacher that ignores it."""
+
+import torch
+
+from leaf.analyze import AnalyzeConfig
+from leaf.detect import Unit, candidates, detect
+from leaf.gold import DetectionCounts, spans_from_text
+from leaf.hooks import encode_text
+from leaf.tiny_models import bpe_tokenizer, byte_tokenizer
+
+PROMPT = "Tom has 3 apples. His hat is red. He buys 2 more apples. How many apples?"
+DISTRACTOR = "His hat is red."
+
+
+def _setup(teacher_tok, student_tok):
+    text = "<|bos|>" + PROMPT + "\n" + "3 + 2 = 5"
+    pspan = (7, 7 + len(PROMPT))
+    rspan = (pspan[1] + 1, len(text))
+    s_enc, t_enc = (encode_text(tok, text, pspan, rspan) for tok in (student_tok, teacher_tok))
+    d0 = text.index(DISTRACTOR)
+    d1 = d0 + len(DISTRACTOR)
+
+    def scores(enc, on_distractor, elsewhere):
+        inside = (enc.offsets[:, 0] >= d0) & (enc.offsets[:, 1] <= d1)
+        g = torch.Generator().manual_seed(0)
+        base = elsewhere + 0.05 * torch.rand(len(enc.offsets), generator=g)
+        return torch.where(inside, torch.full_like(base, on_distractor), base)
+
+    # the student is very sensitive to the distractor, the teacher not at all
+    s_scores = scores(s_enc, on_distractor=5.0, elsewhere=1.0)
+    t_scores = scores(t_enc, on_distractor=0.0, elsewhere=1.0)
+    unit = Unit("instruction", None, target=rspan, region=pspan, base=pspan)
+    return text, unit, s_enc, t_enc, s_scores, t_scores
+
+
+def test_the_distractor_is_flagged_pruned_and_scored_perfectly(tmp_path):
+    text, unit, s_enc, t_enc, s_scores, t_scores = _setup(byte_tokenizer(), byte_tokenizer())
+    config = AnalyzeConfig(teacher="t", student="s", data=tmp_path, output=tmp_path / "o", threshold="iqr")
+    counts: dict[str, DetectionCounts] = {}
+    gold = spans_from_text(PROMPT, DISTRACTOR)
+    record, tensors = detect(config, unit, text, s_enc, t_enc, s_scores, t_scores, None, seed=0,
+                             gold_spans=gold, counts=counts)
+    assert [s["text"] for s in record["spans"]] == [DISTRACTOR]
+    assert record["counterfactuals"] == [{"field": "prompt", "removed": [list(gold[0])],
+                                          "prompt": "Tom has 3 apples. He buys 2 more apples. How many apples?"}]
+    assert counts["iqr"].metrics()["token"]["f1"] == 1.0 and counts["iqr"].metrics()["span"]["f1"] == 1.0
+    # whitespace and special tokens are never candidates
+    cand = candidates(text, s_enc.offsets, s_enc.special_mask, unit.region)
+    assert all(text[int(a):int(b)].strip() for a, b in s_enc.offsets[cand])
+    assert tensors["delta"].shape == (int(cand.sum()),) and float(tensors["delta"].min()) == 0.0
+
+
+def test_different_tokenizers_find_the_same_span(tmp_path):
+    text, unit, s_enc, t_enc, s_scores, t_scores = _setup(bpe_tokenizer(), byte_tokenizer())
+    assert len(s_enc.offsets) != len(t_enc.offsets)
+    config = AnalyzeConfig(teacher="t", student="s", data=tmp_path, output=tmp_path / "o", pruning="collective")
+    record, _ = detect(config, unit, text, s_enc, t_enc, s_scores, t_scores, None, seed=0, gold_spans=None,
+                       counts=None)
+    assert [s["text"] for s in record["spans"]] == [DISTRACTOR]
+    assert len(record["counterfactuals"]) == 1

@@ -1,0 +1,107 @@
+"""Span building, clean removal, and score alignment across tokenizers, on hand-made cases."""
+
+import pytest
+import torch
+
+from leaf.hooks import encode_text
+from leaf.spans import project, remove_spans, token_spans
+from leaf.tiny_models import bpe_tokenizer, byte_tokenizer
+
+
+def _enc(tok, text):
+    return encode_text(tok, text, (0, len(text)), (len(text), len(text)))
+
+
+def _flags_for(enc, text, words):
+    """Flag the tokens inside the given words (by character position)."""
+    flags = torch.zeros(len(enc.offsets), dtype=torch.bool)
+    for word in words:
+        start = text.index(word)
+        flags |= (enc.offsets[:, 0] >= start) & (enc.offsets[:, 1] <= start + len(word)) & (
+            enc.offsets[:, 1] > enc.offsets[:, 0])
+    return flags
+
+
+def test_adjacent_flags_and_bridged_whitespace_make_one_span():
+    text = "Tom has a red hat today"
+    enc = _enc(byte_tokenizer(), text)
+    flags = _flags_for(enc, text, ["red", "hat"])
+    spans = token_spans(flags, enc.offsets, text, enc.prompt_mask)
+    assert [(text[a:b]) for a, b, _ in spans] == ["red hat"]
+    assert len(spans[0][2]) == len("red hat")  # the bridged space belongs to the span
+
+
+def test_an_unflagged_word_splits_spans_and_edges_work():
+    text = "red and blue"
+    enc = _enc(byte_tokenizer(), text)
+    flags = _flags_for(enc, text, ["red", "blue"])   # first and last tokens of the text
+    spans = token_spans(flags, enc.offsets, text, enc.prompt_mask)
+    assert [text[a:b] for a, b, _ in spans] == ["red", "blue"]
+
+
+def test_trailing_whitespace_is_not_part_of_a_span():
+    text = "a red  "
+    enc = _enc(byte_tokenizer(), text)
+    spans = token_spans(_flags_for(enc, text, ["red"]), enc.offsets, text, enc.prompt_mask)
+    assert [text[a:b] for a, b, _ in spans] == ["red"]
+
+
+def test_multibyte_characters_keep_whole_characters():
+    text = "Zoë’s café is big"
+    enc = _enc(byte_tokenizer(), text)
+    flags = _flags_for(enc, text, ["Zoë’s"])
+    assert int(flags.sum()) == len("Zoë’s".encode())   # 8 byte tokens for 5 characters
+    spans = token_spans(flags, enc.offsets, text, enc.prompt_mask)
+    assert [text[a:b] for a, b, _ in spans] == ["Zoë’s"]
+
+
+@pytest.mark.parametrize("text,remove,want", [
+    ("Tom has 3 apples. His hat is red. He buys 2 more.", ["His hat is red."], "Tom has 3 apples. He buys 2 more."),
+    ("His hat is red. Tom has 3 apples.", ["His hat is red."], "Tom has 3 apples."),
+    ("Tom has 3 apples. His hat is red.", [" His hat is red."], "Tom has 3 apples."),
+    ("Tom has a red hat.", ["red"], "Tom has a hat."),
+    ("Tom has a red hat.", ["red hat"], "Tom has a."),
+    ("Q?\nHis hat is red.\nHow many?", ["His hat is red."], "Q?\nHow many?"),
+    ("Tom, who likes cats, has 3 apples.", ["who likes cats"], "Tom, has 3 apples."),
+    ("Zoë’s café is big.", ["café "], "Zoë’s is big."),
+])
+def test_removal_leaves_clean_text(text, remove, want):
+    spans = [(text.index(r), text.index(r) + len(r)) for r in remove]
+    out = remove_spans(text, spans)
+    assert out == want
+    assert "  " not in out and " ." not in out and " ," not in out
+
+
+def test_removing_two_spans_at_once():
+    text = "Tom has 3 apples. His hat is red. He buys 2 more. It is Monday."
+    spans = [(text.index("His"), text.index("red.") + 4), (text.index("It is"), len(text))]
+    assert remove_spans(text, spans) == "Tom has 3 apples. He buys 2 more."
+
+
+def test_projection_is_identity_for_the_same_tokenizer():
+    text = "Tom has 3 apples."
+    enc = _enc(byte_tokenizer(), text)
+    scores = torch.rand(len(enc.offsets))
+    out = project(scores, enc.offsets, enc.prompt_mask, enc.offsets, enc.prompt_mask, len(text))
+    torch.testing.assert_close(out[enc.prompt_mask], scores[enc.prompt_mask])
+
+
+def test_projection_across_two_different_tokenizers_goes_through_characters():
+    text = "Tom has 3 apples. Zoë’s hat"
+    words, chars = _enc(bpe_tokenizer(), text), _enc(byte_tokenizer(), text)
+    assert len(words.offsets) < len(chars.offsets)          # different tokenizations of the same text
+    word_scores = torch.arange(len(words.offsets), dtype=torch.float32)
+    on_chars = project(word_scores, words.offsets, words.prompt_mask, chars.offsets, chars.prompt_mask, len(text))
+    for i in range(len(chars.offsets)):                      # each byte token gets its covering word's score
+        a, b = chars.offsets[i].tolist()
+        covering = [j for j in range(len(words.offsets))
+                    if words.offsets[j, 0] <= a and b <= words.offsets[j, 1]]
+        assert on_chars[i] == max(word_scores[j] for j in covering)
+    back = project(on_chars, chars.offsets, chars.prompt_mask, words.offsets, words.prompt_mask, len(text))
+    # and back again: each word gets the max over its characters, which is its own score unless it shares a
+    # character with another token (a multi-byte character split across tokens: ë, ’), where it is the group's max
+    for j in range(len(words.offsets)):
+        a, b = words.offsets[j].tolist()
+        sharing = [k for k in range(len(words.offsets)) if words.offsets[k, 0] < b and a < words.offsets[k, 1]]
+        assert back[j] == max(word_scores[k] for k in sharing)
+    assert sum(len(text[a:b]) == 1 and text[a:b] in "ë’" for a, b in words.offsets.tolist()) >= 2
