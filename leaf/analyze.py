@@ -156,6 +156,9 @@ class Analyzer:
         from leaf.data import load_records, to_samples
         from leaf.hooks import load_model
 
+        import time
+
+        started = time.perf_counter()
         config = self.config
         samples = to_samples(load_records(config.data), prompt_field=config.prompt_field,
                              response_field=config.response_field, id_field=config.id_field)
@@ -170,17 +173,26 @@ class Analyzer:
         windows = [list(range(i, min(i + config.window, len(samples)))) for i in range(0, len(samples), config.window)]
         columns = [TextColumn("[bold]analyze"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]} samples/s"), TimeRemainingColumn()]
+        self.timing = {"analyze_seconds": 0.0, "samples_this_run": 0}
         with Progress(*columns, disable=not self.progress) as bar:
             task = bar.add_task("analyze", total=len(samples), rate="-")
             for w, rows in enumerate(windows):
                 if self.part_path(w, ".jsonl").exists():
                     bar.advance(task, len(rows))
                     continue
+                window_start = time.perf_counter()
                 self.analyze_window(w, rows, samples)
+                self.timing["analyze_seconds"] += time.perf_counter() - window_start
+                self.timing["samples_this_run"] += len(rows)
                 bar.advance(task, len(rows))
                 speed = bar.tasks[0].speed
                 bar.update(task, rate=f"{speed:.2f}" if speed else "-")
-        return self.merge(len(windows), len(samples))
+        summary = self.merge(len(windows), len(samples))
+        seconds = self.timing["analyze_seconds"]
+        summary["timing"] = {**self.timing, "total_seconds": time.perf_counter() - started,
+                             "samples_per_second": self.timing["samples_this_run"] / seconds if seconds else None}
+        write_json_atomic(config.output / "summary.json", summary)
+        return summary
 
     def render_all(self, samples) -> None:
         """The one text both models see, rendered with the chosen template (noted when the two templates differ)."""

@@ -19,3 +19,14 @@ def test_hooks_overhead_quick_prints_table_then_json():
         assert math.isfinite(figures[key]) and figures[key] > 0, key
     assert figures["max_abs_diff"] < 1e-5  # the two paths computed the same numbers
     assert any("plain PyTorch" in line for line in lines[:-1])
+
+
+def test_analyze_throughput_quick_prints_table_then_json():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "analyze_throughput.py"), "--quick"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    lines = out.stdout.strip().splitlines()
+    figures = json.loads(lines[-1])
+    assert figures["benchmark"] == "analyze_throughput" and figures["samples"] == 8
+    for key in ("ratio", "floor_seconds", "leaf_seconds", "samples_per_second", "end_to_end_ratio"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
+    assert any("floor" in line for line in lines[:-1])
