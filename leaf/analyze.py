@@ -45,6 +45,8 @@ class AnalyzeConfig:
     level: str = field(default="instruction", metadata=_h("Where to look: instruction, response, both."))
     segments: int = field(default=2, metadata=_h("Response segments at response level: 2 or 3."))
     pruning: str = field(default="span", metadata=_h("span: one counterfactual per span; collective: all at once."))
+    span_unit: str = field(default="word", metadata=_h(
+        "word: widen spans to whole words so that pruning never cuts a word apart; token: spans of model tokens."))
     gold: str | None = field(default=None, metadata=_h("Field holding the distractor text (ground truth)."))
     gold_pair: str | None = field(default=None, metadata=_h(
         "FIELD_A,FIELD_B: the distractor is what FIELD_A (question) adds to FIELD_B (its clean twin)."))
@@ -80,6 +82,7 @@ class AnalyzeConfig:
         checks = [
             (self.level in LEVELS, f"--level must be one of {', '.join(LEVELS)}, got {self.level!r}."),
             (self.pruning in PRUNING, f"--pruning must be one of {', '.join(PRUNING)}, got {self.pruning!r}."),
+            (self.span_unit in ("word", "token"), f"--span-unit must be word or token, got {self.span_unit!r}."),
             (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}, got {self.template!r}."),
             (self.segments in (2, 3), f"--segments must be 2 or 3, got {self.segments}."),
             (0 < self.quantile < 1, f"--quantile must be in (0, 1), got {self.quantile}."),

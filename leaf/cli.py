@@ -116,6 +116,11 @@ class Pruning(str, Enum):
     collective = "collective"
 
 
+class SpanUnit(str, Enum):
+    word = "word"
+    token = "token"
+
+
 class Template(str, Enum):
     student = "student"
     teacher = "teacher"
@@ -132,6 +137,7 @@ def analyze(ctx: typer.Context, teacher: Teacher, student: Student, data: Data, 
             level: Annotated[Level, _a("level")] = Level.instruction,
             segments: Annotated[int, _a("segments")] = 2,
             pruning: Annotated[Pruning, _a("pruning")] = Pruning.span,
+            span_unit: Annotated[SpanUnit, _a("span_unit")] = SpanUnit.word,
             gold: Annotated[str | None, _a("gold")] = None,
             gold_pair: Annotated[str | None, _a("gold_pair")] = None,
             template: Annotated[Template, _a("template")] = Template.student,
@@ -155,7 +161,7 @@ def analyze(ctx: typer.Context, teacher: Teacher, student: Student, data: Data, 
     config = AnalyzeConfig(
         teacher=teacher, student=student, data=data, output=output, threshold=threshold.value, tau=tau,
         quantile=quantile, baseline_count=baseline_count.value, level=level.value, segments=segments,
-        pruning=pruning.value, gold=gold, gold_pair=gold_pair, template=template.value, select=select, verify=verify,
+        pruning=pruning.value, span_unit=span_unit.value, gold=gold, gold_pair=gold_pair, template=template.value, select=select, verify=verify,
         answer_field=answer_field, max_new_tokens=max_new_tokens, prompt_field=prompt_field,
         response_field=response_field, id_field=id_field, limit=limit, batch_size=batch_size, window=window,
         seed=seed, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,

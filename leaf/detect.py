@@ -12,7 +12,7 @@ import torch
 
 from leaf.gold import DetectionCounts, token_gold
 from leaf.scoring import THRESHOLDS, ThresholdContext, delta, flag, minmax
-from leaf.spans import is_whitespace, project, remove_spans, token_spans
+from leaf.spans import is_whitespace, project, remove_spans, token_spans, word_spans
 
 
 @dataclass
@@ -69,6 +69,8 @@ def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, 
         full = torch.zeros(len(s_enc.offsets), dtype=torch.bool)
         full[idx] = flags.mask
         spans = token_spans(full, s_enc.offsets, text, cand)
+        if config.span_unit == "word":
+            spans = word_spans(spans, text, s_enc.offsets, cand, unit.region)
         if counts is not None and gold_spans is not None:
             gold = token_gold(s_enc.offsets, gold_spans, base=unit.base[0])
             counts.setdefault(mode, DetectionCounts()).add(

@@ -50,25 +50,59 @@ def token_spans(flags: torch.Tensor, offsets: torch.Tensor, text: str,
 
 def remove_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
     """Delete character spans from text and leave clean text: no doubled or leading spaces, no space before
-    punctuation, no orphaned punctuation where a whole clause was removed."""
+    punctuation, no orphaned punctuation where a whole clause was removed, no blank line where a line was."""
     pieces, last = [], 0
     for start, end in sorted(spans):
-        if start < last:
-            start = last
+        start = max(start, last)
         pieces.append(text[last:start])
         last = max(last, end)
     pieces.append(text[last:])
-    out = "\u0000".join(pieces)  # a marker where something was cut, tidied below
-    out = re.sub(r"[ \t]*\u0000[ \t]*", "\u0000", out)
-    out = re.sub(r"\n\u0000+\n", "\n", out)                    # a removed line leaves no blank line
-    # at a cut: keep one space between words, none before punctuation or a line end / text end
-    out = re.sub(r"(?<=\S)\u0000+(?=[A-Za-z0-9$(\"'])", " ", out)
-    out = out.replace("\u0000", "")
-    out = re.sub(r"[ \t]{2,}", " ", out)
-    out = re.sub(r"[ \t]+([.,;:!?])", r"\1", out)
-    out = re.sub(r"([.,;:!?])(?:\s*[.,;:!?])+", r"\1", out)   # "a.. b" / "a, . b" -> keep the first mark
-    out = re.sub(r"^[ \t]*[.,;:!?][ \t]*", "", out)            # text may not start with orphaned punctuation
-    out = re.sub(r"(?m)^[ \t]+|[ \t]+$", "", out)
+    out = pieces[0]
+    for piece in pieces[1:]:  # tidy each cut locally; the rest of the text stays byte for byte
+        left, right = out.rstrip(" \t"), piece.lstrip(" \t")
+        had_space = left != out or right != piece
+        if not left:
+            right = right.lstrip(_PUNCT + " \t")          # no orphaned punctuation at the start
+        elif left[-1] in _PUNCT and right[:1] in _PUNCT:
+            right = right[1:].lstrip(" \t")               # "a, , b" / "a. . b": keep the first mark
+        if left.endswith("\n") and right.startswith("\n"):
+            out = left + right[1:]                       # a removed line leaves no blank line
+        elif not left or not right or not had_space:
+            out = left + right                           # text edge, or a cut inside a word
+        elif right[0] in _PUNCT + "\n" or left.endswith("\n"):
+            out = left + right                           # no space before punctuation or after a line break
+        else:
+            out = left + " " + right                     # one space between two words
+    return out
+
+
+_PUNCT = ".,;:!?)"
+_WORD_CHAR = re.compile(r"[^\s.,;:!?()\[\]{}\"“”]")
+
+
+def expand_to_words(text: str, start: int, end: int, lo: int, hi: int) -> tuple[int, int]:
+    """Widen [start, end) to whole words (runs of non-space, non-punctuation characters), within [lo, hi)."""
+    while start > lo and _WORD_CHAR.match(text[start - 1]) and _WORD_CHAR.match(text[start]):
+        start -= 1
+    while end < hi and _WORD_CHAR.match(text[end]) and _WORD_CHAR.match(text[end - 1]):
+        end += 1
+    return start, end
+
+
+def word_spans(spans: list[tuple[int, int, list[int]]], text: str, offsets: torch.Tensor,
+               candidates: torch.Tensor, region: tuple[int, int]) -> list[tuple[int, int, list[int]]]:
+    """Token spans widened to whole words and merged where they then touch; tokens = candidates inside."""
+    widened: list[list[int]] = []
+    for start, end, _ in spans:
+        start, end = expand_to_words(text, start, end, *region)
+        if widened and start <= widened[-1][1]:
+            widened[-1][1] = max(widened[-1][1], end)
+        else:
+            widened.append([start, end])
+    out = []
+    for start, end in widened:
+        inside = candidates & (offsets[:, 0] >= start) & (offsets[:, 1] <= end)
+        out.append((start, end, inside.nonzero().flatten().tolist()))
     return out
 
 

@@ -105,3 +105,25 @@ def test_projection_across_two_different_tokenizers_goes_through_characters():
         sharing = [k for k in range(len(words.offsets)) if words.offsets[k, 0] < b and a < words.offsets[k, 1]]
         assert back[j] == max(word_scores[k] for k in sharing)
     assert sum(len(text[a:b]) == 1 and text[a:b] in "ë’" for a, b in words.offsets.tolist()) >= 2
+
+
+def test_a_cut_inside_a_word_joins_the_halves_and_the_rest_is_untouched():
+    text = "Marty  has 3 apples!? Yes."
+    assert remove_spans(text, [(2, 3)]) == "Maty  has 3 apples!? Yes."   # only the cut is tidied
+    assert remove_spans(text, []) == text
+
+
+def test_spans_widen_to_whole_words_and_merge():
+    from leaf.spans import word_spans
+
+    text = "Marty has 100 centimeters of ribbon."
+    enc = _enc(byte_tokenizer(), text)
+    # flag single characters: the 'r' of Marty, and an 'e' and an 'i' inside centimeters
+    flags = (enc.offsets[:, 0] == text.index("r")) | (enc.offsets[:, 0] == text.index("ent")) | (
+        enc.offsets[:, 0] == text.index("ime"))
+    spans = token_spans(flags, enc.offsets, text, enc.prompt_mask)
+    assert [text[a:b] for a, b, _ in spans] == ["r", "e", "i"]
+    words = word_spans(spans, text, enc.offsets, enc.prompt_mask, (0, len(text)))
+    assert [text[a:b] for a, b, _ in words] == ["Marty", "centimeters"]
+    assert remove_spans(text, [(a, b) for a, b, _ in words]) == "has 100 of ribbon."
+    assert words[0][2] == list(range(0, 5))
