@@ -425,6 +425,9 @@ class Analyzer:
                     counts["counterfactuals"] += len(unit["counterfactuals"])
                     if unit["threshold"] is not None:
                         thresholds.append(unit["threshold"])
+        if counts["skipped_too_long"]:
+            self.notes.append(f"{counts['skipped_too_long']} sample(s) longer than a model's context were skipped, "
+                              "not truncated (status skipped_too_long in samples.jsonl)")
         write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         tmp = out / "scores.safetensors.tmp"
         save_file(tensors, str(tmp))

@@ -129,6 +129,7 @@ def test_too_long_samples_are_skipped_and_counted(pair, data, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["skipped_too_long"] == 1 and summary["counts"]["analysed"] == 5
+    assert any("skipped, not truncated" in note for note in summary["notes"])
     statuses = [json.loads(line)["status"] for line in (out / "samples.jsonl").read_text().splitlines()]
     assert statuses[1] == "skipped_too_long"
 
@@ -186,3 +187,27 @@ def test_malformed_data_line_is_named(pair, tmp_path):
                                  "--output", str(tmp_path / "o")])
     assert result.exit_code == 1 and "line 2 is not valid JSON" in result.output
     assert not (tmp_path / "o").exists()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (apt-get install chromium; .ci/run installs it)")
+def test_report_renders_in_headless_chromium(pair, data, tmp_path):
+    import subprocess
+
+    out = tmp_path / "out"
+    assert _analyze(pair, data, out, "--limit", "2", "--threshold", "quantile").exit_code == 0
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    url = (out / "report.html").as_uri()
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    parser = Marks()
+    parser.feed(dom.stdout)
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert parser.marks == [s["text"] for r in records for u in r["units"] for s in u["spans"]]
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, *flags, "--window-size=1200,900", f"--screenshot={shot}", url], capture_output=True,
+                   timeout=120)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
