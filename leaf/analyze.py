@@ -203,8 +203,8 @@ class Analyzer:
 
         config = self.config
         use_template = config.template != "none"
-        renderer = self.teacher.tokenizer if config.template == "teacher" else self.student.tokenizer
-        self.rendered = [render_prompt_response(renderer, s.prompt, s.response, chat_template=use_template)
+        self.renderer = self.teacher.tokenizer if config.template == "teacher" else self.student.tokenizer
+        self.rendered = [render_prompt_response(self.renderer, s.prompt, s.response, chat_template=use_template)
                          for s in samples]
         if use_template and samples:
             other = self.student.tokenizer if config.template == "teacher" else self.teacher.tokenizer
@@ -239,25 +239,35 @@ class Analyzer:
             return spans_from_pair(sample.record[a], sample.record[b])
         return None
 
-    def select(self, rows: list[int]) -> dict[int, dict]:
-        """--select: greedy answers of both models; keep rows where the teacher is right and the student wrong."""
-        from leaf.answers import extract_answer, is_correct
+    def reference_answer(self, row: int) -> str | None:
+        """--answer-field's value, else the final answer extracted from the reference response."""
+        from leaf.answers import extract_answer
+
+        sample, field_name = self.samples[row], self.config.answer_field
+        if field_name and sample.record.get(field_name) is not None:
+            return str(sample.record[field_name])
+        return extract_answer(sample.response)
+
+    def answer_all(self, heads: list[str]) -> list[list[str]]:
+        """Greedy continuations of rendered prompt heads by the teacher and the student."""
         from leaf.generation import greedy_generate
 
         config = self.config
-        heads = [self.rendered[r][0][: self.rendered[r][2][0]] for r in rows]
+        return [greedy_generate(model, heads, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+                for model in (self.teacher, self.student)]
+
+    def select(self, rows: list[int]) -> dict[int, dict]:
+        """--select: greedy answers of both models; keep rows where the teacher is right and the student wrong."""
+        from leaf.answers import extract_answer, is_correct
+
+        teacher, student = self.answer_all([self.rendered[r][0][: self.rendered[r][2][0]] for r in rows])
         out = {}
-        gens = {name: greedy_generate(model, heads, max_new_tokens=config.max_new_tokens,
-                                      batch_size=config.batch_size)
-                for name, model in (("teacher", self.teacher), ("student", self.student))}
         for k, r in enumerate(rows):
-            sample = self.samples[r]
-            reference = sample.record.get(config.answer_field) if config.answer_field else None
-            reference = str(reference) if reference is not None else extract_answer(sample.response)
+            reference = self.reference_answer(r)
             result = {"reference": reference}
-            for name in ("teacher", "student"):
-                result[f"{name}_answer"] = extract_answer(gens[name][k])
-                result[f"{name}_correct"] = is_correct(gens[name][k], reference) if reference else False
+            for name, gens in (("teacher", teacher), ("student", student)):
+                result[f"{name}_answer"] = extract_answer(gens[k])
+                result[f"{name}_correct"] = bool(reference) and is_correct(gens[k], reference)
             result["kept"] = result["teacher_correct"] and not result["student_correct"]
             out[r] = result
         return out
@@ -265,34 +275,25 @@ class Analyzer:
     def verify(self, records: list[dict]) -> int:
         """--verify: drop instruction-level counterfactuals that either model answers wrongly; returns how many."""
         from leaf.answers import is_correct
-        from leaf.generation import greedy_generate
         from leaf.hooks import render_prompt_response
 
-        config = self.config
-        jobs = []  # (record, unit, counterfactual, rendered head)
-        renderer = self.teacher.tokenizer if config.template == "teacher" else self.student.tokenizer
+        jobs = []  # (row, counterfactual, rendered head)
         for record in records:
-            for unit in record.get("units", []):
+            for unit in record["units"]:
                 for cf in unit["counterfactuals"]:
-                    if cf["field"] == "prompt" and cf["prompt"].strip():
-                        text, _, rspan = render_prompt_response(renderer, cf["prompt"], "x",
-                                                                chat_template=config.template != "none")
-                        jobs.append((record, cf, text[: rspan[0]]))
+                    if cf["field"] == "prompt":
+                        text, _, rspan = render_prompt_response(self.renderer, cf["prompt"] or " ", "x",
+                                                                chat_template=self.config.template != "none")
+                        jobs.append((record["row"], cf, text[: rspan[0]]))
         if not jobs:
             return 0
-        heads = [job[2] for job in jobs]
-        gens = [greedy_generate(m, heads, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
-                for m in (self.teacher, self.student)]
-        for k, (record, cf, _) in enumerate(jobs):
-            reference = record["selection"]["reference"] if "selection" in record else None
-            if reference is None:
-                from leaf.answers import extract_answer
-
-                reference = extract_answer(record["response"])
+        gens = self.answer_all([head for _, _, head in jobs])
+        for k, (row, cf, _) in enumerate(jobs):
+            reference = self.reference_answer(row)
             cf["verified"] = bool(reference) and all(is_correct(g[k], reference) for g in gens)
         dropped = 0
         for record in records:
-            for unit in record.get("units", []):
+            for unit in record["units"]:
                 kept = [cf for cf in unit["counterfactuals"] if cf.get("verified", True)]
                 dropped += len(unit["counterfactuals"]) - len(kept)
                 unit["counterfactuals"] = kept

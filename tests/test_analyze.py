@@ -164,6 +164,12 @@ def test_selection_and_verification_run_generation(pair, data, tmp_path):
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert all(r["selection"]["teacher_correct"] is False for r in records)
     assert all(r["selection"]["reference"] for r in records)
+    # verification alone: every counterfactual needs both models right, so none survives here
+    out = tmp_path / "verified"
+    config = AnalyzeConfig(teacher=pair[0], student=pair[1], data=data, output=out, verify=True, max_new_tokens=4,
+                           limit=3, threshold="quantile")
+    counts = run_analyze(config, progress=False)["counts"]
+    assert counts["analysed"] == 3 and counts["counterfactuals"] == 0 and counts["counterfactuals_dropped"] >= 3
 
 
 @pytest.mark.parametrize("args,message", [
