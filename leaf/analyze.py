@@ -22,6 +22,7 @@ from pathlib import Path
 from leaf.errors import LeafError
 from leaf.io import write_json_atomic, write_text_atomic
 
+THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.scoring.THRESHOLDS, without torch
 LEVELS = ("instruction", "response", "both")
 PRUNING = ("span", "collective")
 TEMPLATES = ("student", "teacher", "none")

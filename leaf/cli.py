@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from leaf.errors import LeafError
-from leaf.analyze import AnalyzeConfig
+from leaf.analyze import LEVELS, PRUNING, TEMPLATES, THRESHOLD_MODES, AnalyzeConfig
 from leaf.saliency_report import SaliencyReportConfig
 
 app = typer.Typer(
@@ -92,39 +92,30 @@ _not_built("serve", 5)
 _not_built("demo", 6)
 
 
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum of allowed values, which typer shows as the choices of an option."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Threshold = choices("Threshold", THRESHOLD_MODES)
+Level = choices("Level", LEVELS)
+Pruning = choices("Pruning", PRUNING)
+SpanUnit = choices("SpanUnit", ("word", "token"))
+Template = choices("Template", TEMPLATES)
+Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2"))  # leaf.tiny_models.FAMILIES
+Size = choices("Size", ("tiny", "small"))
+Method = choices("Method", ("grad", "grad_x_input"))
+Norm = choices("Norm", ("l2", "l1"))
+
+
 def _a(name: str, *flags: str, **kwargs):
     """A typer option whose help comes from AnalyzeConfig."""
     return typer.Option(*flags, help=field_help(AnalyzeConfig, name), **kwargs)
 
 
-class Threshold(str, Enum):
-    iqr = "iqr"
-    absolute = "absolute"
-    quantile = "quantile"
-    random = "random"
-    ppl = "ppl"
 
 
-class Level(str, Enum):
-    instruction = "instruction"
-    response = "response"
-    both = "both"
 
-
-class Pruning(str, Enum):
-    span = "span"
-    collective = "collective"
-
-
-class SpanUnit(str, Enum):
-    word = "word"
-    token = "token"
-
-
-class Template(str, Enum):
-    student = "student"
-    teacher = "teacher"
-    none = "none"
 
 
 @app.command("analyze")
@@ -169,16 +160,6 @@ def analyze(ctx: typer.Context, teacher: Teacher, student: Student, data: Data, 
     typer.echo(format_summary(run_analyze(config, command=command_line(ctx))))
 
 
-class Family(str, Enum):
-    llama = "llama"
-    qwen2 = "qwen2"
-    mistral = "mistral"
-    gpt2 = "gpt2"
-
-
-class Size(str, Enum):
-    tiny = "tiny"
-    small = "small"
 
 
 @app.command("tiny-model")
@@ -193,14 +174,6 @@ def tiny_model(output: Output, family: Annotated[Family, typer.Option(help="Arch
     typer.echo(f"wrote {family.value} ({size.value}, seed {seed}) to {path}")
 
 
-class Method(str, Enum):
-    grad = "grad"
-    grad_x_input = "grad_x_input"
-
-
-class Norm(str, Enum):
-    l2 = "l2"
-    l1 = "l1"
 
 
 @app.command("saliency")

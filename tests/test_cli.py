@@ -60,3 +60,13 @@ def test_installed_import_names_from_another_folder(tmp_path):
     assert out.stdout.strip() == "leaf.hooks.tracing"
     help_out = subprocess.run([sys.executable, "-m", "leaf", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert help_out.returncode == 0 and "analyze" in help_out.stdout
+
+
+def test_cli_choices_match_the_library_registries():
+    from leaf.analyze import THRESHOLD_MODES
+    from leaf.cli import Family, Threshold
+    from leaf.scoring import list_thresholds
+    from leaf.tiny_models import FAMILIES
+
+    assert list(THRESHOLD_MODES) == list_thresholds() == [m.value for m in Threshold]
+    assert [f.value for f in Family] == list(FAMILIES)
