@@ -60,6 +60,8 @@ class AnalyzeConfig:
     answer_field: str | None = field(default=None, metadata=_h(
         "Field with the reference answer (default: extracted from the response: ####, \\boxed{}, last number)."))
     max_new_tokens: int = field(default=256, metadata=_h("Generation budget for --select/--verify."))
+    generator: str = field(default="auto", metadata=_h(
+        "Greedy generation for --select/--verify: vllm, hf (transformers generate), or auto (vllm when installed)."))
     prompt_field: str | None = field(default=None, metadata=_h("Prompt field (default: instruction, question, prompt)."))
     response_field: str | None = field(default=None, metadata=_h(
         "Response field (default: output, solution, response)."))
@@ -97,6 +99,10 @@ class AnalyzeConfig:
             (self.batch_size >= 1 and self.window >= 1, "--batch-size and --window must be at least 1."),
             (self.limit is None or self.limit >= 1, f"--limit must be at least 1, got {self.limit}."),
         ]
+        if self.select or self.verify:
+            from leaf.generation import resolve_backend
+
+            resolve_backend(self.generator)
         for ok, message in checks:
             if not ok:
                 raise LeafError(message)
@@ -130,6 +136,7 @@ class Analyzer:
     def __init__(self, config: AnalyzeConfig, command: list[str], progress: bool) -> None:
         self.config, self.command, self.progress = config, command, progress
         self.parts = config.output / "parts"
+        self.engines: list = []  # vLLM engines (teacher, student), started on first use
 
     # -- output folder and resume -------------------------------------------------------------------------------
     def prepare_output(self) -> None:
@@ -251,11 +258,14 @@ class Analyzer:
 
     def answer_all(self, heads: list[str]) -> list[list[str]]:
         """Greedy continuations of rendered prompt heads by the teacher and the student."""
-        from leaf.generation import greedy_generate
+        from leaf.generation import VLLMGenerator, greedy_generate, resolve_backend
 
         config = self.config
-        return [greedy_generate(model, heads, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
-                for model in (self.teacher, self.student)]
+        if resolve_backend(config.generator) == "vllm" and not self.engines:
+            self.engines = [VLLMGenerator(model, seed=config.seed) for model in (self.teacher, self.student)]
+        engines = self.engines or [None, None]
+        return [greedy_generate(model, heads, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                engine=engine) for model, engine in zip((self.teacher, self.student), engines)]
 
     def select(self, rows: list[int]) -> dict[int, dict]:
         """--select: greedy answers of both models; keep rows where the teacher is right and the student wrong."""

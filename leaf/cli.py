@@ -106,6 +106,7 @@ Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2"))  # leaf.tiny_m
 Size = choices("Size", ("tiny", "small"))
 Method = choices("Method", ("grad", "grad_x_input"))
 Norm = choices("Norm", ("l2", "l1"))
+Generator = choices("Generator", ("auto", "hf", "vllm"))  # leaf.generation.BACKENDS
 
 
 def _a(name: str, *flags: str, **kwargs):
@@ -136,6 +137,7 @@ def analyze(ctx: typer.Context, teacher: Teacher, student: Student, data: Data, 
             verify: Annotated[bool, _a("verify")] = False,
             answer_field: Annotated[str | None, _a("answer_field")] = None,
             max_new_tokens: Annotated[int, _a("max_new_tokens")] = 256,
+            generator: Annotated[Generator, _a("generator")] = Generator.auto,
             prompt_field: Annotated[str | None, _a("prompt_field")] = None,
             response_field: Annotated[str | None, _a("response_field")] = None,
             id_field: Annotated[str, _a("id_field")] = "id",
@@ -153,7 +155,7 @@ def analyze(ctx: typer.Context, teacher: Teacher, student: Student, data: Data, 
         teacher=teacher, student=student, data=data, output=output, threshold=threshold.value, tau=tau,
         quantile=quantile, baseline_count=baseline_count.value, level=level.value, segments=segments,
         pruning=pruning.value, span_unit=span_unit.value, gold=gold, gold_pair=gold_pair, template=template.value, select=select, verify=verify,
-        answer_field=answer_field, max_new_tokens=max_new_tokens, prompt_field=prompt_field,
+        answer_field=answer_field, max_new_tokens=max_new_tokens, generator=generator.value, prompt_field=prompt_field,
         response_field=response_field, id_field=id_field, limit=limit, batch_size=batch_size, window=window,
         seed=seed, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
         resume=resume, report_samples=report_samples)

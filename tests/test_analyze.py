@@ -158,7 +158,7 @@ def test_selection_and_verification_run_generation(pair, data, tmp_path):
     """Random tiny models answer nothing correctly: selection keeps no sample, and says so per sample."""
     out = tmp_path / "out"
     config = AnalyzeConfig(teacher=pair[0], student=pair[1], data=data, output=out, select=True, verify=True,
-                           max_new_tokens=4, limit=3)
+                           max_new_tokens=4, limit=3, generator="hf")
     summary = run_analyze(config, progress=False)
     assert summary["counts"]["filtered_selection"] == 3 and summary["counts"]["analysed"] == 0
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
@@ -167,7 +167,7 @@ def test_selection_and_verification_run_generation(pair, data, tmp_path):
     # verification alone: every counterfactual needs both models right, so none survives here
     out = tmp_path / "verified"
     config = AnalyzeConfig(teacher=pair[0], student=pair[1], data=data, output=out, verify=True, max_new_tokens=4,
-                           limit=3, threshold="quantile")
+                           limit=3, threshold="quantile", generator="vllm")
     counts = run_analyze(config, progress=False)["counts"]
     assert counts["analysed"] == 3 and counts["counterfactuals"] == 0 and counts["counterfactuals_dropped"] >= 3
 

