@@ -217,3 +217,23 @@ def test_report_renders_in_headless_chromium(pair, data, tmp_path):
     subprocess.run([CHROMIUM, *flags, "--window-size=1200,900", f"--screenshot={shot}", url], capture_output=True,
                    timeout=120)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_gold_field_with_the_distractor_text(pair, tmp_path):
+    rows = [{"question": "Tom has 3 apples. His hat is red. He buys 2 more. How many apples?",
+             "solution": "3 + 2 = 5\n#### 5", "distractor": "His hat is red."},
+            {"question": "Ann has 4 pens. The sky is blue today. She loses 1. How many pens?",
+             "solution": "4 - 1 = 3\n#### 3", "distractor": "The sky is blue today."}]
+    data = tmp_path / "gold.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["analyze", "--teacher", pair[0], "--student", pair[1], "--data", str(data),
+                                 "--output", str(out), "--gold", "distractor", "--threshold", "quantile"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    for row, record in zip(rows, records):
+        [(a, b)] = record["gold_spans"]
+        assert record["prompt"][a:b] == row["distractor"]
+    detection = json.loads((out / "summary.json").read_text())["detection"]
+    gold_tokens = detection["quantile"]["counts"]["token_tp"] + detection["quantile"]["counts"]["token_fn"]
+    assert gold_tokens == sum(len(r["distractor"].replace(" ", "")) for r in rows)  # byte tokens, spaces excluded
