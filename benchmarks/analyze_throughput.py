@@ -27,7 +27,7 @@ from leaf.hooks import encode_text, load_model, render_prompt_response
 from leaf.tiny_models import build_tiny_model
 
 hf_logging.disable_progress_bar()
-GSM_PLUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm-plus" / "distraction_dev.jsonl"
+GSM_PLUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "gsm_plus_distraction_dev.jsonl"
 
 
 def floor_seconds(model_dir: str, rows: list[dict], batch_size: int, renderer_dir: str) -> float:

@@ -10,7 +10,7 @@ from leaf.answers import answers_match, extract_answer, normalize_answer
 from leaf.gold import DetectionCounts, spans_from_pair, spans_from_text
 from leaf.segments import split_response
 
-GSM_PLUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm-plus" / "distraction_dev.jsonl"
+GSM_PLUS = Path(__file__).resolve().parent / "data" / "gsm_plus_distraction_dev.jsonl"  # CC BY-SA 4.0
 
 
 def gsm_plus() -> list[dict]:
