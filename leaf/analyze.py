@@ -267,6 +267,15 @@ class Analyzer:
         return [greedy_generate(model, heads, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                 engine=engine) for model, engine in zip((self.teacher, self.student), engines)]
 
+    def gold_exact(self, sample) -> bool:
+        """Whether the gold spans are exact: a --gold text field, or a --gold-pair that is a pure insertion."""
+        from leaf.gold import is_pure_insertion
+
+        if not self.config.gold_pair:
+            return True
+        a, b = (name.strip() for name in self.config.gold_pair.split(","))
+        return is_pure_insertion(sample.record[a], sample.record[b])
+
     def select(self, rows: list[int]) -> dict[int, dict]:
         """--select: greedy answers of both models; keep rows where the teacher is right and the student wrong."""
         from leaf.answers import extract_answer, is_correct
@@ -335,6 +344,7 @@ class Analyzer:
         config = self.config
         counts = {"skipped_too_long": 0, "filtered_selection": 0, "counterfactuals_dropped": 0}
         detection: dict[str, DetectionCounts] = {}
+        exact: dict[str, DetectionCounts] = {}  # --gold-pair rows whose question is a pure insertion
         records: dict[int, dict] = {}
         selection = self.select(rows) if config.select else {}
         jobs = []  # (row, unit, s_enc, t_enc)
@@ -360,6 +370,7 @@ class Analyzer:
             gold = self.gold_spans(sample)
             if gold is not None:
                 record["gold_spans"] = [list(g) for g in gold]
+                record["gold_exact"] = self.gold_exact(sample)
             for unit in self.units_of(r):
                 s_target = tokens_in(s_enc.offsets, s_enc.special_mask, unit.target)
                 t_target = tokens_in(t_enc.offsets, t_enc.special_mask, unit.target)
@@ -381,7 +392,8 @@ class Analyzer:
                 unit_record, unit_tensors = detect(
                     config, unit, record["text"], s_enc, t_enc, s.saliency, t.saliency, s.token_nll,
                     seed=config.seed * 1_000_003 + r, gold_spans=gold,
-                    counts=detection if (gold is not None and unit.level == "instruction") else None)
+                    counts=([detection, exact] if record["gold_exact"] else [detection])
+                    if (gold is not None and unit.level == "instruction") else None)
                 unit_record["nll"] = {"teacher": t.loss, "student": s.loss}
                 u = len(record["units"])
                 record["units"].append(unit_record)
@@ -395,7 +407,8 @@ class Analyzer:
         save_file(tensors, str(tmp))
         tmp.replace(self.part_path(window, ".safetensors"))
         write_json_atomic(self.part_path(window, ".counts.json"),
-                          {"counts": counts, "detection": {m: c.__dict__ for m, c in detection.items()}})
+                          {"counts": counts, "detection": {m: c.__dict__ for m, c in detection.items()},
+                           "detection_exact": {m: c.__dict__ for m, c in exact.items()}})
         lines = "".join(json.dumps(records[r], ensure_ascii=False) + "\n" for r in rows)
         write_text_atomic(self.part_path(window, ".jsonl"), lines)
 
@@ -411,17 +424,18 @@ class Analyzer:
         counts = {"samples": total, "analysed": 0, "skipped_too_long": 0, "filtered_selection": 0, "units": 0,
                   "candidate_tokens": 0, "flagged_tokens": 0, "spans": 0, "counterfactuals": 0,
                   "counterfactuals_dropped": 0}
-        detection: dict[str, DetectionCounts] = {}
+        tables: dict[str, dict[str, DetectionCounts]] = {"detection": {}, "detection_exact": {}}
         thresholds = []
         for w in range(windows):
             part = json.loads(self.part_path(w, ".counts.json").read_text())
             for key in ("skipped_too_long", "filtered_selection", "counterfactuals_dropped"):
                 counts[key] += part["counts"][key]
-            for mode, values in part["detection"].items():
-                acc = detection.setdefault(mode, DetectionCounts())
-                for key, value in values.items():
-                    if isinstance(value, int):
-                        setattr(acc, key, getattr(acc, key) + value)
+            for name, table in tables.items():
+                for mode, values in part[name].items():
+                    acc = table.setdefault(mode, DetectionCounts())
+                    for key, value in values.items():
+                        if isinstance(value, int):
+                            setattr(acc, key, getattr(acc, key) + value)
             tensors.update(load_file(str(self.part_path(w, ".safetensors"))))
             for line in self.part_path(w, ".jsonl").read_text(encoding="utf-8").splitlines():
                 record = json.loads(line)
@@ -449,7 +463,8 @@ class Analyzer:
             "threshold": {"mode": config.threshold, "tau": config.tau, "quantile": config.quantile,
                           "baseline_count": config.baseline_count,
                           "mean_applied": sum(thresholds) / len(thresholds) if thresholds else None},
-            "detection": {mode: c.metrics() for mode, c in detection.items()} or None,
+            "detection": {mode: c.metrics() for mode, c in tables["detection"].items()} or None,
+            "detection_exact": {mode: c.metrics() for mode, c in tables["detection_exact"].items()} or None,
             "models": {"teacher": _describe(self.teacher), "student": _describe(self.student)},
             "notes": self.notes, "config": {k: str(v) if isinstance(v, Path) else v
                                             for k, v in asdict(config).items()},
@@ -486,9 +501,13 @@ def format_summary(summary: dict) -> str:
              f"units {c['units']}, flagged tokens {c['flagged_tokens']} of {c['candidate_tokens']} candidates, "
              f"spans {c['spans']}, counterfactuals {c['counterfactuals']} (dropped by verification: "
              f"{c['counterfactuals_dropped']})"]
-    detection = summary.get("detection")
-    if detection:
-        lines.append(f"\n{'mode':<10} {'tok P':>6} {'tok R':>6} {'tok F1':>6} {'span P':>6} {'span R':>6} {'span F1':>7}")
+    for key, title in (("detection", "all samples with gold"), ("detection_exact", "samples whose gold is exact")):
+        detection = summary.get(key)
+        if not detection:
+            continue
+        n = next(iter(detection.values()))["samples"]
+        lines.append(f"\ndetection, {title} ({n}):")
+        lines.append(f"{'mode':<10} {'tok P':>6} {'tok R':>6} {'tok F1':>6} {'span P':>6} {'span R':>6} {'span F1':>7}")
         for mode, m in detection.items():
             lines.append(f"{mode:<10} {m['token']['precision']:>6.3f} {m['token']['recall']:>6.3f} "
                          f"{m['token']['f1']:>6.3f} {m['span']['precision']:>6.3f} {m['span']['recall']:>6.3f} "

@@ -49,8 +49,11 @@ def contexts(config, d: torch.Tensor, surprisal: torch.Tensor | None, seed: int)
 
 def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, t_scores: torch.Tensor,
            s_surprisal: torch.Tensor | None, seed: int, gold_spans: list[tuple[int, int]] | None,
-           counts: dict[str, DetectionCounts] | None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Δ, flags, spans and counterfactuals of one unit -> (JSON record, raw tensors)."""
+           counts: list[dict[str, DetectionCounts]] | None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Δ, flags, spans and counterfactuals of one unit -> (JSON record, raw tensors).
+
+    With gold spans, every mode that can run adds its flags to each of the `counts` tables (e.g. all samples, and
+    the subset whose gold is exact)."""
     cand = candidates(text, s_enc.offsets, s_enc.special_mask, unit.region)
     t_region = tokens_in(t_enc.offsets, t_enc.special_mask, unit.region)
     t_on_s = project(t_scores, t_enc.offsets, t_region, s_enc.offsets, cand, len(text))
@@ -73,8 +76,9 @@ def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, 
             spans = word_spans(spans, text, s_enc.offsets, cand, unit.region)
         if counts is not None and gold_spans is not None:
             gold = token_gold(s_enc.offsets, gold_spans, base=unit.base[0])
-            counts.setdefault(mode, DetectionCounts()).add(
-                flags.mask, gold[idx], [(a - unit.base[0], b - unit.base[0]) for a, b, _ in spans], gold_spans)
+            predicted = [(a - unit.base[0], b - unit.base[0]) for a, b, _ in spans]
+            for table in counts:
+                table.setdefault(mode, DetectionCounts()).add(flags.mask, gold[idx], predicted, gold_spans)
         if mode == config.threshold:
             chosen = (flags, spans)
     flags, spans = chosen

@@ -34,6 +34,15 @@ def spans_from_pair(question: str, clean_question: str) -> list[tuple[int, int]]
     return spans
 
 
+def is_pure_insertion(question: str, clean_question: str) -> bool:
+    """Whether `question` is its clean twin with words inserted and nothing else changed: then the diff-based gold
+    spans are exact (GSM-Plus also rewords many questions, which makes their diff spans only approximate)."""
+    words, clean = _WORD.findall(question), _WORD.findall(clean_question)
+    matcher = difflib.SequenceMatcher(a=words, b=clean, autojunk=False)
+    tags = {tag for tag, *_ in matcher.get_opcodes()} - {"equal"}
+    return tags == {"delete"}  # a->b deletes exactly what question inserted
+
+
 def token_gold(offsets: torch.Tensor, spans: list[tuple[int, int]], base: int = 0) -> torch.Tensor:
     """(T,) bool: tokens that overlap a gold span (spans in prompt coordinates, shifted by `base` into the text)."""
     out = torch.zeros(len(offsets), dtype=torch.bool)

@@ -82,13 +82,16 @@ def _unit_html(record: dict, unit: dict) -> str:
 def _summary_html(summary: dict) -> str:
     counts = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in summary["counts"].items())
     parts = [f"<table><tr><th>count</th><th>value</th></tr>{counts}</table>"]
-    if summary.get("detection"):
+    for key, title in (("detection", "detection, all samples with gold"),
+                       ("detection_exact", "detection, samples whose gold is exact")):
+        if not summary.get(key):
+            continue
         rows = "".join(
             f"<tr><td>{html.escape(mode)}</td>" + "".join(
                 f"<td>{m[level][k]:.3f}</td>" for level in ("token", "span") for k in ("precision", "recall", "f1"))
-            + "</tr>" for mode, m in summary["detection"].items())
-        parts.append("<table><tr><th>mode</th><th>token P</th><th>token R</th><th>token F1</th><th>span P</th>"
-                     f"<th>span R</th><th>span F1</th></tr>{rows}</table>")
+            + "</tr>" for mode, m in summary[key].items())
+        parts.append(f"<p class='meta'>{title}</p><table><tr><th>mode</th><th>token P</th><th>token R</th>"
+                     f"<th>token F1</th><th>span P</th><th>span R</th><th>span F1</th></tr>{rows}</table>")
     for note in summary.get("notes", []):
         parts.append(f'<p class="meta">note: {html.escape(note)}</p>')
     return "\n".join(parts)

@@ -90,6 +90,9 @@ def test_analyze_writes_all_four_outputs_consistently(pair, data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["analysed"] == 6
     assert set(summary["detection"]) == {"iqr", "quantile", "random", "ppl"}
+    exact = [r for r in records if r["gold_exact"]]
+    if exact:
+        assert summary["detection_exact"]["iqr"]["samples"] == len(exact) < 6
     assert summary["command"].startswith("leaf analyze --teacher")
     assert summary["models"]["teacher"]["class"] == "LlamaForCausalLM"
     # the report: one file, no external assets, the Δ rows mark exactly the pruned spans

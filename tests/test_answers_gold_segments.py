@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from leaf.answers import answers_match, extract_answer, normalize_answer
-from leaf.gold import DetectionCounts, spans_from_pair, spans_from_text
+from leaf.gold import DetectionCounts, is_pure_insertion, spans_from_pair, spans_from_text
 from leaf.segments import split_response
 
 GSM_PLUS = Path(__file__).resolve().parent / "data" / "gsm_plus_distraction_dev.jsonl"  # CC BY-SA 4.0
@@ -82,3 +82,14 @@ def test_response_split_at_steps_and_sentences():
     assert [response[a:b].strip() for a, b in three] == ["Step one adds 3 and 2.", "Step two doubles it to 10.",
                                                           "#### 10"]
     assert split_response("no boundary at all", 3) == [(0, 18)]
+
+
+def test_pure_insertion_rows_of_gsm_plus_match_the_data_notes():
+    """tests/data/README.md: 50 rows are one pure insertion, 58 at most two insertions with nothing else changed."""
+    rows = gsm_plus()
+    pure = [r for r in rows if is_pure_insertion(r["question"], r["seed_question"])]
+    insertions = [len(spans_from_pair(r["question"], r["seed_question"])) for r in pure]
+    assert sum(n == 1 for n in insertions) == 50 and sum(n <= 2 for n in insertions) == 58
+    assert len(pure) == 59  # and one more row with three insertions
+    assert is_pure_insertion("Tom has 3 apples. His hat is red. How many?", "Tom has 3 apples. How many?")
+    assert not is_pure_insertion("Tom has 4 apples. How many?", "Tom has 3 apples. How many?")

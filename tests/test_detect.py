@@ -39,7 +39,7 @@ def test_the_distractor_is_flagged_pruned_and_scored_perfectly(tmp_path):
     counts: dict[str, DetectionCounts] = {}
     gold = spans_from_text(PROMPT, DISTRACTOR)
     record, tensors = detect(config, unit, text, s_enc, t_enc, s_scores, t_scores, None, seed=0,
-                             gold_spans=gold, counts=counts)
+                             gold_spans=gold, counts=[counts])
     assert [s["text"] for s in record["spans"]] == [DISTRACTOR]
     assert record["counterfactuals"] == [{"field": "prompt", "removed": [list(gold[0])],
                                           "prompt": "Tom has 3 apples. He buys 2 more apples. How many apples?"}]
