@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 from leaf.errors import LeafError
-from leaf.io import write_json_atomic, write_text_atomic
+from leaf.io import save_safetensors_atomic, write_json_atomic, write_text_atomic
 
 THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.scoring.THRESHOLDS, without torch
 LEVELS = ("instruction", "response", "both")
@@ -192,7 +192,7 @@ class Analyzer:
                     bar.advance(task, len(rows))
                     continue
                 window_start = time.perf_counter()
-                self.analyze_window(w, rows, samples)
+                self.analyze_window(w, rows)
                 self.timing["analyze_seconds"] += time.perf_counter() - window_start
                 self.timing["samples_this_run"] += len(rows)
                 bar.advance(task, len(rows))
@@ -334,9 +334,7 @@ class Analyzer:
                 units.append(Unit("response", k + 1, target=segs[k], region=(rspan[0], segs[k][0]), base=rspan))
         return units
 
-    def analyze_window(self, window: int, rows: list[int], samples) -> None:
-        from safetensors.torch import save_file
-
+    def analyze_window(self, window: int, rows: list[int]) -> None:
         from leaf.detect import detect, tokens_in
         from leaf.gold import DetectionCounts
         from leaf.hooks import HookPlan, encode_text, run
@@ -347,9 +345,9 @@ class Analyzer:
         exact: dict[str, DetectionCounts] = {}  # --gold-pair rows whose question is a pure insertion
         records: dict[int, dict] = {}
         selection = self.select(rows) if config.select else {}
-        jobs = []  # (row, unit, s_enc, t_enc)
+        jobs = []  # (row, unit, student encoding, teacher encoding, student target mask, teacher target mask)
         for r in rows:
-            sample, (text, pspan, rspan) = samples[r], self.rendered[r]
+            sample, (text, pspan, rspan) = self.samples[r], self.rendered[r]
             record = {"row": r, "id": sample.id, "status": "ok", "text": text, "prompt": sample.prompt,
                       "response": sample.response, "prompt_span": list(pspan), "response_span": list(rspan)}
             records[r] = record
@@ -378,15 +376,16 @@ class Analyzer:
                 if s_target.any() and t_target.any():
                     jobs.append((r, unit, s_enc, t_enc, s_target, t_target))
             record["units"] = []
+        # the student's per-token surprisal feeds the ppl baseline (the chosen mode, or a row of the detection table)
         need_ppl = config.threshold == "ppl" or config.gold is not None or config.gold_pair is not None
-        tensors: dict[str, torch.Tensor] = {}
+        tensors = {}
         if jobs:
             s_res = run(self.student, [j[2].input_ids for j in jobs],
                         HookPlan(saliency="grad", target_mask=[j[4] for j in jobs], token_nll=need_ppl),
                         batch_size=config.batch_size)
             t_res = run(self.teacher, [j[3].input_ids for j in jobs],
                         HookPlan(saliency="grad", target_mask=[j[5] for j in jobs]), batch_size=config.batch_size)
-            for k, ((r, unit, s_enc, t_enc, _, _), s, t) in enumerate(zip(jobs, s_res, t_res)):
+            for (r, unit, s_enc, t_enc, _, _), s, t in zip(jobs, s_res, t_res):
                 record = records[r]
                 gold = [tuple(g) for g in record["gold_spans"]] if "gold_spans" in record else None
                 unit_record, unit_tensors = detect(
@@ -403,9 +402,7 @@ class Analyzer:
         if config.verify:
             counts["counterfactuals_dropped"] = self.verify([rec for rec in records.values() if "units" in rec])
         # parts: tensors, then counts, then the jsonl that marks the window done (each file atomic)
-        tmp = self.part_path(window, ".safetensors.tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(self.part_path(window, ".safetensors"))
+        save_safetensors_atomic(self.part_path(window, ".safetensors"), tensors)
         write_json_atomic(self.part_path(window, ".counts.json"),
                           {"counts": counts, "detection": {m: c.__dict__ for m, c in detection.items()},
                            "detection_exact": {m: c.__dict__ for m, c in exact.items()}})
@@ -414,7 +411,7 @@ class Analyzer:
 
     # -- merge ---------------------------------------------------------------------------------------------------
     def merge(self, windows: int, total: int) -> dict:
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         from leaf.gold import DetectionCounts
         from leaf.report import write_report
@@ -455,9 +452,7 @@ class Analyzer:
             self.notes.append(f"{counts['skipped_too_long']} sample(s) longer than a model's context were skipped, "
                               "not truncated (status skipped_too_long in samples.jsonl)")
         write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        tmp = out / "scores.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(out / "scores.safetensors")
+        save_safetensors_atomic(out / "scores.safetensors", tensors)
         summary = {
             "output": str(out), "counts": counts,
             "threshold": {"mode": config.threshold, "tau": config.tau, "quantile": config.quantile,

@@ -34,3 +34,14 @@ def _umask() -> int:
 
 def write_json_atomic(path: str | Path, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_safetensors_atomic(path: str | Path, tensors: dict) -> Path:
+    """safetensors' save_file into a temporary name in the same folder, then a rename."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    return path
