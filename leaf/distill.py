@@ -1,0 +1,330 @@
+"""`leaf distill`: causal attention distillation on original and counterfactual inputs (stage 2).
+
+    leaf distill --teacher T --student S --data runs/analyze --output runs/distill --mode instr+resp \\
+        --lambda-schedule linear:0.8:0.5 --max-steps 200
+
+Per step, over response positions only: λ·D(p_T(·|X) || p_S(·|X)) + (1-λ)·D(p_T(·|X\\A) || p_S(·|X\\A)), each original
+paired with one of its counterfactuals (samples without one use the first term alone). Built on the transformers
+Trainer (custom loss): AdamW, cosine schedule with warmup, gradient accumulation, bf16, gradient checkpointing,
+checkpoints and `--resume`; under `accelerate launch` the same command runs DDP/FSDP/DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from leaf.errors import LeafError
+from leaf.io import write_json_atomic
+
+MODES = ("kd", "instr", "instr+resp")
+
+
+def _h(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = field(metadata=_h("Teacher model: local HF folder or hub id (same vocabulary as the student)."))
+    student: str = field(metadata=_h("Student model to train: local HF folder or hub id."))
+    data: Path = field(metadata=_h("A `leaf analyze` output folder (its samples.jsonl), or that samples.jsonl."))
+    output: Path = field(metadata=_h("Output folder: checkpoints/, log.jsonl, final/ (the distilled student)."))
+    mode: str = field(default="instr+resp", metadata=_h(
+        "kd: originals only (the paper's KD w/o mask); instr: + instruction counterfactuals; instr+resp: + both."))
+    lam: str = field(default="linear:0.8:0.5", metadata=_h(
+        "λ: a constant (1.0 = plain KD) or a schedule linear:START:END / cosine:START:END over training."))
+    divergence: str = field(default="forward_kl", metadata=_h("forward_kl, reverse_kl or jsd."))
+    beta: float = field(default=0.5, metadata=_h("β of the jsd divergence."))
+    temperature: float = field(default=1.0, metadata=_h("Softmax temperature t (loss scaled by t²)."))
+    ce_weight: float = field(default=0.0, metadata=_h("Weight of a cross-entropy term on the reference response."))
+    max_steps: int = field(default=100, metadata=_h("Optimizer steps."))
+    batch_size: int = field(default=4, metadata=_h("Samples per device per forward/backward."))
+    grad_accum: int = field(default=1, metadata=_h("Gradient accumulation steps (effective batch = batch x accum x devices)."))
+    lr: float = field(default=1e-5, metadata=_h("AdamW learning rate (paper: 1e-5)."))
+    warmup: float = field(default=0.03, metadata=_h("Warmup, as a fraction of the steps."))
+    save_steps: int = field(default=50, metadata=_h("Checkpoint every N steps."))
+    max_length: int | None = field(default=None, metadata=_h("Drop samples longer than this (default: the model's)."))
+    chunk_size: int = field(default=1024, metadata=_h("Positions per float32 log-softmax chunk in the loss."))
+    seed: int = field(default=0, metadata=_h("Seed of initialisation order, data order and counterfactual pairing."))
+    device: str = field(default="cpu", metadata=_h("cpu or cuda (under accelerate launch, set by accelerate)."))
+    dtype: str = field(default="float32", metadata=_h("float32 or bfloat16 (mixed precision on GPU)."))
+    gradient_checkpointing: bool = field(default=False, metadata=_h("Trade compute for activation memory."))
+    allow_pickle: bool = field(default=False, metadata=_h("Allow pickle (.bin) weights."))
+    resume: bool = field(default=False, metadata=_h("Continue from the last checkpoint in --output."))
+
+    def __post_init__(self) -> None:
+        from leaf.losses import get_divergence, lambda_at
+
+        self.data, self.output = Path(self.data), Path(self.output)
+        checks = [
+            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}."),
+            (self.max_steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
+             "--max-steps, --batch-size and --grad-accum must be at least 1."),
+            (self.temperature > 0, f"--temperature must be positive, got {self.temperature}."),
+            (0 <= self.warmup < 1, f"--warmup is a fraction in [0, 1), got {self.warmup}."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LeafError(message)
+        get_divergence(self.divergence, self.beta)
+        for step in (0, self.max_steps - 1):
+            value = lambda_at(self.lam, step, self.max_steps)
+            if not 0 <= value <= 1:
+                raise LeafError(f"λ must stay in [0, 1]; {self.lam!r} gives {value} at step {step}.")
+
+    def fingerprint(self) -> dict:
+        skip = {"output", "resume", "save_steps"}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
+
+
+@dataclass
+class Example:
+    """One original and the counterfactuals the mode allows, already rendered and tokenized."""
+
+    input_ids: list[int]
+    response_mask: list[bool]
+    counterfactuals: list[tuple[list[int], list[bool]]]
+
+
+def read_analyze_output(path: Path) -> list[dict]:
+    """The analysed samples of a `leaf analyze` folder (or its samples.jsonl)."""
+    file = path / "samples.jsonl" if path.is_dir() else path
+    if not file.exists():
+        raise LeafError(f"{str(path)!r} is not a `leaf analyze` output: no samples.jsonl. Run leaf analyze first, or "
+                        "pass its output folder.")
+    records = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LeafError(f"{file}: line {number} is not valid JSON ({exc.msg}).") from None
+        missing = [k for k in ("prompt", "response", "status") if k not in record]
+        if missing:
+            raise LeafError(f"{file}: line {number} lacks {', '.join(missing)}: not a leaf analyze record.")
+        if record["status"] == "ok":
+            records.append(record)
+    if not records:
+        raise LeafError(f"{file} holds no analysed samples (status ok): nothing to distil on.")
+    return records
+
+
+def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | None) -> tuple[list[Example], int]:
+    """Render and tokenize originals and their counterfactuals with the student's tokenizer; returns the examples
+    and how many samples were dropped as too long."""
+    from leaf.hooks import encode_text, render_prompt_response
+
+    def encode(prompt: str, response: str) -> tuple[list[int], list[bool]]:
+        text, pspan, rspan = render_prompt_response(tokenizer, prompt, response)
+        enc = encode_text(tokenizer, text, pspan, rspan)
+        return enc.input_ids.tolist(), enc.response_mask.tolist()
+
+    levels = {"kd": (), "instr": ("instruction",), "instr+resp": ("instruction", "response")}[mode]
+    examples, dropped = [], 0
+    for record in records:
+        ids, mask = encode(record["prompt"], record["response"])
+        if max_length and len(ids) > max_length:
+            dropped += 1
+            continue
+        cfs = []
+        for unit in record.get("units", []):
+            if unit["level"] not in levels:
+                continue
+            for cf in unit["counterfactuals"]:
+                prompt = cf.get("prompt", record["prompt"]) if cf["field"] == "prompt" else record["prompt"]
+                response = cf.get("response", record["response"]) if cf["field"] == "response" else record["response"]
+                if not prompt.strip() or not response.strip():
+                    continue
+                cf_ids, cf_mask = encode(prompt, response)
+                if any(cf_mask) and not (max_length and len(cf_ids) > max_length):
+                    cfs.append((cf_ids, cf_mask))
+        examples.append(Example(ids, mask, cfs))
+    return examples, dropped
+
+
+def check_vocabularies(teacher, student) -> None:
+    """Same token ids for both; a teacher whose logit matrix is only padded larger is fine (cut in the loss)."""
+    t_vocab, s_vocab = teacher.tokenizer.get_vocab(), student.tokenizer.get_vocab()
+    t_size = teacher.hf_model.get_output_embeddings().weight.shape[0]
+    s_size = student.hf_model.get_output_embeddings().weight.shape[0]
+    if t_vocab != s_vocab or t_size < s_size:
+        raise LeafError(
+            f"Teacher and student vocabularies differ (teacher tokenizer {len(t_vocab)} tokens / logits {t_size}, "
+            f"student tokenizer {len(s_vocab)} tokens / logits {s_size}). Logit distillation needs the same token "
+            "ids: pick a teacher from the student's model family.")
+
+
+def _pad(rows: list[list], value, dtype):
+    import torch
+
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=dtype)
+    return out
+
+
+class PairedData:
+    """Originals, each paired with one of its counterfactuals (a fixed, seeded choice per sample)."""
+
+    def __init__(self, examples: list[Example], seed: int) -> None:
+        self.examples, self.seed = examples, seed
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        ex = self.examples[index]
+        cf = random.Random(self.seed * 1_000_003 + index).choice(ex.counterfactuals) if ex.counterfactuals else None
+        return {"ids": ex.input_ids, "mask": ex.response_mask, "cf": cf}
+
+
+def make_collator(pad_id: int):
+    import torch
+
+    def collate(items: list[dict]) -> dict:
+        batch = {"input_ids": _pad([it["ids"] for it in items], pad_id, torch.long),
+                 "attention_mask": _pad([[1] * len(it["ids"]) for it in items], 0, torch.long),
+                 "response_mask": _pad([it["mask"] for it in items], False, torch.bool)}
+        rows = [i for i, it in enumerate(items) if it["cf"] is not None]
+        if rows:
+            batch["cf_index"] = torch.tensor(rows, dtype=torch.long)
+            batch["cf_input_ids"] = _pad([items[i]["cf"][0] for i in rows], pad_id, torch.long)
+            batch["cf_attention_mask"] = _pad([[1] * len(items[i]["cf"][0]) for i in rows], 0, torch.long)
+            batch["cf_response_mask"] = _pad([items[i]["cf"][1] for i in rows], False, torch.bool)
+        return batch
+
+    return collate
+
+
+def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
+    """Train the student; returns a summary (final path, steps, last losses)."""
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from leaf.hooks import load_model
+    from leaf.hooks.reductions import mean_nll
+    from leaf.losses import get_divergence, hybrid_loss, kd_loss, lambda_at, logit_mask
+
+    out = config.output
+    checkpoints = out / "checkpoints"
+    manifest = out / "leaf_distill.json"
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if manifest.exists():
+        if not config.resume:
+            raise LeafError(f"{out} already holds a distill run. Pass --resume to continue it, or choose another "
+                            "--output (nothing was overwritten).")
+        previous = json.loads(manifest.read_text())
+        changed = sorted(k for k in set(previous) | set(config.fingerprint())
+                         if previous.get(k) != config.fingerprint().get(k))
+        if changed:
+            raise LeafError(f"Cannot --resume {out}: it was trained with different settings (differs in: "
+                            f"{', '.join(changed)}). Use the same settings, or a new --output.")
+    elif out.exists() and any(out.iterdir()):
+        raise LeafError(f"{out} exists and is not empty. Choose a new --output (nothing was overwritten).")
+
+    records = read_analyze_output(config.data)
+    load = dict(device=config.device, dtype="float32", allow_pickle=config.allow_pickle)
+    student, teacher = load_model(config.student, **load), load_model(config.teacher, **load)
+    check_vocabularies(teacher, student)
+    examples, dropped = build_examples(records, student.tokenizer, config.mode,
+                                       config.max_length or student.max_length)
+    if not examples:
+        raise LeafError(f"No sample of {config.data} fits (all {dropped} longer than the context).")
+    with_cf = sum(bool(e.counterfactuals) for e in examples)
+    if config.mode != "kd" and with_cf == 0:
+        raise LeafError(f"--mode {config.mode} but no sample in {config.data} has a counterfactual of that level. "
+                        "Use --mode kd, or analyze with another threshold / --level both.")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(manifest, config.fingerprint())
+
+    divergence = get_divergence(config.divergence, config.beta)
+    hf_teacher = teacher.hf_model.eval()
+    for p in hf_teacher.parameters():
+        p.requires_grad_(False)
+    terms: list[dict] = []
+
+    class DistillTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            lam = lambda_at(config.lam, self.state.global_step, self.state.max_steps)
+            kd = dict(divergence=divergence, temperature=config.temperature, chunk_size=config.chunk_size)
+            if next(hf_teacher.parameters()).device != inputs["input_ids"].device:
+                hf_teacher.to(inputs["input_ids"].device)
+            s_logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            with torch.no_grad():
+                t_logits = hf_teacher(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            original = kd_loss(s_logits, t_logits, logit_mask(inputs["response_mask"]), **kd)       # (B,)
+            counterfactual = torch.zeros_like(original)
+            has_cf = torch.zeros_like(original, dtype=torch.bool)
+            if "cf_index" in inputs and lam < 1:
+                cf_s = model(input_ids=inputs["cf_input_ids"], attention_mask=inputs["cf_attention_mask"]).logits
+                with torch.no_grad():
+                    cf_t = hf_teacher(input_ids=inputs["cf_input_ids"],
+                                      attention_mask=inputs["cf_attention_mask"]).logits
+                counterfactual = counterfactual.index_put(
+                    (inputs["cf_index"],), kd_loss(cf_s, cf_t, logit_mask(inputs["cf_response_mask"]), **kd))
+                has_cf[inputs["cf_index"]] = True
+            loss = hybrid_loss(original, counterfactual, has_cf, lam)
+            if config.ce_weight:
+                loss = loss + config.ce_weight * mean_nll(s_logits, inputs["input_ids"],
+                                                         inputs["response_mask"]).mean()
+            terms.append({"lambda": lam, "kd_original": float(original.detach().mean()),
+                          "kd_counterfactual": float(counterfactual.detach()[has_cf].mean()) if has_cf.any() else None,
+                          "tokens": int(inputs["attention_mask"].sum()) + int(
+                              inputs.get("cf_attention_mask", torch.zeros(1)).sum())})
+            return loss
+
+    log_path = out / "log.jsonl"
+
+    class JsonlLog(TrainerCallback):
+        def __init__(self):
+            import time
+
+            self.clock, self.last = time.perf_counter, time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = self.clock()
+            window, terms[:] = terms[:], []
+            cf = [t["kd_counterfactual"] for t in window if t["kd_counterfactual"] is not None]
+            line = {"step": state.global_step, "lambda": window[-1]["lambda"] if window else None,
+                    "kd_original": sum(t["kd_original"] for t in window) / max(len(window), 1),
+                    "kd_counterfactual": sum(cf) / len(cf) if cf else None,
+                    "lr": kwargs["lr_scheduler"].get_last_lr()[0] if kwargs.get("lr_scheduler") else None,
+                    "tokens_per_second": sum(t["tokens"] for t in window) / max(now - self.last, 1e-9)}
+            self.last = now
+            with open(log_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
+                handle.flush()
+
+    if last and log_path.exists():  # drop log lines past the checkpoint we resume from
+        step = int(Path(last).name.split("-")[-1])
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    elif log_path.exists():
+        log_path.unlink()
+
+    args = TrainingArguments(
+        output_dir=str(checkpoints), max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr, lr_scheduler_type="cosine",
+        warmup_steps=config.warmup, weight_decay=0.0, optim="adamw_torch", seed=config.seed,
+        data_seed=config.seed, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
+        logging_strategy="no", report_to=[], remove_unused_columns=False, dataloader_num_workers=0,
+        use_cpu=config.device == "cpu", bf16=config.dtype in ("bfloat16", "bf16"),
+        gradient_checkpointing=config.gradient_checkpointing, disable_tqdm=not progress)
+    trainer = DistillTrainer(model=student.hf_model, args=args, train_dataset=PairedData(examples, config.seed),
+                             data_collator=make_collator(student.pad_token_id), callbacks=[JsonlLog()])
+    trainer.train(resume_from_checkpoint=last if config.resume and last else None)
+    final = out / "final"
+    trainer.save_model(str(final))
+    student.tokenizer.save_pretrained(str(final))
+    log = [json.loads(line) for line in log_path.read_text().splitlines()]
+    summary = {"final": str(final), "steps": trainer.state.global_step, "samples": len(examples),
+               "with_counterfactual": with_cf, "dropped_too_long": dropped, "last": log[-1] if log else None,
+               "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}}
+    write_json_atomic(out / "summary.json", summary)
+    return summary
