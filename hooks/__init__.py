@@ -10,7 +10,7 @@
 
 from leaf.hooks.architecture import Architecture, discover
 from leaf.hooks.batching import (EncodedSample, TokenBatch, encode_prompt_response, encode_text,
-                                 render_prompt_response)
+                                 render_head, render_prompt_response, tokens_in)
 from leaf.hooks.loading import HookedModel, load_model, model_summary, wrap_model
 from leaf.hooks.reductions import mean_nll
 from leaf.hooks.tracing import (HookPlan, SampleResult, attention_mass, attention_probs, capture, run,
@@ -19,5 +19,5 @@ from leaf.hooks.tracing import (HookPlan, SampleResult, attention_mass, attentio
 __all__ = [
     "Architecture", "EncodedSample", "HookPlan", "HookedModel", "SampleResult", "TokenBatch", "attention_mass",
     "attention_probs", "capture", "discover", "encode_prompt_response", "encode_text", "load_model", "mean_nll", "model_summary",
-    "render_prompt_response", "run", "token_saliency", "wrap_model",
+    "render_head", "render_prompt_response", "run", "tokens_in", "token_saliency", "wrap_model",
 ]

@@ -129,8 +129,8 @@ def render_prompt_response(tokenizer: PreTrainedTokenizerBase, prompt: str, resp
         if not text.startswith(head):
             raise LeafError("The chat template does not render the prompt with a generation prompt as a prefix of the "
                             "full exchange, so the response position is ambiguous. Use chat_template=False.")
-        prompt_start = head.find(prompt)
-        response_start = text.find(response, len(head)) if response else len(text)
+        prompt_start = head.rfind(prompt)  # the user turn comes last in the head (a system prompt may come first)
+        response_start = text.find(response, len(head)) if response else len(head)
     else:
         head = (tokenizer.bos_token or "") + prompt + "\n"
         text = head + response
@@ -154,12 +154,21 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, prompt_span: tupl
     ids = torch.tensor(enc["input_ids"], dtype=torch.long)
     special = torch.tensor([int(i) in special_ids for i in ids.tolist()], dtype=torch.bool)
 
-    def inside(span: tuple[int, int]) -> torch.Tensor:
-        return (offsets[:, 0] >= span[0]) & (offsets[:, 1] <= span[1]) & (offsets[:, 1] > offsets[:, 0]) & ~special
+    return EncodedSample(text=text, input_ids=ids, offsets=offsets,
+                         prompt_mask=tokens_in(offsets, special, prompt_span),
+                         response_mask=tokens_in(offsets, special, response_span), special_mask=special,
+                         prompt_span=prompt_span, response_span=response_span)
 
-    return EncodedSample(text=text, input_ids=ids, offsets=offsets, prompt_mask=inside(prompt_span),
-                         response_mask=inside(response_span), special_mask=special, prompt_span=prompt_span,
-                         response_span=response_span)
+
+def tokens_in(offsets: torch.Tensor, special: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+    """(T,) bool: non-special tokens lying wholly inside the character span."""
+    return (offsets[:, 0] >= span[0]) & (offsets[:, 1] <= span[1]) & (offsets[:, 1] > offsets[:, 0]) & ~special
+
+
+def render_head(tokenizer: PreTrainedTokenizerBase, prompt: str, *, chat_template: bool = True) -> str:
+    """The text a model continues to answer `prompt`: up to and including the generation prompt."""
+    text, _, response_span = render_prompt_response(tokenizer, prompt, "", chat_template=chat_template)
+    return text[: response_span[0]]
 
 
 def encode_prompt_response(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, *,

@@ -280,7 +280,11 @@ class Analyzer:
         """--select: greedy answers of both models; keep rows where the teacher is right and the student wrong."""
         from leaf.answers import extract_answer, is_correct
 
-        teacher, student = self.answer_all([self.rendered[r][0][: self.rendered[r][2][0]] for r in rows])
+        from leaf.hooks.batching import render_head
+
+        chat = self.config.template != "none"
+        teacher, student = self.answer_all([render_head(self.renderer, self.samples[r].prompt, chat_template=chat)
+                                            for r in rows])
         out = {}
         for k, r in enumerate(rows):
             reference = self.reference_answer(r)
@@ -295,16 +299,17 @@ class Analyzer:
     def verify(self, records: list[dict]) -> int:
         """--verify: drop instruction-level counterfactuals that either model answers wrongly; returns how many."""
         from leaf.answers import is_correct
-        from leaf.hooks import render_prompt_response
+        from leaf.hooks.batching import render_head
 
+        chat = self.config.template != "none"
         jobs = []  # (row, counterfactual, rendered head)
         for record in records:
             for unit in record["units"]:
                 for cf in unit["counterfactuals"]:
-                    if cf["field"] == "prompt":
-                        text, _, rspan = render_prompt_response(self.renderer, cf["prompt"] or " ", "x",
-                                                                chat_template=self.config.template != "none")
-                        jobs.append((record["row"], cf, text[: rspan[0]]))
+                    if cf["field"] == "prompt" and cf["prompt"]:
+                        jobs.append((record["row"], cf, render_head(self.renderer, cf["prompt"], chat_template=chat)))
+                    else:  # response-level counterfactuals change the reference, not the question: not checked
+                        cf["verified"] = None
         if not jobs:
             return 0
         gens = self.answer_all([head for _, _, head in jobs])
@@ -314,7 +319,7 @@ class Analyzer:
         dropped = 0
         for record in records:
             for unit in record["units"]:
-                kept = [cf for cf in unit["counterfactuals"] if cf.get("verified", True)]
+                kept = [cf for cf in unit["counterfactuals"] if cf.get("verified", True) is not False]
                 dropped += len(unit["counterfactuals"]) - len(kept)
                 unit["counterfactuals"] = kept
         return dropped
@@ -335,9 +340,10 @@ class Analyzer:
         return units
 
     def analyze_window(self, window: int, rows: list[int]) -> None:
-        from leaf.detect import detect, tokens_in
+        from leaf.detect import detect
         from leaf.gold import DetectionCounts
         from leaf.hooks import HookPlan, encode_text, run
+        from leaf.hooks.batching import tokens_in
 
         config = self.config
         counts = {"skipped_too_long": 0, "filtered_selection": 0, "counterfactuals_dropped": 0}

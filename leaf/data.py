@@ -96,6 +96,8 @@ def to_samples(records: list[dict], *, prompt_field: str | None = None, response
     for number, record in enumerate(records):
         if messages_field in record and not prompt_field:
             messages = record[messages_field] or []
+            if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+                raise LeafError(f"Sample {number}: {messages_field!r} must be a list of {{'role', 'content'}} objects.")
             roles = [m.get("role") for m in messages]
             if roles != ["user", "assistant"]:
                 raise LeafError(f"Sample {number}: {messages_field!r} must be one user turn then one assistant turn "
@@ -111,6 +113,8 @@ def to_samples(records: list[dict], *, prompt_field: str | None = None, response
             raise LeafError(f"Sample {number} has an empty or non-text prompt: {prompt!r}.")
         if not isinstance(response, str) or not response.strip():
             raise LeafError(f"Sample {number} has an empty or non-text response: {response!r}.")
-        sample_id = str(record.get(id_field, number))
-        samples.append(Sample(id=sample_id, prompt=prompt, response=response, record=record))
+        sample_id = record.get(id_field)
+        sample_id = str(number) if sample_id is None else str(sample_id)
+        # outer whitespace is dropped: chat templates that trim content (Llama 3's) would otherwise move the text
+        samples.append(Sample(id=sample_id, prompt=prompt.strip(), response=response.strip(), record=record))
     return samples

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from leaf.gold import DetectionCounts, token_gold
+from leaf.hooks.batching import tokens_in
 from leaf.scoring import THRESHOLDS, ThresholdContext, delta, flag, minmax
 from leaf.spans import is_whitespace, project, remove_spans, token_spans, word_spans
 
@@ -22,10 +23,6 @@ class Unit:
     target: tuple[int, int]        # char span whose tokens form the loss
     region: tuple[int, int]        # char span whose tokens are scored
     base: tuple[int, int]          # char span of the field the spans are reported in (prompt or response)
-
-
-def tokens_in(offsets: torch.Tensor, special: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
-    return (offsets[:, 0] >= span[0]) & (offsets[:, 1] <= span[1]) & (offsets[:, 1] > offsets[:, 0]) & ~special
 
 
 def candidates(text: str, offsets: torch.Tensor, special: torch.Tensor, region: tuple[int, int]) -> torch.Tensor:

@@ -10,12 +10,13 @@ _BOUNDARY = re.compile(r"\n+|(?<=[.!?])\s+")
 def split_response(response: str, parts: int) -> list[tuple[int, int]]:
     """Character spans of up to `parts` consecutive segments covering the response.
 
-    Cuts go at the boundaries (line breaks first-class, then sentence ends) nearest to equal-length split points;
-    a response with fewer boundaries gives fewer segments (one segment: nothing to analyse at response level).
+    Cuts go at the boundaries (line breaks, sentence ends) nearest to equal-length split points, before the
+    whitespace, so that a token carrying its leading space (" Then") lies wholly inside the next segment. A response
+    with fewer boundaries gives fewer segments (one segment: nothing to analyse at response level).
     """
     if parts < 2:
         return [(0, len(response))]
-    cuts = sorted({m.end() for m in _BOUNDARY.finditer(response) if 0 < m.start() and m.end() < len(response)})
+    cuts = sorted({m.start() for m in _BOUNDARY.finditer(response) if 0 < m.start() and m.end() < len(response)})
     chosen: list[int] = []
     for k in range(1, parts):
         goal = len(response) * k / parts

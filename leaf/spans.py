@@ -63,17 +63,24 @@ def remove_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
         had_space = left != out or right != piece
         if not left:
             right = right.lstrip(_PUNCT + " \t")          # no orphaned punctuation at the start
-        elif left[-1] in _PUNCT and right[:1] in _PUNCT:
-            right = right[1:].lstrip(" \t")               # "a, , b" / "a. . b": keep the first mark
+        elif left[-1] in _PUNCT and right and right[0] in _PUNCT:  # "a, . b" / "a, , b": keep one mark, the stronger
+            if right[0] in ".!?" and left[-1] in ",;:":
+                left = left[:-1]
+            else:
+                right = right[1:].lstrip(" \t")
+        elif left[-1] in "([" and right and right[0] in ")]":
+            left, right = left[:-1].rstrip(" \t"), right[1:]    # an emptied bracket goes too
+        if not right:
+            left = left.rstrip(",;: \t")                     # a cut at the end leaves no dangling comma
         if left.endswith("\n") and right.startswith("\n"):
-            out = left + right[1:]                       # a removed line leaves no blank line
+            out = left + right.lstrip("\n")                 # a removed paragraph or line leaves no extra blank line
         elif not left or not right or not had_space:
             out = left + right                           # text edge, or a cut inside a word
         elif right[0] in _PUNCT + "\n" or left.endswith("\n"):
             out = left + right                           # no space before punctuation or after a line break
         else:
             out = left + " " + right                     # one space between two words
-    return out
+    return out.strip() if len(pieces) > 1 else out
 
 
 _PUNCT = ".,;:!?)"

@@ -64,6 +64,12 @@ def test_multibyte_characters_keep_whole_characters():
     ("Q?\nHis hat is red.\nHow many?", ["His hat is red."], "Q?\nHow many?"),
     ("Tom, who likes cats, has 3 apples.", ["who likes cats"], "Tom, has 3 apples."),
     ("Zoë’s café is big.", ["café "], "Zoë’s is big."),
+    ("Tom has 3 apples, his hat is red.", ["his hat is red"], "Tom has 3 apples."),
+    ("Para one.\n\nA distractor paragraph.\n\nPara three.", ["A distractor paragraph."],
+     "Para one.\n\nPara three."),
+    ("Tom (who is tall) has 3 apples.", ["who is tall"], "Tom has 3 apples."),
+    ("x = 3, and it rained", ["and it rained"], "x = 3"),
+    ("Tom has 3 apples.\nHis hat is red.", ["His hat is red."], "Tom has 3 apples."),
 ])
 def test_removal_leaves_clean_text(text, remove, want):
     spans = [(text.index(r), text.index(r) + len(r)) for r in remove]
