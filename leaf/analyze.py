@@ -140,9 +140,12 @@ class Analyzer:
 
     # -- output folder and resume -------------------------------------------------------------------------------
     def prepare_output(self) -> None:
+        """Check the folder (never overwrite another run; --resume only with the same settings), then claim it.
+        Called after models and data loaded, so a typo in an argument leaves nothing behind."""
         config, manifest = self.config, self.parts / "manifest.json"
         fingerprint = config.fingerprint()
-        if manifest.exists():
+        started = manifest.exists() and any(self.parts.glob("part-*.jsonl"))
+        if started:
             if not config.resume:
                 raise LeafError(f"{config.output} already holds an analyze run. Pass --resume to continue it, or "
                                 "choose another --output (nothing was overwritten).")
@@ -151,7 +154,7 @@ class Analyzer:
             if changed:
                 raise LeafError(f"Cannot --resume {config.output}: the run there used different settings or data "
                                 f"(differs in: {', '.join(changed)}). Use the same settings, or a new --output.")
-        elif config.output.exists() and any(config.output.iterdir()) and not config.resume:
+        elif config.output.exists() and any(p for p in config.output.iterdir() if p != self.parts):
             raise LeafError(f"{config.output} exists and is not empty. Choose a new --output (nothing was "
                             "overwritten).")
         self.parts.mkdir(parents=True, exist_ok=True)
@@ -159,6 +162,19 @@ class Analyzer:
 
     def part_path(self, window: int, suffix: str) -> Path:
         return self.parts / f"part-{window:05d}{suffix}"
+
+    def window_done(self, window: int) -> bool:
+        """A window counts as done only when all three of its part files exist and read back."""
+        from safetensors import safe_open
+
+        try:
+            json.loads(self.part_path(window, ".counts.json").read_text())
+            with safe_open(str(self.part_path(window, ".safetensors")), "pt"):
+                pass
+            lines = self.part_path(window, ".jsonl").read_text(encoding="utf-8").splitlines()
+            return all(json.loads(line) for line in lines)
+        except Exception:  # missing, truncated or unreadable (safetensors raises its own types): redo the window
+            return False
 
     # -- the run -------------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -175,12 +191,14 @@ class Analyzer:
                              response_field=config.response_field, id_field=config.id_field)
         if config.limit:
             samples = samples[: config.limit]
-        self.prepare_output()
         load = dict(device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
                     trust_remote_code=config.trust_remote_code)
         self.teacher, self.student = load_model(config.teacher, **load), load_model(config.student, **load)
         self.notes: list[str] = []
         self.render_all(samples)
+        for sample in samples:  # gold fields checked up front, not in the middle of the run
+            self.gold_spans(sample)
+        self.prepare_output()
         windows = [list(range(i, min(i + config.window, len(samples)))) for i in range(0, len(samples), config.window)]
         columns = [TextColumn("[bold]analyze"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]} samples/s"), TimeRemainingColumn()]
@@ -188,7 +206,7 @@ class Analyzer:
         with Progress(*columns, disable=not self.progress) as bar:
             task = bar.add_task("analyze", total=len(samples), rate="-")
             for w, rows in enumerate(windows):
-                if self.part_path(w, ".jsonl").exists():
+                if self.window_done(w):
                     bar.advance(task, len(rows))
                     continue
                 window_start = time.perf_counter()
@@ -198,12 +216,10 @@ class Analyzer:
                 bar.advance(task, len(rows))
                 speed = bar.tasks[0].speed
                 bar.update(task, rate=f"{speed:.2f}" if speed else "-")
-        summary = self.merge(len(windows), len(samples))
         seconds = self.timing["analyze_seconds"]
-        summary["timing"] = {**self.timing, "total_seconds": time.perf_counter() - started,
-                             "samples_per_second": self.timing["samples_this_run"] / seconds if seconds else None}
-        write_json_atomic(config.output / "summary.json", summary)
-        return summary
+        self.timing["samples_per_second"] = self.timing["samples_this_run"] / seconds if seconds else None
+        self.timing["total_seconds_before_merge"] = time.perf_counter() - started
+        return self.merge(len(windows), len(samples))
 
     def render_all(self, samples) -> None:
         """The one text both models see, rendered with the chosen template (noted when the two templates differ)."""
@@ -469,7 +485,7 @@ class Analyzer:
             "models": {"teacher": _describe(self.teacher), "student": _describe(self.student)},
             "notes": self.notes, "config": {k: str(v) if isinstance(v, Path) else v
                                             for k, v in asdict(config).items()},
-            "versions": _versions(), "command": " ".join(self.command),
+            "versions": _versions(), "command": " ".join(self.command), "timing": self.timing,
         }
         write_json_atomic(out / "summary.json", summary)
         write_report(out / "report.html", records[: config.report_samples], summary)

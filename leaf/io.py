@@ -8,22 +8,32 @@ import tempfile
 from pathlib import Path
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+def write_bytes_atomic(path: str | Path, write) -> Path:
+    """Call write(tmp_path) for a temporary file in the same folder, fsync it, rename it over `path`, fsync the
+    folder: after a crash the file is either the old one or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
+        write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _umask() -> int:
@@ -37,11 +47,6 @@ def write_json_atomic(path: str | Path, obj) -> Path:
 
 
 def save_safetensors_atomic(path: str | Path, tensors: dict) -> Path:
-    """safetensors' save_file into a temporary name in the same folder, then a rename."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic(path, lambda tmp: save_file(tensors, tmp))

@@ -58,9 +58,9 @@ class Marks(HTMLParser):
 
 def _analyze(pair, data, out, *extra):
     teacher, student = pair
+    gold = [] if "--gold" in extra else ["--gold-pair", "question,seed_question"]
     return runner.invoke(app, ["analyze", "--teacher", teacher, "--student", student, "--data", str(data),
-                               "--output", str(out), "--gold-pair", "question,seed_question", "--window", "2",
-                               "--batch-size", "2", *extra])
+                               "--output", str(out), *gold, "--window", "2", "--batch-size", "2", *extra])
 
 
 def test_analyze_writes_all_four_outputs_consistently(pair, data, tmp_path):
@@ -117,6 +117,11 @@ def test_resume_skips_finished_windows_and_gives_the_same_result(pair, data, tmp
     assert result.exit_code == 1 and "--resume" in result.output              # never overwrites silently
     assert _analyze(pair, data, part, "--resume").exit_code == 0
     assert (part / "parts" / "part-00000.jsonl").stat().st_mtime_ns == first  # not recomputed
+    assert (part / "samples.jsonl").read_text() == (full / "samples.jsonl").read_text()
+    # a window whose tensor file was cut short (a crash before it reached the disk) is redone, not trusted
+    (part / "parts" / "part-00001.safetensors").write_bytes(b"\x00" * 10)
+    (part / "samples.jsonl").unlink()
+    assert _analyze(pair, data, part, "--resume").exit_code == 0
     assert (part / "samples.jsonl").read_text() == (full / "samples.jsonl").read_text()
     changed = _analyze(pair, data, part, "--resume", "--threshold", "quantile")
     assert changed.exit_code == 1 and "differs in: threshold" in changed.output
@@ -187,6 +192,13 @@ def test_bad_options_are_clean_errors(pair, data, tmp_path, args, message):
                                  "--output", str(tmp_path / "o"), *args])
     assert result.exit_code in (1, 2) and message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_bad_argument_claims_no_output_folder(pair, data, tmp_path):
+    out = tmp_path / "out"
+    result = _analyze(pair, data, out, "--gold", "no_such_field")
+    assert result.exit_code == 1 and "no gold field 'no_such_field'" in result.output
+    assert _analyze(pair, data, out).exit_code == 0   # the same folder, without --resume: nothing was claimed
 
 
 def test_malformed_data_line_is_named(pair, tmp_path):
