@@ -150,7 +150,15 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
         hint = (" The hub checkpoint may have only pickle weights: pass allow_pickle=True (--allow-pickle) if you "
                 "trust it." if not path.exists() and not allow_pickle else "")
         raise LeafError(f"Could not load {source!r}: {exc}.{hint}") from None
-    hf_model.to(torch.device(device)).eval()
+    if not getattr(tokenizer, "is_fast", False):
+        raise LeafError(f"The tokenizer of {source!r} is a slow (Python) tokenizer; leaf needs a fast one for character "
+                        "offsets. Install `tokenizers` and re-save it with AutoTokenizer.from_pretrained(..., "
+                        "use_fast=True).save_pretrained(...).")
+    try:
+        hf_model.to(torch.device(device)).eval()
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise LeafError(f"Cannot use device {str(device)!r}: {exc}. Use cpu, cuda or cuda:N (a GPU build of torch "
+                        "is needed for cuda).") from None
     return wrap_model(hf_model, tokenizer, name=source)
 
 

@@ -26,15 +26,17 @@ def mean_nll(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.T
     return total / shifted.sum(-1).clamp(min=1)
 
 
-def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor, chunk: int = 512) -> torch.Tensor:
     """Surprisal of every token given its prefix: (B, T, V), (B, T) -> (B, T) float32, 0 at position 0.
 
-    One row at a time, so the float32 log-softmax never spans the whole batch.
+    `chunk` positions at a time, so the float32 log-softmax never spans more than (chunk, V).
     """
     out = torch.zeros(input_ids.shape, dtype=torch.float32, device=logits.device)
     for row in range(logits.shape[0]):
-        logp = logits[row, :-1].float().log_softmax(-1)                    # (T-1, V)
-        out[row, 1:] = -logp.gather(-1, input_ids[row, 1:, None]).squeeze(-1)
+        for start in range(0, logits.shape[1] - 1, chunk):
+            end = min(start + chunk, logits.shape[1] - 1)
+            logp = logits[row, start:end].float().log_softmax(-1)                       # (chunk, V)
+            out[row, start + 1: end + 1] = -logp.gather(-1, input_ids[row, start + 1: end + 1, None]).squeeze(-1)
     return out
 
 

@@ -110,7 +110,7 @@ def _prepared(model: HookedModel, eager: bool):
     hf = model.hf_model
     requires = [p.requires_grad for p in hf.parameters()]
     training = hf.training
-    impl = getattr(hf.config, "_attn_implementation", None)
+    impl = getattr(hf.config, "_attn_implementation", None) or "sdpa"
     try:
         for p in hf.parameters():
             p.requires_grad_(False)
@@ -119,7 +119,7 @@ def _prepared(model: HookedModel, eager: bool):
             hf.set_attn_implementation("eager")
         yield
     finally:
-        if eager and impl != "eager" and impl is not None:
+        if eager and impl != "eager":
             hf.set_attn_implementation(impl)
         for p, flag in zip(hf.parameters(), requires):
             p.requires_grad_(flag)

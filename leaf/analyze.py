@@ -98,6 +98,8 @@ class AnalyzeConfig:
              f"--gold-pair takes two field names separated by a comma, got {self.gold_pair!r}."),
             (self.batch_size >= 1 and self.window >= 1, "--batch-size and --window must be at least 1."),
             (self.limit is None or self.limit >= 1, f"--limit must be at least 1, got {self.limit}."),
+            (self.max_new_tokens >= 1, f"--max-new-tokens must be at least 1, got {self.max_new_tokens}."),
+            (self.report_samples >= 0, f"--report-samples must be 0 or more, got {self.report_samples}."),
         ]
         if self.select or self.verify:
             from leaf.generation import resolve_backend
@@ -106,6 +108,14 @@ class AnalyzeConfig:
         for ok, message in checks:
             if not ok:
                 raise LeafError(message)
+
+    @property
+    def gold_fields(self) -> tuple[str, str] | None:
+        """--gold-pair as (question field, clean twin field)."""
+        if not self.gold_pair:
+            return None
+        a, b = (name.strip() for name in self.gold_pair.split(","))
+        return a, b
 
     def fingerprint(self) -> dict:
         """What must match for --resume to continue a run: everything that changes the results."""
@@ -253,7 +263,7 @@ class Analyzer:
                                 f"{', '.join(sample.record)}.")
             return spans_from_text(sample.prompt, sample.record[config.gold] or "")
         if config.gold_pair:
-            a, b = (name.strip() for name in config.gold_pair.split(","))
+            a, b = config.gold_fields
             for name in (a, b):
                 if name not in sample.record:
                     raise LeafError(f"Sample {sample.id!r} has no field {name!r} (from --gold-pair). Fields: "
@@ -289,8 +299,7 @@ class Analyzer:
 
         if not self.config.gold_pair:
             return True
-        a, b = (name.strip() for name in self.config.gold_pair.split(","))
-        return is_pure_insertion(sample.record[a], sample.record[b])
+        return is_pure_insertion(*(sample.record[name] for name in self.config.gold_fields))
 
     def select(self, rows: list[int]) -> dict[int, dict]:
         """--select: greedy answers of both models; keep rows where the teacher is right and the student wrong."""
@@ -362,7 +371,8 @@ class Analyzer:
         from leaf.hooks.batching import tokens_in
 
         config = self.config
-        counts = {"skipped_too_long": 0, "filtered_selection": 0, "counterfactuals_dropped": 0}
+        counts = {"skipped_too_long": 0, "filtered_selection": 0, "counterfactuals_dropped": 0,
+                  "units_without_target": 0, "no_reference_answer": 0}
         detection: dict[str, DetectionCounts] = {}
         exact: dict[str, DetectionCounts] = {}  # --gold-pair rows whose question is a pure insertion
         records: dict[int, dict] = {}
@@ -375,6 +385,7 @@ class Analyzer:
             records[r] = record
             if r in selection:
                 record["selection"] = selection[r]
+                counts["no_reference_answer"] += not selection[r]["reference"]
                 if not selection[r]["kept"]:
                     record["status"] = "filtered_selection"
                     counts["filtered_selection"] += 1
@@ -397,6 +408,8 @@ class Analyzer:
                 s_target[0] = t_target[0] = False
                 if s_target.any() and t_target.any():
                     jobs.append((r, unit, s_enc, t_enc, s_target, t_target))
+                else:  # e.g. a segment no token lies wholly inside
+                    counts["units_without_target"] += 1
             record["units"] = []
         # the student's per-token surprisal feeds the ppl baseline (the chosen mode, or a row of the detection table)
         need_ppl = config.threshold == "ppl" or config.gold is not None or config.gold_pair is not None
@@ -447,8 +460,8 @@ class Analyzer:
         thresholds = []
         for w in range(windows):
             part = json.loads(self.part_path(w, ".counts.json").read_text())
-            for key in ("skipped_too_long", "filtered_selection", "counterfactuals_dropped"):
-                counts[key] += part["counts"][key]
+            for key, value in part["counts"].items():
+                counts[key] = counts.get(key, 0) + value
             for name, table in tables.items():
                 for mode, values in part[name].items():
                     acc = table.setdefault(mode, DetectionCounts())
@@ -470,6 +483,14 @@ class Analyzer:
                     counts["counterfactuals"] += len(unit["counterfactuals"])
                     if unit["threshold"] is not None:
                         thresholds.append(unit["threshold"])
+        if counts["units_without_target"]:
+            self.notes.append(f"{counts['units_without_target']} analysis unit(s) had no token wholly inside their "
+                              "loss span (e.g. a one-segment response at response level) and were skipped")
+        if counts["no_reference_answer"]:
+            self.notes.append(f"{counts['no_reference_answer']} sample(s) had no reference answer to check "
+                              "--select against (give --answer-field); they were filtered out")
+        if counts["analysed"] == 0:
+            self.notes.append("no sample was analysed: see the counts above")
         if counts["skipped_too_long"]:
             self.notes.append(f"{counts['skipped_too_long']} sample(s) longer than a model's context were skipped, "
                               "not truncated (status skipped_too_long in samples.jsonl)")

@@ -19,6 +19,7 @@ from leaf.errors import LeafError
 # End-of-turn markers of common chat templates; generation stops at any that the tokenizer knows.
 END_OF_TURN = ("<|end|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>")
 BACKENDS = ("auto", "hf", "vllm")
+MAX_MODEL_LEN = 8192  # vLLM context cap for selection/verification prompts
 
 
 def stop_ids(tokenizer) -> list[int]:
@@ -49,7 +50,10 @@ def hf_generate(model, texts: list[str], *, max_new_tokens: int = 256, batch_siz
     pad = model.pad_token_id
     outputs: list[str] = [""] * len(texts)
     encoded = [tok(t, add_special_tokens=False).input_ids for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+    limit = model.max_length or 10**9
+    # a prompt that fills the context gets nothing; the others are batched by length, so a batch's budget
+    # (context minus its longest prompt) is close to each member's own
+    order = sorted((i for i in range(len(texts)) if len(encoded[i]) < limit), key=lambda i: -len(encoded[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start: start + batch_size]
         width = max(len(encoded[i]) for i in rows)
@@ -58,9 +62,7 @@ def hf_generate(model, texts: list[str], *, max_new_tokens: int = 256, batch_siz
         for r, i in enumerate(rows):  # left padding: generation continues from the right edge
             ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
             mask[r, width - len(encoded[i]):] = 1
-        room = (model.max_length or width + max_new_tokens) - width
-        if room <= 0:
-            continue  # the prompt already fills the context: nothing to generate
+        room = limit - width
         with torch.no_grad():
             out = hf.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                               max_new_tokens=min(max_new_tokens, room), do_sample=False, pad_token_id=pad,
@@ -81,12 +83,18 @@ class VLLMGenerator:
         from vllm import LLM
 
         dtype = str(model.dtype).replace("torch.", "")
-        kwargs = dict(model=model.name, tokenizer=model.name, dtype=dtype, seed=seed, max_model_len=model.max_length,
+        # the KV cache must hold one full sequence: cap the context (Llama 3's 131k would not fit 1 GiB on CPU)
+        self.max_len = min(model.max_length or MAX_MODEL_LEN, MAX_MODEL_LEN)
+        kwargs = dict(model=model.name, tokenizer=model.name, dtype=dtype, seed=seed, max_model_len=self.max_len,
                       enforce_eager=on_cpu)
         if not on_cpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.model = model
-        self.llm = LLM(**kwargs)
+        try:
+            self.llm = LLM(**kwargs)
+        except (ValueError, RuntimeError) as exc:
+            raise LeafError(f"vLLM could not start an engine for {model.name!r}: {exc}\nUse --generator hf, or on CPU "
+                            "raise VLLM_CPU_KVCACHE_SPACE (GiB).") from None
 
     def __call__(self, texts: list[str], *, max_new_tokens: int = 256) -> list[str]:
         from vllm import SamplingParams
@@ -97,7 +105,7 @@ class VLLMGenerator:
         for text in texts:
             ids = tok(text, add_special_tokens=False).input_ids
             prompts.append(TokensPrompt(prompt_token_ids=ids))
-            budgets.append(min(max_new_tokens, (self.model.max_length or len(ids) + max_new_tokens) - len(ids)))
+            budgets.append(min(max_new_tokens, self.max_len - len(ids)))
         outputs = [""] * len(texts)
         live = [i for i, b in enumerate(budgets) if b > 0]
         params = [SamplingParams(temperature=0.0, max_tokens=budgets[i], stop_token_ids=stop_ids(tok),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -13,7 +13,7 @@ _WORD = re.compile(r"\S+")
 
 def spans_from_text(prompt: str, distractor: str) -> list[tuple[int, int]]:
     """Where the distractor text sits in the prompt (exact match, else ignoring case); [] if absent."""
-    distractor = (distractor or "").strip()
+    distractor = str(distractor or "").strip()
     if not distractor:
         return []
     start = prompt.find(distractor)
@@ -64,10 +64,14 @@ class DetectionCounts:
     spans_gold_found: int = 0
     samples: int = 0
     samples_without_gold: int = 0
-    extra: dict = field(default_factory=dict)
 
     def add(self, flags: torch.Tensor, gold: torch.Tensor, predicted: list[tuple[int, int]],
             gold_spans: list[tuple[int, int]]) -> None:
+        """One sample's flags (over candidates) against its gold; a sample whose gold text was not found in its
+        prompt is counted apart and left out of precision and recall."""
+        if not gold_spans:
+            self.samples_without_gold += 1
+            return
         self.samples += 1
         self.token_tp += int((flags & gold).sum())
         self.token_fp += int((flags & ~gold).sum())
@@ -89,4 +93,4 @@ class DetectionCounts:
                 "span": prf(self.spans_predicted_correct, self.spans_predicted, self.spans_gold_found,
                             self.spans_gold),
                 "samples": self.samples, "samples_without_gold": self.samples_without_gold,
-                "counts": {k: v for k, v in self.__dict__.items() if k not in ("extra",)}}
+                "counts": dict(self.__dict__)}

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from leaf.io import write_text_atomic
 
+MAX_COUNTERFACTUALS = 5  # per unit in the page; samples.jsonl has them all
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 h1{font-size:1.4em} h2{font-size:1.1em;margin-top:2em;border-top:1px solid #ccc;padding-top:1em}
@@ -32,33 +34,30 @@ def _color(value: float, kind: str) -> str:
 
 
 def _shaded(text: str, base: int, tokens: list[dict], spans: list[dict], key: str | None) -> str:
-    """HTML of `text` with each scored token shaded by tokens[i][key]; pruned spans (if key is None or delta)
-    wrapped in <mark class="pruned">."""
-    values: dict[tuple[int, int], float] = {}
-    for t in tokens:
-        values.setdefault((t["start"] - base, t["end"] - base), t[key] if key else 0.0)
-    cuts = {0, len(text)}
-    for a, b in values:
-        cuts.update((a, b))
-    for s in spans:
-        cuts.update((s["start"], s["end"]))
-    cuts = sorted(c for c in cuts if 0 <= c <= len(text))
-    out, inside = [], False
-    for a, b in zip(cuts, cuts[1:]):
-        in_span = any(s["start"] <= a and b <= s["end"] for s in spans)
-        if in_span and not inside:
-            out.append('<mark class="pruned">')
-        if not in_span and inside:
-            out.append("</mark>")
-        inside = in_span
-        piece = html.escape(text[a:b])
-        value = next((v for (s, e), v in values.items() if s <= a and b <= e), None)
-        if value is None or key is None:
-            out.append(piece)
-        else:
-            out.append(f'<span style="background:{_color(value, key)}" title="{key} {value:.3f}">{piece}</span>')
-    if inside:
-        out.append("</mark>")
+    """HTML of `text` with each scored token shaded by tokens[i][key], and the pruned spans wrapped in
+    <mark class="pruned">. One pass over the text: linear in its length."""
+    value: list[float | None] = [None] * len(text)     # the shade of each character
+    owner = [-1] * len(text)                           # which token a character belongs to (runs share one)
+    for i, t in enumerate(tokens):
+        for c in range(max(t["start"] - base, 0), min(t["end"] - base, len(text))):
+            if owner[c] < 0:
+                value[c], owner[c] = (t[key] if key else None), i
+    pruned = [False] * len(text)
+    for sp in spans:
+        for c in range(max(sp["start"], 0), min(sp["end"], len(text))):
+            pruned[c] = True
+    out, start = [], 0
+    for c in range(1, len(text) + 1):  # emit runs of characters with the same token and the same pruned state
+        if c < len(text) and owner[c] == owner[start] and pruned[c] == pruned[start]:
+            continue
+        piece = html.escape(text[start:c])
+        if value[start] is not None:
+            piece = (f'<span style="background:{_color(value[start], key)}" title="{key} {value[start]:.3f}">'
+                     f"{piece}</span>")
+        opens = pruned[start] and (start == 0 or not pruned[start - 1])
+        closes = pruned[start] and (c == len(text) or not pruned[c])
+        out.append(('<mark class="pruned">' if opens else "") + piece + ("</mark>" if closes else ""))
+        start = c
     return "".join(out)
 
 
@@ -73,9 +72,13 @@ def _unit_html(record: dict, unit: dict) -> str:
         spans = unit["spans"] if key == "delta" else []
         rows.append(f'<div class="row"><div class="label">{label}</div>'
                     f'<div class="text">{_shaded(text, base, unit["tokens"], spans, key)}</div></div>')
-    for cf in unit["counterfactuals"]:
+    shown = unit["counterfactuals"][:MAX_COUNTERFACTUALS]
+    for cf in shown:
         rows.append(f'<div class="row"><div class="label">pruned</div><div class="cf">'
                     f'{html.escape(cf[cf["field"]])}</div></div>')
+    if len(unit["counterfactuals"]) > len(shown):
+        rows.append(f'<div class="meta">… {len(unit["counterfactuals"]) - len(shown)} more counterfactuals in '
+                    "samples.jsonl</div>")
     return "\n".join(rows)
 
 
@@ -106,7 +109,7 @@ def render_report(records: list[dict], summary: dict) -> str:
             'confounder signal. Outlined: pruned spans.</p>']
     for record in records:
         nll = record.get("nll") or {}
-        head = (f'<h2 id="sample-{html.escape(record["id"])}">sample {html.escape(record["id"])}'
+        head = (f'<h2 id="row-{record["row"]}">sample {html.escape(record["id"])}'
                 f' <span class="meta">({html.escape(record["status"])}'
                 + (f"; response NLL teacher {nll['teacher']:.3f}, student {nll['student']:.3f}" if nll else "")
                 + ")</span></h2>")

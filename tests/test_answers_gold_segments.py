@@ -93,3 +93,10 @@ def test_pure_insertion_rows_of_gsm_plus_match_the_data_notes():
     assert len(pure) == 59  # and one more row with three insertions
     assert is_pure_insertion("Tom has 3 apples. His hat is red. How many?", "Tom has 3 apples. How many?")
     assert not is_pure_insertion("Tom has 4 apples. How many?", "Tom has 3 apples. How many?")
+
+
+def test_a_sample_whose_gold_is_missing_is_counted_apart():
+    counts = DetectionCounts()
+    counts.add(torch.tensor([True, False]), torch.tensor([False, False]), predicted=[(0, 2)], gold_spans=[])
+    m = counts.metrics()
+    assert m["samples"] == 0 and m["samples_without_gold"] == 1 and m["counts"]["token_fp"] == 0

@@ -89,3 +89,11 @@ def test_token_nll_matches_cross_entropy_of_each_token(model_dirs, samples):
         want = torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="none")
         assert result.token_nll[0] == 0
         torch.testing.assert_close(result.token_nll[1:], want, atol=1e-5, rtol=1e-4)
+
+
+def test_token_nll_chunks_agree():
+    from leaf.hooks.reductions import token_nll
+
+    logits = torch.randn(2, 9, 13, generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 13, (2, 9), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(token_nll(logits, ids, chunk=2), token_nll(logits, ids, chunk=100))
