@@ -22,6 +22,7 @@ import typer
 
 from leaf.errors import LeafError
 from leaf.analyze import LEVELS, PRUNING, TEMPLATES, THRESHOLD_MODES, AnalyzeConfig
+from leaf.distill import MODES, DistillConfig
 from leaf.saliency_report import SaliencyReportConfig
 
 app = typer.Typer(
@@ -87,7 +88,6 @@ def _not_built(name: str, issue: int):
     return command
 
 
-_not_built("distill", 4)
 _not_built("serve", 5)
 _not_built("demo", 6)
 
@@ -107,6 +107,8 @@ Size = choices("Size", ("tiny", "small"))
 Method = choices("Method", ("grad", "grad_x_input"))
 Norm = choices("Norm", ("l2", "l1"))
 Generator = choices("Generator", ("auto", "hf", "vllm"))  # leaf.generation.BACKENDS
+Mode = choices("Mode", MODES)
+DivergenceName = choices("DivergenceName", ("forward_kl", "reverse_kl", "jsd"))  # leaf.losses.DIVERGENCES
 
 
 def _a(name: str, *flags: str, **kwargs):
@@ -162,6 +164,45 @@ def analyze(ctx: typer.Context, teacher: Teacher, student: Student, data: Data, 
     typer.echo(format_summary(run_analyze(config, command=command_line(ctx))))
 
 
+
+
+def _d(name: str, *flags: str, **kwargs):
+    """A typer option whose help comes from DistillConfig."""
+    return typer.Option(*flags, help=field_help(DistillConfig, name), **kwargs)
+
+
+@app.command("distill")
+@user_errors
+def distill(teacher: Teacher, student: Student, data: Data, output: Output,
+            mode: Annotated[Mode, _d("mode")] = Mode["instr+resp"],
+            lam: Annotated[str, _d("lam", "--lambda", "--lambda-schedule")] = "linear:0.8:0.5",
+            divergence: Annotated[DivergenceName, _d("divergence")] = DivergenceName.forward_kl,
+            beta: Annotated[float, _d("beta")] = 0.5,
+            temperature: Annotated[float, _d("temperature")] = 1.0,
+            ce_weight: Annotated[float, _d("ce_weight")] = 0.0,
+            max_steps: Annotated[int, _d("max_steps")] = 100,
+            batch_size: BatchSize = 4,
+            grad_accum: Annotated[int, _d("grad_accum")] = 1,
+            lr: Annotated[float, _d("lr")] = 1e-5,
+            warmup: Annotated[float, _d("warmup")] = 0.03,
+            save_steps: Annotated[int, _d("save_steps")] = 50,
+            max_length: Annotated[int | None, _d("max_length")] = None,
+            seed: Seed = 0, device: Device = "cpu", dtype: Dtype = "float32",
+            gradient_checkpointing: Annotated[bool, _d("gradient_checkpointing")] = False,
+            allow_pickle: AllowPickle = False,
+            resume: Annotated[bool, _d("resume")] = False) -> None:
+    """Distil the teacher into the student on originals and counterfactuals (the hybrid LeaF loss)."""
+    from leaf.distill import run_distill
+
+    config = DistillConfig(
+        teacher=teacher, student=student, data=data, output=output, mode=mode.value, lam=lam,
+        divergence=divergence.value, beta=beta, temperature=temperature, ce_weight=ce_weight, max_steps=max_steps,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup, save_steps=save_steps,
+        max_length=max_length, seed=seed, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
+        allow_pickle=allow_pickle, resume=resume)
+    summary = run_distill(config)
+    typer.echo(json.dumps({k: summary[k] for k in ("final", "steps", "samples", "with_counterfactual", "last")},
+                          indent=2))
 
 
 @app.command("tiny-model")

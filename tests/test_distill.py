@@ -106,3 +106,19 @@ def test_bad_input(setup, tmp_path):
         _config(setup, tmp_path / "d", mode="mask")
     with pytest.raises(LeafError, match="λ must stay in"):
         _config(setup, tmp_path / "d", lam="linear:1.5:0.5")
+
+
+def test_cli_distill_runs_and_prints_the_summary(setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from leaf.cli import app
+
+    teacher, student, analyze = setup
+    result = CliRunner().invoke(app, ["distill", "--teacher", teacher, "--student", student, "--data", str(analyze),
+                                      "--output", str(tmp_path / "out"), "--mode", "instr", "--max-steps", "2",
+                                      "--lambda", "0.7", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert '"steps": 2' in result.output and (tmp_path / "out" / "final" / "model.safetensors").exists()
+    bad = CliRunner().invoke(app, ["distill", "--teacher", teacher, "--student", student, "--data", str(tmp_path),
+                                   "--output", str(tmp_path / "o2")])
+    assert bad.exit_code == 1 and "no samples.jsonl" in bad.output
