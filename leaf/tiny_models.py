@@ -22,6 +22,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    AutoTokenizer,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
@@ -162,18 +163,22 @@ def build_tiny_model(family: str, output_dir: str | Path, *, seed: int = 0, size
     if tokenizer not in TOKENIZERS:
         raise LeafError(f"Unknown tokenizer {tokenizer!r}. Available: {', '.join(TOKENIZERS)}.")
     tok = TOKENIZERS[tokenizer]()
-    vocab_size = vocab_size or -(-len(tok) // 8) * 8
-    if vocab_size < len(tok):
-        raise LeafError(f"vocab_size {vocab_size} is smaller than the tokenizer ({len(tok)} tokens).")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # AutoTokenizer may load a family's own class that adds tokens (Qwen2Tokenizer adds <|endoftext|>): size the
+    # logit matrix from what a user will actually load, so that every token id has a row.
+    _config(family, size, len(tok) + 8, tok).save_pretrained(output_dir)
+    tok.save_pretrained(output_dir)
+    loaded = len(AutoTokenizer.from_pretrained(output_dir))
+    vocab_size = vocab_size or -(-loaded // 8) * 8
+    if vocab_size < loaded:
+        raise LeafError(f"vocab_size {vocab_size} is smaller than the tokenizer ({loaded} tokens).")
     config = _config(family, size, vocab_size, tok)
     config.architectures = [AutoModelForCausalLM._model_mapping[type(config)].__name__]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
-    tok.save_pretrained(output_dir)
-    (output_dir / "leaf_tiny_model.json").write_text(json.dumps(
-        {"family": family, "seed": seed, "size": size.__dict__, "vocab_size": vocab_size, "tokenizer": tokenizer}, indent=2))
+    recipe = {"family": family, "seed": seed, "size": size.__dict__, "vocab_size": vocab_size, "tokenizer": tokenizer}
+    (output_dir / "leaf_tiny_model.json").write_text(json.dumps(recipe, indent=2))
     return output_dir

@@ -66,3 +66,12 @@ def test_unknown_family_and_size_name_the_choices(tmp_path):
         build_tiny_model("bert", tmp_path / "x")
     with pytest.raises(LeafError, match="Available: tiny, small"):
         build_tiny_model("llama", tmp_path / "x", size="huge")
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+def test_every_token_a_user_loads_has_a_logit_row(tmp_path, tokenizer):
+    """AutoTokenizer may pick a family's own class that adds tokens (Qwen2Tokenizer adds <|endoftext|>)."""
+    for family in FAMILIES:
+        path = build_tiny_model(family, tmp_path / family, tokenizer=tokenizer)
+        tok = AutoTokenizer.from_pretrained(path)
+        assert max(tok.get_vocab().values()) < AutoModelForCausalLM.from_pretrained(path).config.vocab_size
