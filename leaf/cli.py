@@ -189,6 +189,8 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
             max_length: Annotated[int | None, _d("max_length")] = None,
             seed: Seed = 0, device: Device = "cpu", dtype: Dtype = "float32",
             gradient_checkpointing: Annotated[bool, _d("gradient_checkpointing")] = False,
+            cache_teacher: Annotated[bool, _d("cache_teacher")] = False,
+            top_k: Annotated[int, _d("top_k")] = 64,
             allow_pickle: AllowPickle = False,
             resume: Annotated[bool, _d("resume")] = False) -> None:
     """Distil the teacher into the student on originals and counterfactuals (the hybrid LeaF loss)."""
@@ -199,7 +201,7 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
         divergence=divergence.value, beta=beta, temperature=temperature, ce_weight=ce_weight, max_steps=max_steps,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup, save_steps=save_steps,
         max_length=max_length, seed=seed, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
-        allow_pickle=allow_pickle, resume=resume)
+        cache_teacher=cache_teacher, top_k=top_k, allow_pickle=allow_pickle, resume=resume)
     summary = run_distill(config)
     typer.echo(json.dumps({k: summary[k] for k in ("final", "steps", "samples", "with_counterfactual", "last")},
                           indent=2))

@@ -52,6 +52,10 @@ class DistillConfig:
     device: str = field(default="cpu", metadata=_h("cpu or cuda (under accelerate launch, set by accelerate)."))
     dtype: str = field(default="float32", metadata=_h("float32 or bfloat16 (mixed precision on GPU)."))
     gradient_checkpointing: bool = field(default=False, metadata=_h("Trade compute for activation memory."))
+    cache_teacher: bool = field(default=False, metadata=_h(
+        "First write the teacher's top-k log-probs of every original and counterfactual to OUTPUT/teacher_cache, "
+        "then train from it without the teacher in memory (the path for very large teachers)."))
+    top_k: int = field(default=64, metadata=_h("Entries per position in the teacher cache (the tail mass is kept)."))
     allow_pickle: bool = field(default=False, metadata=_h("Allow pickle (.bin) weights."))
     resume: bool = field(default=False, metadata=_h("Continue from the last checkpoint in --output."))
 
@@ -65,6 +69,7 @@ class DistillConfig:
              "--max-steps, --batch-size and --grad-accum must be at least 1."),
             (self.temperature > 0, f"--temperature must be positive, got {self.temperature}."),
             (0 <= self.warmup < 1, f"--warmup is a fraction in [0, 1), got {self.warmup}."),
+            (self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}."),
         ]
         for ok, message in checks:
             if not ok:
@@ -177,28 +182,97 @@ class PairedData:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def choice(self, index: int) -> int | None:
+        n = len(self.examples[index].counterfactuals)
+        return random.Random(self.seed * 1_000_003 + index).randrange(n) if n else None
+
     def __getitem__(self, index: int) -> dict:
-        ex = self.examples[index]
-        cf = random.Random(self.seed * 1_000_003 + index).choice(ex.counterfactuals) if ex.counterfactuals else None
-        return {"ids": ex.input_ids, "mask": ex.response_mask, "cf": cf}
+        ex, j = self.examples[index], self.choice(index)
+        return {"index": index, "choice": j, "ids": ex.input_ids, "mask": ex.response_mask,
+                "cf": ex.counterfactuals[j] if j is not None else None}
 
 
 def make_collator(pad_id: int):
     import torch
 
     def collate(items: list[dict]) -> dict:
-        batch = {"input_ids": _pad([it["ids"] for it in items], pad_id, torch.long),
+        batch = {"index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+                 "input_ids": _pad([it["ids"] for it in items], pad_id, torch.long),
                  "attention_mask": _pad([[1] * len(it["ids"]) for it in items], 0, torch.long),
                  "response_mask": _pad([it["mask"] for it in items], False, torch.bool)}
         rows = [i for i, it in enumerate(items) if it["cf"] is not None]
         if rows:
             batch["cf_index"] = torch.tensor(rows, dtype=torch.long)
+            batch["cf_choice"] = torch.tensor([items[i]["choice"] for i in rows], dtype=torch.long)
             batch["cf_input_ids"] = _pad([items[i]["cf"][0] for i in rows], pad_id, torch.long)
             batch["cf_attention_mask"] = _pad([[1] * len(items[i]["cf"][0]) for i in rows], 0, torch.long)
             batch["cf_response_mask"] = _pad([items[i]["cf"][1] for i in rows], False, torch.bool)
         return batch
 
     return collate
+
+
+SHARD = 256  # examples per teacher-cache shard
+
+
+class TeacherCache:
+    """Top-k teacher log-probs per (example, variant): variant 0 is the original, 1 + j its counterfactual j.
+    Stored as safetensors shards of SHARD examples under OUTPUT/teacher_cache, read lazily (memory-mapped)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.handles = folder, {}
+
+    def get(self, index: int, variant: int):
+        from safetensors import safe_open
+
+        shard = index // SHARD
+        if shard not in self.handles:
+            self.handles[shard] = safe_open(str(self.folder / f"shard-{shard:05d}.safetensors"), "pt")
+        handle = self.handles[shard]
+        return handle.get_tensor(f"{index}.{variant}.logp"), handle.get_tensor(f"{index}.{variant}.ids").long()
+
+    def batch(self, keys: list[tuple[int, int]]):
+        """(N, k) log-probs and ids of the selected positions of several rows, in row-major order."""
+        import torch
+
+        pairs = [self.get(i, v) for i, v in keys]
+        return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+    @staticmethod
+    def write(folder: Path, teacher, examples: list[Example], config: DistillConfig, fingerprint: dict,
+              vocab: int) -> None:
+        """Run the teacher once over every original and counterfactual; resumable shard by shard."""
+        import torch
+
+        from leaf.io import save_safetensors_atomic
+        from leaf.losses import logit_mask, teacher_topk
+
+        meta_path = folder / "meta.json"
+        meta = {"k": config.top_k, "temperature": config.temperature, "vocab": vocab, "examples": len(examples),
+                "data": fingerprint}
+        if meta_path.exists():
+            if json.loads(meta_path.read_text()) != meta:
+                raise LeafError(f"{folder} holds a teacher cache for other data or settings; delete it or use "
+                                "another --output.")
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        hf = teacher.hf_model.eval()
+        for shard in range(0, len(examples), SHARD):
+            path = folder / f"shard-{shard // SHARD:05d}.safetensors"
+            if path.exists():
+                continue
+            tensors = {}
+            for i in range(shard, min(shard + SHARD, len(examples))):
+                ex = examples[i]
+                for v, (ids, mask) in enumerate([(ex.input_ids, ex.response_mask), *ex.counterfactuals]):
+                    with torch.no_grad():
+                        logits = hf(input_ids=torch.tensor([ids], device=teacher.device)).logits
+                    logp, top = teacher_topk(logits, logit_mask(torch.tensor([mask], device=teacher.device)),
+                                             config.top_k, temperature=config.temperature, vocab=vocab)
+                    tensors[f"{i}.{v}.logp"] = logp.cpu().contiguous()
+                    tensors[f"{i}.{v}.ids"] = top.to(torch.int32).cpu().contiguous()
+            save_safetensors_atomic(path, tensors)
+        write_json_atomic(meta_path, meta)
 
 
 def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
@@ -209,7 +283,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
 
     from leaf.hooks import load_model
     from leaf.hooks.reductions import mean_nll
-    from leaf.losses import get_divergence, hybrid_loss, kd_loss, lambda_at, logit_mask
+    from leaf.losses import get_divergence, hybrid_loss, kd_loss, kd_loss_from_cache, lambda_at, logit_mask
 
     out = config.output
     checkpoints = out / "checkpoints"
@@ -232,6 +306,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     load = dict(device=config.device, dtype="float32", allow_pickle=config.allow_pickle)
     student, teacher = load_model(config.student, **load), load_model(config.teacher, **load)
     check_vocabularies(teacher, student)
+    vocab = student.hf_model.get_output_embeddings().weight.shape[0]
     examples, dropped = build_examples(records, student.tokenizer, config.mode,
                                        config.max_length or student.max_length)
     if not examples:
@@ -244,30 +319,47 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     write_json_atomic(manifest, config.fingerprint())
 
     divergence = get_divergence(config.divergence, config.beta)
-    hf_teacher = teacher.hf_model.eval()
-    for p in hf_teacher.parameters():
-        p.requires_grad_(False)
+    cache = None
+    if config.cache_teacher:
+        TeacherCache.write(out / "teacher_cache", teacher, examples, config, config.fingerprint(), vocab)
+        cache = TeacherCache(out / "teacher_cache")
+        del teacher  # training from the cache: the teacher leaves memory
+        hf_teacher = None
+    else:
+        hf_teacher = teacher.hf_model.eval()
+        for p in hf_teacher.parameters():
+            p.requires_grad_(False)
     terms: list[dict] = []
 
     class DistillTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             lam = lambda_at(config.lam, self.state.global_step, self.state.max_steps)
             kd = dict(divergence=divergence, temperature=config.temperature, chunk_size=config.chunk_size)
-            if next(hf_teacher.parameters()).device != inputs["input_ids"].device:
-                hf_teacher.to(inputs["input_ids"].device)
+
+            def term(s_logits, ids, attention, response, keys):
+                """Per-sample D(p_T || p_S) for one set of rows, the teacher online or from the cache."""
+                mask = logit_mask(response)
+                if cache is not None:
+                    logp, top = cache.batch(keys)
+                    return kd_loss_from_cache(s_logits, mask, logp.to(s_logits.device), top.to(s_logits.device),
+                                              **kd)
+                if next(hf_teacher.parameters()).device != ids.device:
+                    hf_teacher.to(ids.device)
+                with torch.no_grad():
+                    t_logits = hf_teacher(input_ids=ids, attention_mask=attention).logits
+                return kd_loss(s_logits, t_logits, mask, **kd)
+
+            index = inputs["index"].tolist()
             s_logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            with torch.no_grad():
-                t_logits = hf_teacher(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            original = kd_loss(s_logits, t_logits, logit_mask(inputs["response_mask"]), **kd)       # (B,)
+            original = term(s_logits, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"],
+                            [(i, 0) for i in index])                                                   # (B,)
             counterfactual = torch.zeros_like(original)
             has_cf = torch.zeros_like(original, dtype=torch.bool)
             if "cf_index" in inputs and lam < 1:
                 cf_s = model(input_ids=inputs["cf_input_ids"], attention_mask=inputs["cf_attention_mask"]).logits
-                with torch.no_grad():
-                    cf_t = hf_teacher(input_ids=inputs["cf_input_ids"],
-                                      attention_mask=inputs["cf_attention_mask"]).logits
-                counterfactual = counterfactual.index_put(
-                    (inputs["cf_index"],), kd_loss(cf_s, cf_t, logit_mask(inputs["cf_response_mask"]), **kd))
+                keys = [(index[r], 1 + j) for r, j in zip(inputs["cf_index"].tolist(), inputs["cf_choice"].tolist())]
+                counterfactual = counterfactual.index_put((inputs["cf_index"],), term(
+                    cf_s, inputs["cf_input_ids"], inputs["cf_attention_mask"], inputs["cf_response_mask"], keys))
                 has_cf[inputs["cf_index"]] = True
             loss = hybrid_loss(original, counterfactual, has_cf, lam)
             if config.ce_weight:

@@ -122,3 +122,24 @@ def test_cli_distill_runs_and_prints_the_summary(setup, tmp_path):
     bad = CliRunner().invoke(app, ["distill", "--teacher", teacher, "--student", student, "--data", str(tmp_path),
                                    "--output", str(tmp_path / "o2")])
     assert bad.exit_code == 1 and "no samples.jsonl" in bad.output
+
+
+def test_training_from_a_full_teacher_cache_equals_the_online_teacher(setup, tmp_path):
+    """k = vocabulary: the cached loss is the online loss, so the logged terms and the weights agree."""
+    online = run_distill(_config(setup, tmp_path / "online", max_steps=3), progress=False)
+    cached = run_distill(_config(setup, tmp_path / "cached", max_steps=3, cache_teacher=True, top_k=264),
+                         progress=False)
+    assert (tmp_path / "cached" / "teacher_cache" / "shard-00000.safetensors").exists()
+    a = [json.loads(line) for line in (tmp_path / "online" / "log.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "cached" / "log.jsonl").read_text().splitlines()]
+    for x, y in zip(a, b):
+        assert y["kd_original"] == pytest.approx(x["kd_original"], rel=1e-4, abs=1e-6)
+        assert y["kd_counterfactual"] == pytest.approx(x["kd_counterfactual"], rel=1e-4, abs=1e-6)
+    wa = load_file(online["final"] + "/model.safetensors")
+    wb = load_file(cached["final"] + "/model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], atol=1e-5, rtol=1e-4)
+    # a small k keeps the tail mass: the loss stays positive and finite
+    small = run_distill(_config(setup, tmp_path / "small", max_steps=2, cache_teacher=True, top_k=4),
+                        progress=False)
+    assert 0 < small["last"]["kd_original"] < float("inf")
