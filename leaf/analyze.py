@@ -20,6 +20,7 @@ from pathlib import Path
 
 
 from leaf.errors import LeafError
+from leaf.options import doc
 from leaf.io import save_safetensors_atomic, write_json_atomic, write_text_atomic
 
 THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.scoring.THRESHOLDS, without torch
@@ -28,54 +29,50 @@ PRUNING = ("span", "collective")
 TEMPLATES = ("student", "teacher", "none")
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class AnalyzeConfig:
-    teacher: str = field(metadata=_h("Teacher model: local HF folder or hub id."))
-    student: str = field(metadata=_h("Student model: local HF folder or hub id."))
-    data: Path = field(metadata=_h("Dataset: JSONL/JSON/CSV/Parquet file or saved HF dataset folder."))
-    output: Path = field(metadata=_h("Output folder (samples.jsonl, scores.safetensors, summary.json, report.html)."))
-    threshold: str = field(default="iqr", metadata=_h("Threshold mode: iqr, absolute, quantile, random, ppl."))
-    tau: float | None = field(default=None, metadata=_h("τ for --threshold absolute (paper: 0.10 instr, 0.15 resp)."))
-    quantile: float = field(default=0.05, metadata=_h("Fraction flagged by --threshold quantile (0.05 math, 0.10 code)."))
-    baseline_count: str = field(default="iqr", metadata=_h(
+    teacher: str = field(metadata=doc("Teacher model: local HF folder or hub id."))
+    student: str = field(metadata=doc("Student model: local HF folder or hub id."))
+    data: Path = field(metadata=doc("Dataset: JSONL/JSON/CSV/Parquet file or saved HF dataset folder."))
+    output: Path = field(metadata=doc("Output folder (samples.jsonl, scores.safetensors, summary.json, report.html)."))
+    threshold: str = field(default="iqr", metadata=doc("Threshold mode: iqr, absolute, quantile, random, ppl."))
+    tau: float | None = field(default=None, metadata=doc("τ for --threshold absolute (paper: 0.10 instr, 0.15 resp)."))
+    quantile: float = field(default=0.05, metadata=doc("Fraction flagged by --threshold quantile (0.05 math, 0.10 code)."))
+    baseline_count: str = field(default="iqr", metadata=doc(
         "Gradient mode whose flag count the random and ppl baselines copy: iqr, absolute or quantile."))
-    level: str = field(default="instruction", metadata=_h("Where to look: instruction, response, both."))
-    segments: int = field(default=2, metadata=_h("Response segments at response level: 2 or 3."))
-    pruning: str = field(default="span", metadata=_h("span: one counterfactual per span; collective: all at once."))
-    span_unit: str = field(default="word", metadata=_h(
+    level: str = field(default="instruction", metadata=doc("Where to look: instruction, response, both."))
+    segments: int = field(default=2, metadata=doc("Response segments at response level: 2 or 3."))
+    pruning: str = field(default="span", metadata=doc("span: one counterfactual per span; collective: all at once."))
+    span_unit: str = field(default="word", metadata=doc(
         "word: widen spans to whole words so that pruning never cuts a word apart; token: spans of model tokens."))
-    gold: str | None = field(default=None, metadata=_h("Field holding the distractor text (ground truth)."))
-    gold_pair: str | None = field(default=None, metadata=_h(
+    gold: str | None = field(default=None, metadata=doc("Field holding the distractor text (ground truth)."))
+    gold_pair: str | None = field(default=None, metadata=doc(
         "FIELD_A,FIELD_B: the distractor is what FIELD_A (question) adds to FIELD_B (its clean twin)."))
-    template: str = field(default="student", metadata=_h(
+    template: str = field(default="student", metadata=doc(
         "Whose chat template renders the text both models see: student, teacher, or none (plain)."))
-    select: bool = field(default=False, metadata=_h(
+    select: bool = field(default=False, metadata=doc(
         "Keep only samples the teacher answers correctly and the student does not (greedy generation)."))
-    verify: bool = field(default=False, metadata=_h(
+    verify: bool = field(default=False, metadata=doc(
         "Keep a counterfactual only if both models answer it correctly (greedy generation)."))
-    answer_field: str | None = field(default=None, metadata=_h(
+    answer_field: str | None = field(default=None, metadata=doc(
         "Field with the reference answer (default: extracted from the response: ####, \\boxed{}, last number)."))
-    max_new_tokens: int = field(default=256, metadata=_h("Generation budget for --select/--verify."))
-    generator: str = field(default="auto", metadata=_h(
+    max_new_tokens: int = field(default=256, metadata=doc("Generation budget for --select/--verify."))
+    generator: str = field(default="auto", metadata=doc(
         "Greedy generation for --select/--verify: vllm, hf (transformers generate), or auto (vllm when installed)."))
-    prompt_field: str | None = field(default=None, metadata=_h("Prompt field (default: instruction, question, prompt)."))
-    response_field: str | None = field(default=None, metadata=_h(
+    prompt_field: str | None = field(default=None, metadata=doc("Prompt field (default: instruction, question, prompt)."))
+    response_field: str | None = field(default=None, metadata=doc(
         "Response field (default: output, solution, response)."))
-    id_field: str = field(default="id", metadata=_h("Sample id field (default: the row number)."))
-    limit: int | None = field(default=None, metadata=_h("Analyse only the first N samples."))
-    batch_size: int = field(default=8, metadata=_h("Samples per forward/backward pass."))
-    window: int = field(default=64, metadata=_h("Samples per part file: the unit of --resume, sorted by length."))
-    seed: int = field(default=0, metadata=_h("Seed of the random baseline."))
-    device: str = field(default="cpu", metadata=_h("torch device."))
-    dtype: str = field(default="float32", metadata=_h("Model dtype."))
-    allow_pickle: bool = field(default=False, metadata=_h("Allow pickle (.bin) weights."))
-    trust_remote_code: bool = field(default=False, metadata=_h("Run model code from the checkpoint (only if trusted)."))
-    resume: bool = field(default=False, metadata=_h("Continue an interrupted run in --output."))
-    report_samples: int = field(default=100, metadata=_h("Samples shown in report.html."))
+    id_field: str = field(default="id", metadata=doc("Sample id field (default: the row number)."))
+    limit: int | None = field(default=None, metadata=doc("Analyse only the first N samples."))
+    batch_size: int = field(default=8, metadata=doc("Samples per forward/backward pass."))
+    window: int = field(default=64, metadata=doc("Samples per part file: the unit of --resume, sorted by length."))
+    seed: int = field(default=0, metadata=doc("Seed of the random baseline."))
+    device: str = field(default="cpu", metadata=doc("torch device."))
+    dtype: str = field(default="float32", metadata=doc("Model dtype."))
+    allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights."))
+    trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoint (only if trusted)."))
+    resume: bool = field(default=False, metadata=doc("Continue an interrupted run in --output."))
+    report_samples: int = field(default=100, metadata=doc("Samples shown in report.html."))
 
     def __post_init__(self) -> None:
         from leaf.scoring import GRADIENT_MODES, get_threshold

@@ -21,6 +21,7 @@ from typing import Annotated
 import typer
 
 from leaf.errors import LeafError
+from leaf.options import field_help
 from leaf.analyze import LEVELS, PRUNING, TEMPLATES, THRESHOLD_MODES, AnalyzeConfig
 from leaf.distill import MODES, DistillConfig
 from leaf.saliency_report import SaliencyReportConfig
@@ -42,11 +43,6 @@ Device = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, 
 Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto (the checkpoint's).")]
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle (.bin) weights: only for "
                                                                    "files you trust (pickle can run code).")]
-
-
-def field_help(config_class, name: str) -> str:
-    """The help text a config dataclass carries for one field, so that CLI and library say the same thing."""
-    return config_class.__dataclass_fields__[name].metadata["help"]
 
 
 def command_line(ctx: typer.Context) -> list[str]:

@@ -17,47 +17,44 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from leaf.errors import LeafError
+from leaf.options import doc
 from leaf.io import write_json_atomic
 
 MODES = ("kd", "instr", "instr+resp")
 
 
-def _h(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class DistillConfig:
-    teacher: str = field(metadata=_h("Teacher model: local HF folder or hub id (same vocabulary as the student)."))
-    student: str = field(metadata=_h("Student model to train: local HF folder or hub id."))
-    data: Path = field(metadata=_h("A `leaf analyze` output folder (its samples.jsonl), or that samples.jsonl."))
-    output: Path = field(metadata=_h("Output folder: checkpoints/, log.jsonl, final/ (the distilled student)."))
-    mode: str = field(default="instr+resp", metadata=_h(
+    teacher: str = field(metadata=doc("Teacher model: local HF folder or hub id (same vocabulary as the student)."))
+    student: str = field(metadata=doc("Student model to train: local HF folder or hub id."))
+    data: Path = field(metadata=doc("A `leaf analyze` output folder (its samples.jsonl), or that samples.jsonl."))
+    output: Path = field(metadata=doc("Output folder: checkpoints/, log.jsonl, final/ (the distilled student)."))
+    mode: str = field(default="instr+resp", metadata=doc(
         "kd: originals only (the paper's KD w/o mask); instr: + instruction counterfactuals; instr+resp: + both."))
-    lam: str = field(default="linear:0.8:0.5", metadata=_h(
+    lam: str = field(default="linear:0.8:0.5", metadata=doc(
         "λ: a constant (1.0 = plain KD) or a schedule linear:START:END / cosine:START:END over training."))
-    divergence: str = field(default="forward_kl", metadata=_h("forward_kl, reverse_kl or jsd."))
-    beta: float = field(default=0.5, metadata=_h("β of the jsd divergence."))
-    temperature: float = field(default=1.0, metadata=_h("Softmax temperature t (loss scaled by t²)."))
-    ce_weight: float = field(default=0.0, metadata=_h("Weight of a cross-entropy term on the reference response."))
-    max_steps: int = field(default=100, metadata=_h("Optimizer steps."))
-    batch_size: int = field(default=4, metadata=_h("Samples per device per forward/backward."))
-    grad_accum: int = field(default=1, metadata=_h("Gradient accumulation steps (effective batch = batch x accum x devices)."))
-    lr: float = field(default=1e-5, metadata=_h("AdamW learning rate (paper: 1e-5)."))
-    warmup: float = field(default=0.03, metadata=_h("Warmup, as a fraction of the steps."))
-    save_steps: int = field(default=50, metadata=_h("Checkpoint every N steps."))
-    max_length: int | None = field(default=None, metadata=_h("Drop samples longer than this (default: the model's)."))
-    chunk_size: int = field(default=1024, metadata=_h("Positions per float32 log-softmax chunk in the loss."))
-    seed: int = field(default=0, metadata=_h("Seed of initialisation order, data order and counterfactual pairing."))
-    device: str = field(default="cpu", metadata=_h("cpu or cuda (under accelerate launch, set by accelerate)."))
-    dtype: str = field(default="float32", metadata=_h("float32 or bfloat16 (mixed precision on GPU)."))
-    gradient_checkpointing: bool = field(default=False, metadata=_h("Trade compute for activation memory."))
-    cache_teacher: bool = field(default=False, metadata=_h(
+    divergence: str = field(default="forward_kl", metadata=doc("forward_kl, reverse_kl or jsd."))
+    beta: float = field(default=0.5, metadata=doc("β of the jsd divergence."))
+    temperature: float = field(default=1.0, metadata=doc("Softmax temperature t (loss scaled by t²)."))
+    ce_weight: float = field(default=0.0, metadata=doc("Weight of a cross-entropy term on the reference response."))
+    max_steps: int = field(default=100, metadata=doc("Optimizer steps."))
+    batch_size: int = field(default=4, metadata=doc("Samples per device per forward/backward."))
+    grad_accum: int = field(default=1, metadata=doc("Gradient accumulation steps (effective batch = batch x accum x devices)."))
+    lr: float = field(default=1e-5, metadata=doc("AdamW learning rate (paper: 1e-5)."))
+    warmup: float = field(default=0.03, metadata=doc("Warmup, as a fraction of the steps."))
+    save_steps: int = field(default=50, metadata=doc("Checkpoint every N steps."))
+    max_length: int | None = field(default=None, metadata=doc("Drop samples longer than this (default: the model's)."))
+    chunk_size: int = field(default=1024, metadata=doc("Positions per float32 log-softmax chunk in the loss."))
+    seed: int = field(default=0, metadata=doc("Seed of initialisation order, data order and counterfactual pairing."))
+    device: str = field(default="cpu", metadata=doc("cpu or cuda (under accelerate launch, set by accelerate)."))
+    dtype: str = field(default="float32", metadata=doc("float32 or bfloat16 (mixed precision on GPU)."))
+    gradient_checkpointing: bool = field(default=False, metadata=doc("Trade compute for activation memory."))
+    cache_teacher: bool = field(default=False, metadata=doc(
         "First write the teacher's top-k log-probs of every original and counterfactual to OUTPUT/teacher_cache, "
         "then train from it without the teacher in memory (the path for very large teachers)."))
-    top_k: int = field(default=64, metadata=_h("Entries per position in the teacher cache (the tail mass is kept)."))
-    allow_pickle: bool = field(default=False, metadata=_h("Allow pickle (.bin) weights."))
-    resume: bool = field(default=False, metadata=_h("Continue from the last checkpoint in --output."))
+    top_k: int = field(default=64, metadata=doc("Entries per position in the teacher cache (the tail mass is kept)."))
+    allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights."))
+    resume: bool = field(default=False, metadata=doc("Continue from the last checkpoint in --output."))
 
     def __post_init__(self) -> None:
         from leaf.losses import get_divergence, lambda_at

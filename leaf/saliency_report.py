@@ -12,21 +12,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from leaf.errors import LeafError
+from leaf.options import doc
 from leaf.io import write_json_atomic
 
 
 @dataclass
 class SaliencyReportConfig:
-    model: str = field(metadata={"help": "Local HF model folder or hub id."})
-    prompt: str = field(metadata={"help": "The instruction / question text."})
-    response: str = field(metadata={"help": "The reference response whose NLL is differentiated."})
-    method: str = field(default="grad", metadata={"help": "grad (||dL/de||) or grad_x_input (||dL/de * e||)."})
-    norm: str = field(default="l2", metadata={"help": "Norm over the embedding dimension: l2 or l1."})
-    chat_template: bool = field(default=True, metadata={"help": "Render with the tokenizer's chat template."})
-    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu, cuda, cuda:1."})
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16, float16 or auto."})
-    allow_pickle: bool = field(default=False, metadata={"help": "Allow pickle (.bin) weights. Only for trusted files."})
-    output: Path | None = field(default=None, metadata={"help": "Write the report as JSON here."})
+    model: str = field(metadata=doc("Local HF model folder or hub id."))
+    prompt: str = field(metadata=doc("The instruction / question text."))
+    response: str = field(metadata=doc("The reference response whose NLL is differentiated."))
+    method: str = field(default="grad", metadata=doc("grad (||dL/de||) or grad_x_input (||dL/de * e||)."))
+    norm: str = field(default="l2", metadata=doc("Norm over the embedding dimension: l2 or l1."))
+    chat_template: bool = field(default=True, metadata=doc("Render with the tokenizer's chat template."))
+    device: str = field(default="cpu", metadata=doc("torch device, e.g. cpu, cuda, cuda:1."))
+    dtype: str = field(default="float32", metadata=doc("float32, bfloat16, float16 or auto."))
+    allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights. Only for trusted files."))
+    output: Path | None = field(default=None, metadata=doc("Write the report as JSON here."))
 
     def __post_init__(self) -> None:
         if not self.response:
