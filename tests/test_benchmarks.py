@@ -30,3 +30,12 @@ def test_analyze_throughput_quick_prints_table_then_json():
     for key in ("ratio", "floor_seconds", "leaf_seconds", "samples_per_second", "end_to_end_ratio"):
         assert math.isfinite(figures[key]) and figures[key] > 0, key
     assert any("floor" in line for line in lines[:-1])
+
+
+def test_distill_step_quick_prints_table_then_json():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "distill_step.py"), "--quick"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["benchmark"] == "distill_step"
+    for key in ("kd_seconds", "leaf_seconds", "leaf_cache_seconds", "leaf_over_kd", "cache_over_online"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
