@@ -282,6 +282,11 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     from leaf.hooks.reductions import mean_nll
     from leaf.losses import get_divergence, hybrid_loss, kd_loss, kd_loss_from_cache, lambda_at, logit_mask
 
+    from accelerate import PartialState
+
+    # under `accelerate launch` every process runs this function: all check, only the main process writes
+    ranks = PartialState()
+    main = ranks.is_main_process
     out = config.output
     checkpoints = out / "checkpoints"
     manifest = out / "leaf_distill.json"
@@ -312,13 +317,17 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     if config.mode != "kd" and with_cf == 0:
         raise LeafError(f"--mode {config.mode} but no sample in {config.data} has a counterfactual of that level. "
                         "Use --mode kd, or analyze with another threshold / --level both.")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(manifest, config.fingerprint())
+    ranks.wait_for_everyone()  # every process has checked the folder before the main one claims it
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(manifest, config.fingerprint())
 
     divergence = get_divergence(config.divergence, config.beta)
     cache = None
     if config.cache_teacher:
-        TeacherCache.write(out / "teacher_cache", teacher, examples, config, config.fingerprint(), vocab)
+        if main:
+            TeacherCache.write(out / "teacher_cache", teacher, examples, config, config.fingerprint(), vocab)
+        ranks.wait_for_everyone()
         cache = TeacherCache(out / "teacher_cache")
         del teacher  # training from the cache: the teacher leaves memory
         hf_teacher = None
@@ -377,6 +386,9 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
             self.clock, self.last = time.perf_counter, time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:  # the log holds the main process's terms
+                terms.clear()
+                return
             now = self.clock()
             window, terms[:] = terms[:], []
             cf = [t["kd_counterfactual"] for t in window if t["kd_counterfactual"] is not None]
@@ -391,11 +403,11 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                 handle.write(json.dumps(line) + "\n")
                 handle.flush()
 
-    if last and log_path.exists():  # drop log lines past the checkpoint we resume from
+    if main and last and log_path.exists():  # drop log lines past the checkpoint we resume from
         step = int(Path(last).name.split("-")[-1])
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
         log_path.write_text("".join(line + "\n" for line in kept))
-    elif log_path.exists():
+    elif main and log_path.exists():
         log_path.unlink()
 
     args = TrainingArguments(
@@ -411,6 +423,10 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     trainer.train(resume_from_checkpoint=last if config.resume and last else None)
     final = out / "final"
     trainer.save_model(str(final))
+    ranks.wait_for_everyone()
+    if not main:
+        return {"final": str(final), "steps": trainer.state.global_step, "samples": len(examples),
+                "with_counterfactual": with_cf, "last": None}
     student.tokenizer.save_pretrained(str(final))
     log = [json.loads(line) for line in log_path.read_text().splitlines()]
     summary = {"final": str(final), "steps": trainer.state.global_step, "samples": len(examples),
