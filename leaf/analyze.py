@@ -21,7 +21,7 @@ from pathlib import Path
 
 from leaf.errors import LeafError
 from leaf.options import doc
-from leaf.io import save_safetensors_atomic, write_json_atomic, write_text_atomic
+from leaf.io import check_same_settings, save_safetensors_atomic, write_json_atomic, write_text_atomic
 
 THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.scoring.THRESHOLDS, without torch
 LEVELS = ("instruction", "response", "both")
@@ -156,11 +156,7 @@ class Analyzer:
             if not config.resume:
                 raise LeafError(f"{config.output} already holds an analyze run. Pass --resume to continue it, or "
                                 "choose another --output (nothing was overwritten).")
-            previous = json.loads(manifest.read_text())
-            changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-            if changed:
-                raise LeafError(f"Cannot --resume {config.output}: the run there used different settings or data "
-                                f"(differs in: {', '.join(changed)}). Use the same settings, or a new --output.")
+            check_same_settings(config.output, manifest, fingerprint)
         elif config.output.exists() and any(p for p in config.output.iterdir() if p != self.parts):
             raise LeafError(f"{config.output} exists and is not empty. Choose a new --output (nothing was "
                             "overwritten).")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from leaf.errors import LeafError
 from leaf.options import doc
-from leaf.io import write_json_atomic
+from leaf.io import check_same_settings, write_json_atomic
 
 MODES = ("kd", "instr", "instr+resp")
 
@@ -295,12 +295,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
         if not config.resume:
             raise LeafError(f"{out} already holds a distill run. Pass --resume to continue it, or choose another "
                             "--output (nothing was overwritten).")
-        previous = json.loads(manifest.read_text())
-        changed = sorted(k for k in set(previous) | set(config.fingerprint())
-                         if previous.get(k) != config.fingerprint().get(k))
-        if changed:
-            raise LeafError(f"Cannot --resume {out}: it was trained with different settings (differs in: "
-                            f"{', '.join(changed)}). Use the same settings, or a new --output.")
+        check_same_settings(out, manifest, config.fingerprint())
     elif out.exists() and any(out.iterdir()):
         raise LeafError(f"{out} exists and is not empty. Choose a new --output (nothing was overwritten).")
 

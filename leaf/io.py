@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from leaf.errors import LeafError
+
 
 def write_bytes_atomic(path: str | Path, write) -> Path:
     """Call write(tmp_path) for a temporary file in the same folder, fsync it, rename it over `path`, fsync the
@@ -50,3 +52,12 @@ def save_safetensors_atomic(path: str | Path, tensors: dict) -> Path:
     from safetensors.torch import save_file
 
     return write_bytes_atomic(path, lambda tmp: save_file(tensors, tmp))
+
+
+def check_same_settings(folder: Path, manifest: Path, fingerprint: dict) -> None:
+    """--resume guard: the run recorded in `manifest` must have used these settings; names the keys that differ."""
+    previous = json.loads(Path(manifest).read_text())
+    changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+    if changed:
+        raise LeafError(f"Cannot --resume {folder}: the run there used different settings or data (differs in: "
+                        f"{', '.join(changed)}). Use the same settings, or a new --output.")
