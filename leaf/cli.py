@@ -187,6 +187,10 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
             gradient_checkpointing: Annotated[bool, _d("gradient_checkpointing")] = False,
             cache_teacher: Annotated[bool, _d("cache_teacher")] = False,
             top_k: Annotated[int, _d("top_k")] = 64,
+            counterfactuals: Annotated[Path | None, _d("counterfactuals")] = None,
+            prompt_field: Annotated[str | None, _d("prompt_field")] = None,
+            response_field: Annotated[str | None, _d("response_field")] = None,
+            id_field: Annotated[str, _d("id_field")] = "id",
             allow_pickle: AllowPickle = False,
             resume: Annotated[bool, _d("resume")] = False) -> None:
     """Distil the teacher into the student on originals and counterfactuals (the hybrid LeaF loss)."""
@@ -197,7 +201,8 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
         divergence=divergence.value, beta=beta, temperature=temperature, ce_weight=ce_weight, max_steps=max_steps,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup, save_steps=save_steps,
         max_length=max_length, seed=seed, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
-        cache_teacher=cache_teacher, top_k=top_k, allow_pickle=allow_pickle, resume=resume)
+        cache_teacher=cache_teacher, top_k=top_k, counterfactuals=counterfactuals, prompt_field=prompt_field,
+        response_field=response_field, id_field=id_field, allow_pickle=allow_pickle, resume=resume)
     summary = run_distill(config)
     typer.echo(json.dumps({k: summary[k] for k in ("final", "steps", "samples", "with_counterfactual", "last")},
                           indent=2))

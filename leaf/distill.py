@@ -12,13 +12,16 @@ checkpoints and `--resume`; under `accelerate launch` the same command runs DDP/
 from __future__ import annotations
 
 import json
-import random
+import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from leaf.distill_data import (Example, PairedData, build_examples, is_analyze_output, make_collator,
+                               read_analyze_output, read_dataset)
 from leaf.errors import LeafError
+from leaf.io import check_same_settings, write_json_atomic, write_text_atomic
 from leaf.options import doc
-from leaf.io import check_same_settings, write_json_atomic
 
 MODES = ("kd", "instr", "instr+resp")
 
@@ -27,7 +30,8 @@ MODES = ("kd", "instr", "instr+resp")
 class DistillConfig:
     teacher: str = field(metadata=doc("Teacher model: local HF folder or hub id (same vocabulary as the student)."))
     student: str = field(metadata=doc("Student model to train: local HF folder or hub id."))
-    data: Path = field(metadata=doc("A `leaf analyze` output folder (its samples.jsonl), or that samples.jsonl."))
+    data: Path = field(metadata=doc(
+        "A `leaf analyze` output folder (or its samples.jsonl), or any dataset analyze reads (with --counterfactuals)."))
     output: Path = field(metadata=doc("Output folder: checkpoints/, log.jsonl, final/ (the distilled student)."))
     mode: str = field(default="instr+resp", metadata=doc(
         "kd: originals only (the paper's KD w/o mask); instr: + instruction counterfactuals; instr+resp: + both."))
@@ -53,6 +57,12 @@ class DistillConfig:
         "First write the teacher's top-k log-probs of every original and counterfactual to OUTPUT/teacher_cache, "
         "then train from it without the teacher in memory (the path for very large teachers)."))
     top_k: int = field(default=64, metadata=doc("Entries per position in the teacher cache (the tail mass is kept)."))
+    counterfactuals: Path | None = field(default=None, metadata=doc(
+        "With a plain --data dataset: a file in the same format whose rows hold the id of their original and its "
+        "pruned prompt and/or response."))
+    prompt_field: str | None = field(default=None, metadata=doc("Prompt field of a plain dataset (as in analyze)."))
+    response_field: str | None = field(default=None, metadata=doc("Response field of a plain dataset."))
+    id_field: str = field(default="id", metadata=doc("Id field matching counterfactual rows to originals."))
     allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights."))
     resume: bool = field(default=False, metadata=doc("Continue from the last checkpoint in --output."))
 
@@ -60,6 +70,8 @@ class DistillConfig:
         from leaf.losses import get_divergence, lambda_at
 
         self.data, self.output = Path(self.data), Path(self.output)
+        if self.counterfactuals is not None:
+            self.counterfactuals = Path(self.counterfactuals)
         checks = [
             (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}."),
             (self.max_steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
@@ -82,70 +94,58 @@ class DistillConfig:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
 
 
-@dataclass
-class Example:
-    """One original and the counterfactuals the mode allows, already rendered and tokenized."""
-
-    input_ids: list[int]
-    response_mask: list[bool]
-    counterfactuals: list[tuple[list[int], list[bool]]]
-
-
-def read_analyze_output(path: Path) -> list[dict]:
-    """The analysed samples of a `leaf analyze` folder (or its samples.jsonl)."""
-    file = path / "samples.jsonl" if path.is_dir() else path
-    if not file.exists():
-        raise LeafError(f"{str(path)!r} is not a `leaf analyze` output: no samples.jsonl. Run leaf analyze first, or "
-                        "pass its output folder.")
-    records = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LeafError(f"{file}: line {number} is not valid JSON ({exc.msg}).") from None
-        missing = [k for k in ("prompt", "response", "status") if k not in record]
-        if missing:
-            raise LeafError(f"{file}: line {number} lacks {', '.join(missing)}: not a leaf analyze record.")
-        if record["status"] == "ok":
-            records.append(record)
-    if not records:
-        raise LeafError(f"{file} holds no analysed samples (status ok): nothing to distil on.")
-    return records
+def last_complete_checkpoint(folder: Path) -> tuple[str | None, list[Path]]:
+    """The newest Trainer checkpoint that was completely written (its trainer_state.json is saved last), and the
+    newer, partly written ones an interruption left behind."""
+    if not folder.is_dir():
+        return None, []
+    found = sorted(((int(m.group(1)), p) for p in folder.iterdir()
+                    if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))), reverse=True)
+    partial = []
+    for _, path in found:
+        if (path / "trainer_state.json").exists():
+            return str(path), partial
+        partial.append(path)
+    return None, partial
 
 
-def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | None) -> tuple[list[Example], int]:
-    """Render and tokenize originals and their counterfactuals with the student's tokenizer; returns the examples
-    and how many samples were dropped as too long."""
-    from leaf.hooks import encode_text, render_prompt_response
+def _logged_step(line: str) -> float:
+    """The step of a log.jsonl line; a line cut short by a kill counts as past every checkpoint (it is dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError):
+        return float("inf")
 
-    def encode(prompt: str, response: str) -> tuple[list[int], list[bool]]:
-        text, pspan, rspan = render_prompt_response(tokenizer, prompt, response)
-        enc = encode_text(tokenizer, text, pspan, rspan)
-        return enc.input_ids.tolist(), enc.response_mask.tolist()
 
-    levels = {"kd": (), "instr": ("instruction",), "instr+resp": ("instruction", "response")}[mode]
-    examples, dropped = [], 0
-    for record in records:
-        ids, mask = encode(record["prompt"], record["response"])
-        if max_length and len(ids) > max_length:
-            dropped += 1
-            continue
-        cfs = []
-        for unit in record.get("units", []):
-            if unit["level"] not in levels:
-                continue
-            for cf in unit["counterfactuals"]:
-                prompt = cf.get("prompt", record["prompt"]) if cf["field"] == "prompt" else record["prompt"]
-                response = cf.get("response", record["response"]) if cf["field"] == "response" else record["response"]
-                if not prompt.strip() or not response.strip():
-                    continue
-                cf_ids, cf_mask = encode(prompt, response)
-                if any(cf_mask) and not (max_length and len(cf_ids) > max_length):
-                    cfs.append((cf_ids, cf_mask))
-        examples.append(Example(ids, mask, cfs))
-    return examples, dropped
+def tensorboard_writer(folder: Path):
+    """A TensorBoard SummaryWriter when tensorboard is installed (pip install tensorboard), else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(folder))
+
+
+def load_records_for(config: DistillConfig) -> tuple[list[dict], int]:
+    """Originals with counterfactuals, from an analyze output or a dataset + counterfactual file; and the number of
+    counterfactual rows dropped as identical to their original."""
+    if not config.data.exists():
+        raise LeafError(f"--data {str(config.data)!r} does not exist.")
+    if config.counterfactuals is None and is_analyze_output(config.data):
+        return read_analyze_output(config.data), 0
+    if config.counterfactuals is not None and is_analyze_output(config.data):
+        raise LeafError(f"{config.data} is a `leaf analyze` output, which holds its own counterfactuals; drop "
+                        "--counterfactuals, or pass the plain dataset as --data.")
+    saved = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if config.data.is_dir() and not any((config.data / name).exists() for name in saved):
+        raise LeafError(f"{str(config.data)!r} is neither a `leaf analyze` output (no samples.jsonl) nor a dataset "
+                        "saved with save_to_disk. Run leaf analyze first and pass its output folder, or pass a "
+                        "dataset file with --counterfactuals FILE.")
+    if config.counterfactuals is None and config.mode != "kd":
+        raise LeafError(f"{config.data} is a plain dataset without counterfactuals, so --mode {config.mode} has "
+                        "nothing to prune: pass --counterfactuals FILE, run leaf analyze on it first, or use --mode kd.")
+    return read_dataset(config.data, config.counterfactuals, prompt_field=config.prompt_field,
+                        response_field=config.response_field, id_field=config.id_field)
 
 
 def check_vocabularies(teacher, student) -> None:
@@ -158,55 +158,6 @@ def check_vocabularies(teacher, student) -> None:
             f"Teacher and student vocabularies differ (teacher tokenizer {len(t_vocab)} tokens / logits {t_size}, "
             f"student tokenizer {len(s_vocab)} tokens / logits {s_size}). Logit distillation needs the same token "
             "ids: pick a teacher from the student's model family.")
-
-
-def _pad(rows: list[list], value, dtype):
-    import torch
-
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=dtype)
-    return out
-
-
-class PairedData:
-    """Originals, each paired with one of its counterfactuals (a fixed, seeded choice per sample)."""
-
-    def __init__(self, examples: list[Example], seed: int) -> None:
-        self.examples, self.seed = examples, seed
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def choice(self, index: int) -> int | None:
-        n = len(self.examples[index].counterfactuals)
-        return random.Random(self.seed * 1_000_003 + index).randrange(n) if n else None
-
-    def __getitem__(self, index: int) -> dict:
-        ex, j = self.examples[index], self.choice(index)
-        return {"index": index, "choice": j, "ids": ex.input_ids, "mask": ex.response_mask,
-                "cf": ex.counterfactuals[j] if j is not None else None}
-
-
-def make_collator(pad_id: int):
-    import torch
-
-    def collate(items: list[dict]) -> dict:
-        batch = {"index": torch.tensor([it["index"] for it in items], dtype=torch.long),
-                 "input_ids": _pad([it["ids"] for it in items], pad_id, torch.long),
-                 "attention_mask": _pad([[1] * len(it["ids"]) for it in items], 0, torch.long),
-                 "response_mask": _pad([it["mask"] for it in items], False, torch.bool)}
-        rows = [i for i, it in enumerate(items) if it["cf"] is not None]
-        if rows:
-            batch["cf_index"] = torch.tensor(rows, dtype=torch.long)
-            batch["cf_choice"] = torch.tensor([items[i]["choice"] for i in rows], dtype=torch.long)
-            batch["cf_input_ids"] = _pad([items[i]["cf"][0] for i in rows], pad_id, torch.long)
-            batch["cf_attention_mask"] = _pad([[1] * len(items[i]["cf"][0]) for i in rows], 0, torch.long)
-            batch["cf_response_mask"] = _pad([items[i]["cf"][1] for i in rows], False, torch.bool)
-        return batch
-
-    return collate
 
 
 SHARD = 256  # examples per teacher-cache shard
@@ -276,7 +227,6 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     """Train the student; returns a summary (final path, steps, last losses)."""
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     from leaf.hooks import load_model
     from leaf.hooks.reductions import mean_nll
@@ -290,16 +240,19 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     out = config.output
     checkpoints = out / "checkpoints"
     manifest = out / "leaf_distill.json"
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last, partial = last_complete_checkpoint(checkpoints)
     if manifest.exists():
         if not config.resume:
             raise LeafError(f"{out} already holds a distill run. Pass --resume to continue it, or choose another "
                             "--output (nothing was overwritten).")
         check_same_settings(out, manifest, config.fingerprint())
+        if main:  # a kill while the Trainer wrote a checkpoint leaves it without trainer_state.json (written last)
+            for folder in partial:
+                shutil.rmtree(folder)
     elif out.exists() and any(out.iterdir()):
         raise LeafError(f"{out} exists and is not empty. Choose a new --output (nothing was overwritten).")
 
-    records = read_analyze_output(config.data)
+    records, identical = load_records_for(config)
     load = dict(device=config.device, dtype="float32", allow_pickle=config.allow_pickle)
     student, teacher = load_model(config.student, **load), load_model(config.teacher, **load)
     check_vocabularies(teacher, student)
@@ -379,6 +332,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
             import time
 
             self.clock, self.last = time.perf_counter, time.perf_counter()
+            self.board = tensorboard_writer(out / "tensorboard") if main else None
 
         def on_step_end(self, args, state, control, **kwargs):
             if not state.is_world_process_zero:  # the log holds the main process's terms
@@ -397,11 +351,19 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
             with open(log_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(line) + "\n")
                 handle.flush()
+            if self.board is not None:
+                for key, value in line.items():
+                    if key != "step" and value is not None:
+                        self.board.add_scalar(f"leaf/{key}", value, state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.board is not None:
+                self.board.close()
 
     if main and last and log_path.exists():  # drop log lines past the checkpoint we resume from
         step = int(Path(last).name.split("-")[-1])
-        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        log_path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in log_path.read_text().splitlines() if _logged_step(line) <= step]
+        write_text_atomic(log_path, "".join(line + "\n" for line in kept))
     elif main and log_path.exists():
         log_path.unlink()
 
@@ -425,7 +387,8 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     student.tokenizer.save_pretrained(str(final))
     log = [json.loads(line) for line in log_path.read_text().splitlines()]
     summary = {"final": str(final), "steps": trainer.state.global_step, "samples": len(examples),
-               "with_counterfactual": with_cf, "dropped_too_long": dropped, "last": log[-1] if log else None,
+               "with_counterfactual": with_cf, "dropped_too_long": dropped,
+               "identical_counterfactuals_dropped": identical, "last": log[-1] if log else None,
                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}}
     write_json_atomic(out / "summary.json", summary)
     return summary

@@ -57,6 +57,14 @@ def test_four_steps_save_a_student_that_reloads_and_generates(setup, tmp_path, m
     assert out.shape[1] == ids.shape[1] + 5
     start = AutoModelForCausalLM.from_pretrained(setup[1])
     assert not torch.equal(model.model.embed_tokens.weight, start.model.embed_tokens.weight)  # it trained
+    if mode == "kd":  # TensorBoard curves when tensorboard is installed (it is in the test extra)
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        board = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+        board.Reload()
+        assert [e.step for e in board.Scalars("leaf/kd_original")] == [1, 2, 3, 4]
+        assert [e.value for e in board.Scalars("leaf/kd_original")] == pytest.approx(
+            [line["kd_original"] for line in log], rel=1e-6)
 
 
 def test_the_student_moves_towards_the_teacher(setup, tmp_path):
@@ -143,3 +151,97 @@ def test_training_from_a_full_teacher_cache_equals_the_online_teacher(setup, tmp
     small = run_distill(_config(setup, tmp_path / "small", max_steps=2, cache_teacher=True, top_k=4),
                         progress=False)
     assert 0 < small["last"]["kd_original"] < float("inf")
+
+
+def test_resume_after_killing_the_process_gives_the_same_weights(setup, tmp_path):
+    """A real interruption: SIGKILL the `leaf distill` process once checkpoint-4 is complete, then --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    teacher, student, analyze = setup
+    steps = 24
+    run_distill(_config(setup, tmp_path / "full", max_steps=steps), progress=False)
+    cut = tmp_path / "cut"
+    command = [sys.executable, "-m", "leaf", "distill", "--teacher", teacher, "--student", student,
+               "--data", str(analyze), "--output", str(cut), "--max-steps", str(steps), "--batch-size", "2",
+               "--save-steps", "2", "--lr", "1e-3"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 120
+    while not (cut / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before checkpoint-4"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (cut / "final").exists()  # it really stopped before the end
+    subprocess.run(command + ["--resume"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    full = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    resumed = load_file(str(cut / "final" / "model.safetensors"))
+    for name in full:
+        torch.testing.assert_close(resumed[name], full[name], atol=1e-6, rtol=1e-5)
+    steps_logged = [json.loads(line)["step"] for line in (cut / "log.jsonl").read_text().splitlines()]
+    assert steps_logged == list(range(1, steps + 1))
+
+
+def test_a_partly_written_checkpoint_is_skipped_on_resume(setup, tmp_path):
+    run_distill(_config(setup, tmp_path / "out"), progress=False)
+    last = tmp_path / "out" / "checkpoints" / "checkpoint-4"
+    (last / "trainer_state.json").unlink()  # what a kill in the middle of saving checkpoint-4 leaves
+    (tmp_path / "out" / "final" / "model.safetensors").unlink()
+    summary = run_distill(_config(setup, tmp_path / "out", resume=True), progress=False)
+    assert summary["steps"] == 4 and (last / "trainer_state.json").exists()
+
+
+def _plain_dataset(tmp_path):
+    """GSM-Plus rows with ids, and a counterfactual file in the same format: the clean seed question, which is the
+    distractor question with the inserted sentence pruned."""
+    rows = [json.loads(line) for line in GSM_PLUS.read_text().splitlines()][:4]
+    data, cfs = tmp_path / "data.jsonl", tmp_path / "cf.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": r["question"], "solution": r["solution"]}) + "\n"
+                            for i, r in enumerate(rows)))
+    cfs.write_text("".join(json.dumps({"id": f"q{i}", "question": r["seed_question"], "solution": r["solution"]})
+                           + "\n" for i, r in enumerate(rows) if i != 2))
+    return data, cfs, rows
+
+
+def test_a_plain_dataset_with_a_counterfactual_file(setup, tmp_path):
+    from leaf.distill_data import read_dataset
+
+    data, cfs, rows = _plain_dataset(tmp_path)
+    records, identical = read_dataset(data, cfs)
+    assert [r["id"] for r in records] == ["q0", "q1", "q2", "q3"] and identical == 0
+    assert [len(r["units"]) for r in records] == [1, 1, 0, 1]
+    unit = records[0]["units"][0]
+    assert unit["level"] == "instruction" and unit["counterfactuals"][0]["prompt"] == rows[0]["seed_question"]
+    summary = run_distill(_config(setup, tmp_path / "out", data=data, counterfactuals=cfs, mode="instr",
+                                  lam="0.5"), progress=False)
+    assert summary["samples"] == 4 and summary["with_counterfactual"] == 3
+    log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert any(line["kd_counterfactual"] is not None for line in log)
+    # without counterfactuals a plain dataset trains in kd mode (the paper's KD w/o mask)
+    assert run_distill(_config(setup, tmp_path / "kd", data=data, mode="kd"), progress=False)["steps"] == 4
+
+
+def test_counterfactual_file_errors(setup, tmp_path):
+    data, cfs, _ = _plain_dataset(tmp_path)
+    stray = tmp_path / "stray.jsonl"
+    stray.write_text(cfs.read_text() + json.dumps({"id": "q9", "question": "x", "solution": "y"}) + "\n")
+    with pytest.raises(LeafError, match=r"1 counterfactual id\(s\) match no original in .*: 'q9'"):
+        run_distill(_config(setup, tmp_path / "a", data=data, counterfactuals=stray), progress=False)
+    with pytest.raises(LeafError, match="plain dataset without counterfactuals"):
+        run_distill(_config(setup, tmp_path / "b", data=data, mode="instr"), progress=False)
+    with pytest.raises(LeafError, match="holds its own counterfactuals"):
+        run_distill(_config(setup, tmp_path / "c", counterfactuals=cfs), progress=False)
+    no_ids = tmp_path / "noid.jsonl"
+    no_ids.write_text(json.dumps({"question": "x", "solution": "y"}) + "\n")
+    with pytest.raises(LeafError, match="needs the id of its original"):
+        run_distill(_config(setup, tmp_path / "d", data=data, counterfactuals=no_ids), progress=False)
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(data.read_text() + data.read_text().splitlines()[0] + "\n")
+    with pytest.raises(LeafError, match="id 'q0' appears twice"):
+        run_distill(_config(setup, tmp_path / "e", data=twice, counterfactuals=cfs), progress=False)
+    assert not any((tmp_path / name).exists() for name in "abcde")  # nothing written on bad input

@@ -1,0 +1,195 @@
+"""What `leaf distill` trains on: originals with their counterfactuals, tokenized, paired and batched.
+
+Two sources: the output folder of `leaf analyze` (samples.jsonl), or any dataset `leaf analyze` reads plus a
+counterfactual file in the same format, whose rows carry the id of their original and its pruned prompt and/or
+response:
+
+    {"id": "7", "question": "Tom has 3 apples. How many ...", "solution": "..."}        # data.jsonl
+    {"id": "7", "question": "Tom has 3 apples. How many ...", "solution": "..."}        # counterfactuals.jsonl
+
+A counterfactual row whose prompt differs from its original's is an instruction counterfactual (modes instr and
+instr+resp); one whose response differs (too) is a response counterfactual (mode instr+resp).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from leaf.errors import LeafError
+
+LEVELS = {"kd": (), "instr": ("instruction",), "instr+resp": ("instruction", "response")}
+
+
+@dataclass
+class Example:
+    """One original and the counterfactuals the mode allows, already rendered and tokenized."""
+
+    input_ids: list[int]
+    response_mask: list[bool]
+    counterfactuals: list[tuple[list[int], list[bool]]]
+
+
+def read_analyze_output(path: Path) -> list[dict]:
+    """The analysed samples of a `leaf analyze` folder (or its samples.jsonl)."""
+    file = path / "samples.jsonl" if path.is_dir() else path
+    if not file.exists():
+        raise LeafError(f"{str(path)!r} is not a `leaf analyze` output: no samples.jsonl. Run leaf analyze first, or "
+                        "pass its output folder.")
+    records = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LeafError(f"{file}: line {number} is not valid JSON ({exc.msg}).") from None
+        missing = [k for k in ("prompt", "response", "status") if k not in record]
+        if missing:
+            raise LeafError(f"{file}: line {number} lacks {', '.join(missing)}: not a leaf analyze record. For a "
+                            "plain dataset, pass --counterfactuals FILE (or --mode kd).")
+        if record["status"] == "ok":
+            records.append(record)
+    if not records:
+        raise LeafError(f"{file} holds no analysed samples (status ok): nothing to distil on.")
+    return records
+
+
+def is_analyze_output(path: Path) -> bool:
+    if path.is_dir():
+        return (path / "samples.jsonl").exists()
+    if path.name != "samples.jsonl" and path.suffix != ".jsonl":
+        return False
+    with open(path, encoding="utf-8") as handle:
+        first = next((line for line in handle if line.strip()), "")
+    try:
+        return isinstance(row := json.loads(first), dict) and {"row", "status", "prompt", "response"} <= set(row)
+    except json.JSONDecodeError:
+        return False
+
+
+def read_dataset(data: Path, counterfactuals: Path | None, *, prompt_field: str | None = None,
+                 response_field: str | None = None, id_field: str = "id") -> tuple[list[dict], int]:
+    """Records in the analyze-output shape from a plain dataset and (optionally) a counterfactual file keyed by id.
+    Returns the records and how many counterfactual rows were dropped as identical to their original."""
+    from leaf.data import load_records, to_samples
+
+    fields = dict(prompt_field=prompt_field, response_field=response_field, id_field=id_field)
+    originals = to_samples(load_records(data), **fields)
+    by_id: dict[str, dict] = {}
+    for sample in originals:
+        if sample.id in by_id:
+            raise LeafError(f"{data}: id {sample.id!r} appears twice. Counterfactuals are matched to originals by "
+                            f"id, so ids must be unique (field {id_field!r}, or set --id-field).")
+        by_id[sample.id] = {"id": sample.id, "prompt": sample.prompt, "response": sample.response, "status": "ok",
+                            "units": []}
+    identical = 0
+    if counterfactuals is not None:
+        rows = load_records(counterfactuals)
+        if any(row.get(id_field) is None for row in rows):
+            raise LeafError(f"{counterfactuals}: every counterfactual row needs the id of its original in field "
+                            f"{id_field!r} (set --id-field if it is named differently).")
+        cfs = to_samples(rows, **fields)
+        unknown = sorted({cf.id for cf in cfs if cf.id not in by_id})
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5
+                                                               else "")
+            raise LeafError(f"{counterfactuals}: {len(unknown)} counterfactual id(s) match no original in {data}: "
+                            f"{shown}. Each row's {id_field!r} must be the id of the sample it was pruned from.")
+        for cf in cfs:
+            record = by_id[cf.id]
+            prompt_changed, response_changed = cf.prompt != record["prompt"], cf.response != record["response"]
+            if not (prompt_changed or response_changed):
+                identical += 1
+                continue
+            level = "response" if response_changed else "instruction"
+            record["units"].append({"level": level, "counterfactuals": [
+                {"field": "response" if response_changed else "prompt", "prompt": cf.prompt,
+                 "response": cf.response}]})
+    return list(by_id.values()), identical
+
+
+def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | None) -> tuple[list[Example], int]:
+    """Render and tokenize originals and their counterfactuals with the student's tokenizer; returns the examples
+    and how many samples were dropped as too long."""
+    from leaf.hooks import encode_text, render_prompt_response
+
+    def encode(prompt: str, response: str) -> tuple[list[int], list[bool]]:
+        text, pspan, rspan = render_prompt_response(tokenizer, prompt, response)
+        enc = encode_text(tokenizer, text, pspan, rspan)
+        return enc.input_ids.tolist(), enc.response_mask.tolist()
+
+    levels = LEVELS[mode]
+    examples, dropped = [], 0
+    for record in records:
+        ids, mask = encode(record["prompt"], record["response"])
+        if max_length and len(ids) > max_length:
+            dropped += 1
+            continue
+        cfs = []
+        for unit in record.get("units", []):
+            if unit["level"] not in levels:
+                continue
+            for cf in unit["counterfactuals"]:
+                prompt, response = cf.get("prompt", record["prompt"]), cf.get("response", record["response"])
+                if not prompt.strip() or not response.strip():
+                    continue
+                cf_ids, cf_mask = encode(prompt, response)
+                if any(cf_mask) and not (max_length and len(cf_ids) > max_length):
+                    cfs.append((cf_ids, cf_mask))
+        examples.append(Example(ids, mask, cfs))
+    return examples, dropped
+
+
+
+def _pad(rows: list[list], value, dtype):
+    import torch
+
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=dtype)
+    return out
+
+
+class PairedData:
+    """Originals, each paired with one of its counterfactuals (a fixed, seeded choice per sample)."""
+
+    def __init__(self, examples: list[Example], seed: int) -> None:
+        self.examples, self.seed = examples, seed
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def choice(self, index: int) -> int | None:
+        n = len(self.examples[index].counterfactuals)
+        return random.Random(self.seed * 1_000_003 + index).randrange(n) if n else None
+
+    def __getitem__(self, index: int) -> dict:
+        ex, j = self.examples[index], self.choice(index)
+        return {"index": index, "choice": j, "ids": ex.input_ids, "mask": ex.response_mask,
+                "cf": ex.counterfactuals[j] if j is not None else None}
+
+
+def make_collator(pad_id: int):
+    import torch
+
+    def collate(items: list[dict]) -> dict:
+        batch = {"index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+                 "input_ids": _pad([it["ids"] for it in items], pad_id, torch.long),
+                 "attention_mask": _pad([[1] * len(it["ids"]) for it in items], 0, torch.long),
+                 "response_mask": _pad([it["mask"] for it in items], False, torch.bool)}
+        rows = [i for i, it in enumerate(items) if it["cf"] is not None]
+        if rows:
+            batch["cf_index"] = torch.tensor(rows, dtype=torch.long)
+            batch["cf_choice"] = torch.tensor([items[i]["choice"] for i in rows], dtype=torch.long)
+            batch["cf_input_ids"] = _pad([items[i]["cf"][0] for i in rows], pad_id, torch.long)
+            batch["cf_attention_mask"] = _pad([[1] * len(items[i]["cf"][0]) for i in rows], 0, torch.long)
+            batch["cf_response_mask"] = _pad([items[i]["cf"][1] for i in rows], False, torch.bool)
+        return batch
+
+    return collate
+
+
