@@ -204,8 +204,9 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
         cache_teacher=cache_teacher, top_k=top_k, counterfactuals=counterfactuals, prompt_field=prompt_field,
         response_field=response_field, id_field=id_field, allow_pickle=allow_pickle, resume=resume)
     summary = run_distill(config)
-    typer.echo(json.dumps({k: summary[k] for k in ("final", "steps", "samples", "with_counterfactual", "last")},
-                          indent=2))
+    if summary.get("rank", 0) == 0:  # under accelerate launch / torchrun only the main process reports
+        typer.echo(json.dumps({k: summary[k] for k in ("final", "steps", "samples", "with_counterfactual",
+                                                       "processes", "last")}, indent=2))
 
 
 @app.command("tiny-model")

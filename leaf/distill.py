@@ -235,7 +235,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     from accelerate import PartialState
 
     # under `accelerate launch` every process runs this function: all check, only the main process writes
-    ranks = PartialState()
+    ranks = PartialState(cpu=config.device == "cpu")
     main = ranks.is_main_process
     out = config.output
     checkpoints = out / "checkpoints"
@@ -383,12 +383,13 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     ranks.wait_for_everyone()
     if not main:
         return {"final": str(final), "steps": trainer.state.global_step, "samples": len(examples),
-                "with_counterfactual": with_cf, "last": None}
+                "with_counterfactual": with_cf, "last": None, "rank": ranks.process_index}
     student.tokenizer.save_pretrained(str(final))
     log = [json.loads(line) for line in log_path.read_text().splitlines()]
     summary = {"final": str(final), "steps": trainer.state.global_step, "samples": len(examples),
                "with_counterfactual": with_cf, "dropped_too_long": dropped,
-               "identical_counterfactuals_dropped": identical, "last": log[-1] if log else None,
+               "identical_counterfactuals_dropped": identical, "processes": ranks.num_processes,
+               "distributed": str(ranks.distributed_type).split(".")[-1], "last": log[-1] if log else None,
                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}}
     write_json_atomic(out / "summary.json", summary)
     return summary

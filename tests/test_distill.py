@@ -245,3 +245,29 @@ def test_counterfactual_file_errors(setup, tmp_path):
     with pytest.raises(LeafError, match="id 'q0' appears twice"):
         run_distill(_config(setup, tmp_path / "e", data=twice, counterfactuals=cfs), progress=False)
     assert not any((tmp_path / name).exists() for name in "abcde")  # nothing written on bad input
+
+
+def test_two_processes_under_accelerate_launch(setup, tmp_path):
+    """Data-parallel on CPU: accelerate launch starts 2 gloo processes (its torchrun launcher; `--multi_gpu` is
+    accelerate's name for it even without GPUs); the main one writes checkpoints and a student that reloads."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    teacher, student, analyze = setup
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "leaf", "distill", "--teacher", teacher, "--student", student,
+         "--data", str(analyze), "--output", str(out), "--max-steps", "4", "--save-steps", "2", "--batch-size", "2"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count('"final"') == 1  # one report, from the main process
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["distributed"] == "MULTI_CPU" and summary["steps"] == 4
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert not torch.equal(model.model.embed_tokens.weight,
+                           AutoModelForCausalLM.from_pretrained(student).model.embed_tokens.weight)
