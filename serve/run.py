@@ -1,0 +1,245 @@
+"""`leaf serve`: load each model into vLLM (or HF generate), benchmark it on prompt sets, score its greedy answers,
+and measure its attention focus; one results folder.
+
+    leaf serve --model runs/student --model runs/distill/final --data runs/analyze --output runs/serve
+
+Per model and prompt set (original, clean twin, pruned by `leaf analyze`, or random): throughput and latency
+(vLLM's key names), greedy accuracy where the data has reference answers; per model the attention focus on the
+confounder spans. Ratios against the first model (e.g. the student before distillation), and pruned vs original.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from leaf.errors import LeafError
+from leaf.options import doc
+
+BACKENDS = ("auto", "vllm", "hf")
+
+
+@dataclass
+class ServeConfig:
+    models: list[str] = field(metadata=doc("Model folders (or hub ids); the first is the baseline of every ratio."))
+    output: Path = field(metadata=doc("Results folder: results.json, results.md, results.png, generations.jsonl."))
+    data: Path | None = field(default=None, metadata=doc(
+        "Prompts: a dataset (any format leaf analyze reads) or a leaf analyze output folder (adds pruned prompts)."))
+    names: list[str] = field(default_factory=list, metadata=doc("Display names of the models (default: folder names)."))
+    backend: str = field(default="auto", metadata=doc("vllm, hf (transformers generate) or auto (vllm if installed)."))
+    max_tokens: int = field(default=256, metadata=doc("Greedy generation budget per request."))
+    limit: int | None = field(default=None, metadata=doc("Use only the first N problems."))
+    iterations: int = field(default=3, metadata=doc("Timed repetitions of each prompt set (after warmup)."))
+    warmup: int = field(default=1, metadata=doc("Untimed repetitions first (on up to 8 prompts)."))
+    random_prompts: int = field(default=0, metadata=doc("Also benchmark N random prompts (vLLM-style)."))
+    random_input_len: int = field(default=128, metadata=doc("Tokens per random prompt."))
+    random_output_len: int = field(default=128, metadata=doc("Tokens generated per random prompt (EOS ignored)."))
+    focus_samples: int = field(default=64, metadata=doc("Problems with confounder spans used for attention focus."))
+    prompt_field: str | None = field(default=None, metadata=doc("Prompt field of a dataset."))
+    response_field: str | None = field(default=None, metadata=doc("Reference response field of a dataset."))
+    clean_field: str | None = field(default=None, metadata=doc(
+        "Field with the clean twin of each problem (default: seed_question when present)."))
+    answer_field: str | None = field(default=None, metadata=doc(
+        "Reference answer field (default: answer, else the reference solution's final answer)."))
+    id_field: str = field(default="id", metadata=doc("Sample id field."))
+    chat_template: bool = field(default=True, metadata=doc("Render prompts with each model's chat template."))
+    device: str = field(default="cpu", metadata=doc("cpu or cuda."))
+    dtype: str = field(default="float32", metadata=doc("Model dtype (bfloat16 on GPUs)."))
+    batch_size: int = field(default=8, metadata=doc("HF backend: prompts per static batch; focus: samples per pass."))
+    max_model_len: int | None = field(default=None, metadata=doc("vLLM: context length cap (default: the model's)."))
+    tensor_parallel_size: int = field(default=1, metadata=doc("vLLM: GPUs per model replica."))
+    data_parallel_size: int = field(default=1, metadata=doc("vLLM: model replicas."))
+    gpu_memory_utilization: float = field(default=0.9, metadata=doc("vLLM on GPU: fraction of device memory."))
+    seed: int = field(default=0, metadata=doc("Seed of vLLM and of the random prompts."))
+    allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights (HF backend and focus)."))
+    trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoint (only if trusted)."))
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        self.data = Path(self.data) if self.data is not None else None
+        checks = [
+            (bool(self.models), "Give at least one --model."),
+            (self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}."),
+            (not self.names or len(self.names) == len(self.models),
+             f"{len(self.names)} --name for {len(self.models)} --model: give one name per model, or none."),
+            (self.data is not None or self.random_prompts > 0,
+             "No prompts: pass --data (a dataset or a leaf analyze folder) or --random-prompts N."),
+            (self.max_tokens >= 1 and self.iterations >= 1 and self.warmup >= 0,
+             "--max-tokens and --iterations must be at least 1, --warmup at least 0."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LeafError(message)
+
+    def model_names(self) -> list[str]:
+        if self.names:
+            return list(self.names)
+        names = []
+        for path in self.models:
+            base = Path(path).name or path
+            if Path(path).name == "final" and Path(path).parent.name:  # runs/distill/final -> distill
+                base = Path(path).parent.name
+            name, k = base, 2
+            while name in names:
+                name, k = f"{base}-{k}", k + 1
+            names.append(name)
+        return names
+
+
+def _sets(problems, tokenizer, config: ServeConfig) -> dict[str, dict]:
+    """Prompt sets of one model: token ids, budgets and the reference answers to score against."""
+    from leaf.serve.prompts import random_prompts, render
+
+    sets: dict[str, dict] = {}
+    if problems:
+        def add(name, texts, answers):
+            sets[name] = {"prompts": [render(tokenizer, t, chat_template=config.chat_template) for t in texts],
+                          "answers": answers, "ignore_eos": False, "ids": [p.id for p, _ in texts_of[name]]}
+
+        # pruned: every problem, those without detected spans unchanged, so that it compares like for like
+        texts_of = {"original": [(p, p.prompt) for p in problems],
+                    "clean": [(p, p.clean) for p in problems if p.clean],
+                    "pruned": [(p, p.pruned or p.prompt) for p in problems] if any(p.pruned for p in problems)
+                    else []}
+        for name, pairs in texts_of.items():
+            if pairs:
+                add(name, [t for _, t in pairs],
+                    [p.clean_answer if name == "clean" else p.answer for p, _ in pairs])
+    if config.random_prompts:
+        sets["random"] = {"prompts": random_prompts(tokenizer, config.random_prompts, config.random_input_len,
+                                                    config.seed),
+                          "answers": None, "ignore_eos": True, "ids": list(range(config.random_prompts))}
+    for name, prompt_set in sets.items():
+        budget = config.random_output_len if name == "random" else config.max_tokens
+        prompt_set["max_tokens"] = [budget] * len(prompt_set["prompts"])
+    return sets
+
+
+def _accuracy(completions, answers) -> dict | None:
+    from leaf.answers import is_correct
+
+    scored = [(c, a) for c, a in zip(completions, answers) if a is not None]
+    if not scored:
+        return None
+    correct = sum(is_correct(c.text, a) for c, a in scored)
+    return {"accuracy": correct / len(scored), "correct": correct, "scored": len(scored)}
+
+
+def benchmark(engine, prompt_set: dict, config: ServeConfig):
+    """Warmup, then `iterations` timed runs; the figures and the first timed run's completions."""
+    from leaf.serve.metrics import summarize_iterations
+
+    prompts, budgets = prompt_set["prompts"], prompt_set["max_tokens"]
+    for _ in range(config.warmup):
+        engine.generate(prompts[:8], [min(b, 16) for b in budgets[:8]], ignore_eos=prompt_set["ignore_eos"])
+    runs, first = [], None
+    for _ in range(config.iterations):
+        completions, duration = engine.generate(prompts, budgets, ignore_eos=prompt_set["ignore_eos"])
+        runs.append(([c.timing for c in completions], duration))
+        first = first or completions
+    return summarize_iterations(runs), first
+
+
+def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
+    from leaf.io import write_json_atomic, write_text_atomic
+    from leaf.serve.focus import FocusSample
+    from leaf.serve.prompts import load_problems
+    from leaf.serve.report import markdown, plot
+
+    fields = dict(prompt_field=config.prompt_field, response_field=config.response_field,
+                  clean_field=config.clean_field, answer_field=config.answer_field, id_field=config.id_field,
+                  limit=config.limit)
+    problems = load_problems(config.data, **fields) if config.data is not None else []
+    if config.output.exists() and any(config.output.iterdir()):
+        if not (config.output / "results.json").exists():
+            raise LeafError(f"{config.output} exists and holds other files; choose a new --output.")
+    engine_args = dict(device=config.device, dtype=config.dtype, seed=config.seed,
+                       max_model_len=config.max_model_len, tensor_parallel_size=config.tensor_parallel_size,
+                       data_parallel_size=config.data_parallel_size,
+                       gpu_memory_utilization=config.gpu_memory_utilization, batch_size=config.batch_size,
+                       allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    names = config.model_names()
+    focus_items = [FocusSample(p.prompt, p.response, p.confounders) for p in problems
+                   if p.confounders and p.response][: config.focus_samples]
+    results: dict = {"models": {}, "settings": {k: str(v) if isinstance(v, Path) else v
+                                                 for k, v in asdict(config).items()},
+                     "problems": len(problems),
+                     "confounder_source": sorted({p.confounder_source for p in problems if p.confounder_source})}
+    generations = []
+    from rich.progress import Progress
+
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("serving models", total=len(names))
+        for name, path in zip(names, config.models):
+            results["models"][name] = _serve_one(name, path, problems, focus_items, config, engine_args, generations)
+            bar.advance(task)
+    results["comparisons"] = comparisons(results["models"])
+    config.output.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(config.output / "results.json", results)
+    write_text_atomic(config.output / "generations.jsonl", "".join(json.dumps(g) + "\n" for g in generations))
+    write_text_atomic(config.output / "results.md", markdown(results))
+    plot(results, config.output / "results.png")
+    return results
+
+
+def _serve_one(name, path, problems, focus_items, config, engine_args, generations) -> dict:
+    from leaf.serve.engines import make_engine
+    from leaf.serve.focus import attention_focus
+
+    engine = make_engine(config.backend, path, **engine_args)
+    entry = {"path": path, "engine": engine.settings, "sets": {}}
+    try:
+        for set_name, prompt_set in _sets(problems, engine.tokenizer, config).items():
+            figures, completions = benchmark(engine, prompt_set, config)
+            if prompt_set["answers"] is not None:
+                figures.update(_accuracy(completions, prompt_set["answers"]) or {})
+            entry["sets"][set_name] = figures
+            generations += [{"model": name, "set": set_name, "id": i, "text": c.text,
+                             "output_tokens": len(c.token_ids)} for i, c in zip(prompt_set["ids"], completions)]
+    finally:
+        engine.close()
+    if focus_items:  # vLLM exposes no attention: the HF model through leaf.hooks
+        from leaf.hooks import load_model
+
+        hooked = load_model(path, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
+                            trust_remote_code=config.trust_remote_code)
+        entry["attention_focus"] = attention_focus(hooked, focus_items, batch_size=config.batch_size,
+                                                   chat_template=config.chat_template)
+        del hooked
+    return entry
+
+
+def comparisons(models: dict) -> dict:
+    """Ratios: every model against the first (per prompt set), pruned vs original per model, focus changes."""
+    from leaf.serve.metrics import ratio
+
+    names = list(models)
+    base = models[names[0]]
+    out: dict = {"baseline": names[0], "vs_baseline": {}, "pruned_vs_original": {}}
+    for name in names[1:]:
+        entry, row = models[name], {}
+        for set_name, figures in entry["sets"].items():
+            ref = base["sets"].get(set_name)
+            if ref:
+                row[set_name] = {key: ratio(figures.get(key), ref.get(key)) for key in
+                                 ("requests_per_second", "output_throughput", "total_token_throughput",
+                                  "mean_e2el_ms", "mean_ttft_ms")}
+                if "accuracy" in figures and "accuracy" in ref:
+                    row[set_name]["accuracy_delta"] = figures["accuracy"] - ref["accuracy"]
+        bf, ef = base.get("attention_focus"), entry.get("attention_focus")
+        if bf and ef:
+            row["attention_focus"] = {"baseline": bf["focus"], "model": ef["focus"],
+                                      "delta": ef["focus"] - bf["focus"],
+                                      "relative_change": ratio(ef["focus"] - bf["focus"], bf["focus"]),
+                                      "wasted_relative_change": ratio(ef["wasted"] - bf["wasted"], bf["wasted"])}
+        out["vs_baseline"][name] = row
+    for name, entry in models.items():
+        original, pruned = entry["sets"].get("original"), entry["sets"].get("pruned")
+        if original and pruned:
+            out["pruned_vs_original"][name] = {
+                "speedup_requests_per_second": ratio(pruned["requests_per_second"], original["requests_per_second"]),
+                "speedup_mean_e2el": ratio(original["mean_e2el_ms"], pruned["mean_e2el_ms"]),
+                "input_token_ratio": ratio(original["total_input_tokens"], pruned["total_input_tokens"]),
+            }
+    return out
