@@ -39,3 +39,13 @@ def test_distill_step_quick_prints_table_then_json():
     assert figures["benchmark"] == "distill_step"
     for key in ("kd_seconds", "leaf_seconds", "leaf_cache_seconds", "leaf_over_kd", "cache_over_online"):
         assert math.isfinite(figures[key]) and figures[key] > 0, key
+
+
+def test_serve_throughput_quick_prints_table_then_json():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_throughput.py"), "--quick"],
+                         capture_output=True, text=True, check=True, timeout=600)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["benchmark"] == "serve_throughput" and 4 <= figures["problems"] <= 8
+    for key in ("vllm_over_hf", "pruned_speedup_vllm", "pruned_speedup_hf", "input_token_ratio"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
+    assert figures["input_token_ratio"] >= 1  # pruning removes tokens, never adds them
