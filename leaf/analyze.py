@@ -45,7 +45,8 @@ class AnalyzeConfig:
     pruning: str = field(default="span", metadata=doc("span: one counterfactual per span; collective: all at once."))
     span_unit: str = field(default="word", metadata=doc(
         "word: widen spans to whole words so that pruning never cuts a word apart; token: spans of model tokens."))
-    gold: str | None = field(default=None, metadata=doc("Field holding the distractor text (ground truth)."))
+    gold: str | None = field(default=None, metadata=doc(
+        "Field holding the ground truth: the distractor text, a list of texts, or a list of [start, end] spans."))
     gold_pair: str | None = field(default=None, metadata=doc(
         "FIELD_A,FIELD_B: the distractor is what FIELD_A (question) adds to FIELD_B (its clean twin)."))
     template: str = field(default="student", metadata=doc(
@@ -247,14 +248,14 @@ class Analyzer:
 
     # -- one window ----------------------------------------------------------------------------------------------
     def gold_spans(self, sample) -> list[tuple[int, int]] | None:
-        from leaf.gold import spans_from_pair, spans_from_text
+        from leaf.gold import spans_from_field, spans_from_pair
 
         config = self.config
         if config.gold:
             if config.gold not in sample.record:
                 raise LeafError(f"Sample {sample.id!r} has no gold field {config.gold!r}. Fields: "
                                 f"{', '.join(sample.record)}.")
-            return spans_from_text(sample.prompt, sample.record[config.gold] or "")
+            return spans_from_field(sample.prompt, sample.record[config.gold])
         if config.gold_pair:
             a, b = config.gold_fields
             for name in (a, b):

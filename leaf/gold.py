@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from leaf.errors import LeafError
+
 _WORD = re.compile(r"\S+")
 
 
@@ -20,6 +22,22 @@ def spans_from_text(prompt: str, distractor: str) -> list[tuple[int, int]]:
     if start < 0:
         start = prompt.lower().find(distractor.lower())
     return [(start, start + len(distractor))] if start >= 0 else []
+
+
+def spans_from_field(prompt: str, value) -> list[tuple[int, int]]:
+    """Gold spans from a field: the distractor text, a list of texts, or a list of [start, end] character spans."""
+    if isinstance(value, (list, tuple)):
+        spans = []
+        for item in value:
+            if isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(v, int) for v in item):
+                start, end = item
+                if not 0 <= start < end <= len(prompt):
+                    raise LeafError(f"Gold span {list(item)} lies outside the prompt ({len(prompt)} characters).")
+                spans.append((start, end))
+            else:
+                spans += spans_from_text(prompt, item)
+        return sorted(spans)
+    return spans_from_text(prompt, value or "")
 
 
 def spans_from_pair(question: str, clean_question: str) -> list[tuple[int, int]]:

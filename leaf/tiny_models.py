@@ -122,7 +122,13 @@ def bpe_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     return tok
 
 
-TOKENIZERS = {"byte": byte_tokenizer, "bpe": bpe_tokenizer}
+def _demo_tokenizer() -> PreTrainedTokenizerFast:
+    from leaf.demo.task import demo_tokenizer
+
+    return demo_tokenizer()
+
+
+TOKENIZERS = {"byte": byte_tokenizer, "bpe": bpe_tokenizer, "demo": _demo_tokenizer}
 
 
 def _config(family: str, size: TinySize, vocab_size: int, tok: PreTrainedTokenizerFast):

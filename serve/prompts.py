@@ -22,6 +22,7 @@ from pathlib import Path
 from leaf.errors import LeafError
 
 CLEAN_FIELDS = ("seed_question", "clean_question", "original_question")
+GOLD_FIELDS = ("distractor_spans",)
 ANSWER_FIELDS = ("answer", "final_answer")
 
 
@@ -49,14 +50,17 @@ def _answer_of(record: dict, response: str | None, answer_field: str | None) -> 
 
 def from_dataset(path: Path, *, prompt_field: str | None = None, response_field: str | None = None,
                  clean_field: str | None = None, answer_field: str | None = None, id_field: str = "id",
-                 limit: int | None = None) -> list[Problem]:
+                 gold_field: str | None = None, limit: int | None = None) -> list[Problem]:
     from leaf.data import PROMPT_FIELDS, load_records, to_samples
-    from leaf.gold import spans_from_pair
+    from leaf.gold import spans_from_field, spans_from_pair
 
     records = load_records(path)[:limit]
     if clean_field and clean_field not in records[0]:
         raise LeafError(f"{path} has no field {clean_field!r} (--clean-field). Fields: {', '.join(records[0])}.")
     clean_field = clean_field or next((f for f in CLEAN_FIELDS if f in records[0]), None)
+    if gold_field and gold_field not in records[0]:
+        raise LeafError(f"{path} has no field {gold_field!r} (--gold-field). Fields: {', '.join(records[0])}.")
+    gold_field = gold_field or next((f for f in GOLD_FIELDS if f in records[0]), None)
     try:
         samples = to_samples(records, prompt_field=prompt_field, response_field=response_field, id_field=id_field)
         with_response = True
@@ -75,7 +79,10 @@ def from_dataset(path: Path, *, prompt_field: str | None = None, response_field:
             prompt, response = str(record[field_name]).strip(), None
             sample_id = str(record.get(id_field, number))
         clean = str(record[clean_field]).strip() if clean_field and record.get(clean_field) else None
-        spans = spans_from_pair(prompt, clean) if clean and clean != prompt else []
+        if gold_field:  # exact spans (or distractor texts) given by the data
+            spans = spans_from_field(prompt, record.get(gold_field) or [])
+        else:  # the words the question adds to its clean twin
+            spans = spans_from_pair(prompt, clean) if clean and clean != prompt else []
         answer = _answer_of(record, response, answer_field)
         clean_answer = str(record["seed_answer"]) if clean and record.get("seed_answer") not in (None, "") else answer
         problems.append(Problem(sample_id, prompt, response, answer, clean, clean_answer, None, spans,

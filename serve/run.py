@@ -43,6 +43,9 @@ class ServeConfig:
     answer_field: str | None = field(default=None, metadata=doc(
         "Reference answer field (default: answer, else the reference solution's final answer)."))
     id_field: str = field(default="id", metadata=doc("Sample id field."))
+    gold_field: str | None = field(default=None, metadata=doc(
+        "Field with the confounders: text(s) or [start, end] spans (default: distractor_spans when present, else "
+        "the words the question adds to its clean twin)."))
     chat_template: bool = field(default=True, metadata=doc("Render prompts with each model's chat template."))
     device: str = field(default="cpu", metadata=doc("cpu or cuda."))
     dtype: str = field(default="float32", metadata=doc("Model dtype (bfloat16 on GPUs)."))
@@ -149,7 +152,7 @@ def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
 
     fields = dict(prompt_field=config.prompt_field, response_field=config.response_field,
                   clean_field=config.clean_field, answer_field=config.answer_field, id_field=config.id_field,
-                  limit=config.limit)
+                  gold_field=config.gold_field, limit=config.limit)
     problems = load_problems(config.data, **fields) if config.data is not None else []
     if config.output.exists() and any(config.output.iterdir()):
         if not (config.output / "results.json").exists():

@@ -1,0 +1,143 @@
+"""The demo task: arithmetic word problems with irrelevant context (GSM-IC / GSM-Plus "distraction insertion").
+
+Seeded and deterministic. Each problem: a person starts with some objects and takes 1-3 steps (buys / finds / gives
+away); the question asks how many objects that person has. Distractor sentences are inserted between the facts:
+on-topic ones that mention the same objects or the same person with a number ("Eva has 6 cards .",
+"Tom is 9 years old .") and off-topic ones ("The weather is sunny today ."). Every problem carries its clean twin (no
+distractors), a short step-by-step reference solution that first restates the start, the answer, and the character
+span of every distractor: removing the spans from the question gives the clean twin byte for byte.
+
+Text is space-separated words, so the word-level tokenizer (`demo_tokenizer`) makes each word one token and
+decoding round-trips exactly:
+
+    question: "Tom has 4 cards . Eva has 6 cards . Tom buys 7 more cards . How many cards does Tom have now ?"
+    solution: "Tom has 4 cards . 4 + 7 = 11 . #### 11"
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+NAMES = ("Tom", "Eva", "Sam", "Ann", "Max", "Mia")
+OBJECTS = ("apples", "cards", "pens", "books", "coins", "eggs")
+OFF_TOPIC = ("The weather is sunny today .", "The shop opens at nine .", "The bus is late again .",
+             "It is a quiet day .", "The park is very green .")
+MAX_NUMBER = 99
+
+
+@dataclass
+class Problem:
+    id: str
+    question: str
+    clean_question: str
+    solution: str
+    answer: str
+    distractor_spans: list[tuple[int, int]]  # character spans in `question`
+    distractors: int
+    steps: int
+
+    def as_record(self) -> dict:
+        """The JSONL row: GSM-Plus-like field names, so that every leaf command reads it as is."""
+        record = asdict(self)
+        record["seed_question"] = record.pop("clean_question")
+        record["distractor_spans"] = [list(s) for s in self.distractor_spans]
+        return record
+
+
+def _steps(rng: random.Random, person: str, obj: str, start: int, count: int) -> tuple[list[str], list[str], int]:
+    """Fact sentences and solution lines for `count` steps from `start`; returns them and the result."""
+    facts, lines, value = [], [], start
+    for _ in range(count):
+        if value > 0 and rng.random() < 0.35:
+            n = rng.randint(1, value)
+            facts.append(f"{person} gives away {n} {obj} .")
+            lines.append(f"{value} - {n} = {value - n} .")
+            value -= n
+        else:
+            n = rng.randint(1, min(19, MAX_NUMBER - value))
+            facts.append(f"{person} {rng.choice(('buys', 'finds'))} {n} more {obj} .")
+            lines.append(f"{value} + {n} = {value + n} .")
+            value += n
+    return facts, lines, value
+
+
+def _distractor(rng: random.Random, person: str, obj: str) -> str:
+    other = rng.choice([n for n in NAMES if n != person])
+    kind = rng.random()
+    if kind < 0.35:
+        return f"{other} has {rng.randint(1, 19)} {obj} ."                       # same objects, other person
+    if kind < 0.55:
+        return f"{other} buys {rng.randint(1, 19)} more {obj} ."                  # same verb and objects
+    if kind < 0.75:
+        return f"{person} is {rng.randint(5, 19)} years old ."                    # same person, a number
+    if kind < 0.9:
+        return f"{other} has {rng.randint(1, 19)} {rng.choice([o for o in OBJECTS if o != obj])} ."
+    return rng.choice(OFF_TOPIC)                                                 # off topic
+
+
+def make_problem(rng: random.Random, index: int, *, distractors: int, steps: int | None = None) -> Problem:
+    person, obj = rng.choice(NAMES), rng.choice(OBJECTS)
+    start = rng.randint(1, 19)
+    steps = steps or rng.randint(1, 3)
+    facts, lines, answer = _steps(rng, person, obj, start, steps)
+    facts = [f"{person} has {start} {obj} ."] + facts
+    extra = [_distractor(rng, person, obj) for _ in range(distractors)]
+    # each distractor goes after one of the facts (never before the first: the problem opens with its subject)
+    slots = sorted(rng.randint(1, len(facts)) for _ in extra)
+    sentences: list[tuple[str, bool]] = []
+    for k, fact in enumerate(facts):
+        sentences.append((fact, False))
+        sentences += [(d, True) for d, slot in zip(extra, slots) if slot == k + 1]
+    question_tail = f"How many {obj} does {person} have now ?"
+    text, spans, clean = "", [], []
+    for sentence, is_distractor in sentences:
+        if is_distractor:
+            spans.append((len(text), len(text) + len(sentence) + 1))  # the sentence and the space after it
+        else:
+            clean.append(sentence)
+        text += sentence + " "
+    question = text + question_tail
+    solution = " ".join([f"{person} has {start} {obj} ."] + lines + [f"#### {answer}"])
+    return Problem(str(index), question, " ".join(clean + [question_tail]), solution, str(answer), spans,
+                   distractors, steps)
+
+
+def generate(count: int, seed: int, *, distractors: tuple[int, ...] = (0, 1, 2), prefix: str = "") -> list[Problem]:
+    """`count` problems, the number of distractors drawn uniformly from `distractors`."""
+    rng = random.Random(seed)
+    problems = []
+    for i in range(count):
+        p = make_problem(rng, i, distractors=rng.choice(distractors))
+        p.id = f"{prefix}{i}"
+        problems.append(p)
+    return problems
+
+
+def vocabulary() -> list[str]:
+    """Every word the generator can write, numbers 0..MAX_NUMBER included."""
+    words = set(NAMES) | set(OBJECTS) | {"has", "buys", "finds", "more", "gives", "away", "is", "years", "old",
+                                          "How", "many", "does", "have", "now", "?", ".", "+", "-", "=", "####"}
+    for sentence in OFF_TOPIC:
+        words.update(sentence.split())
+    return sorted(words) + [str(n) for n in range(MAX_NUMBER + 1)]
+
+
+def demo_tokenizer():
+    """Word-level fast tokenizer over `vocabulary()` with the tiny models' special tokens and chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from leaf.tiny_models import BOS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS
+
+    unk = "<|unk|>"
+    words = [w for w in vocabulary() if w not in SPECIAL_TOKENS]
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, unk, *words])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.add_special_tokens(list(SPECIAL_TOKENS))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                  unk_token=unk)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "right"
+    return tok
