@@ -111,15 +111,30 @@ def read_dataset(data: Path, counterfactuals: Path | None, *, prompt_field: str 
     return list(by_id.values()), identical
 
 
+def with_end_of_turn(ids: list[int], mask: list[bool], stops: set[int]) -> list[bool]:
+    """The response mask extended over the template tokens after the response up to its end-of-turn token, so that
+    the student is also taught where to stop (without it a distilled student forgets to end its turn)."""
+    if not any(mask):
+        return mask
+    last = max(i for i, m in enumerate(mask) if m)
+    end = next((j for j in range(last + 1, len(ids)) if ids[j] in stops), None)
+    if end is None:
+        return mask
+    return [m or last < i <= end for i, m in enumerate(mask)]
+
+
 def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | None) -> tuple[list[Example], int]:
     """Render and tokenize originals and their counterfactuals with the student's tokenizer; returns the examples
     and how many samples were dropped as too long."""
+    from leaf.generation import stop_ids
     from leaf.hooks import encode_text, render_prompt_response
+
+    stops = set(stop_ids(tokenizer))
 
     def encode(prompt: str, response: str) -> tuple[list[int], list[bool]]:
         text, pspan, rspan = render_prompt_response(tokenizer, prompt, response)
         enc = encode_text(tokenizer, text, pspan, rspan)
-        return enc.input_ids.tolist(), enc.response_mask.tolist()
+        return enc.input_ids.tolist(), with_end_of_turn(enc.input_ids.tolist(), enc.response_mask.tolist(), stops)
 
     levels = LEVELS[mode]
     examples, dropped = [], 0

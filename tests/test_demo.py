@@ -74,7 +74,7 @@ def test_aggregate_reports_mean_and_std_over_seeds():
     assert stat["mean"] == pytest.approx(0.3) and stat["std"] == pytest.approx(statistics.pstdev([0.2, 0.4, 0.3]))
     assert agg["detection"]["iqr"]["token_f1"]["n"] == 3
     text = results_markdown({"aggregate": agg, "per_seed": [{**r, "engine": "vllm", "teacher_pool_accuracy": 0.9,
-                                                             "student_pool_accuracy": 0.1, "screened": 10,
+                                                             "student_pool_accuracy": 0.1, "screened": 10, "pool": 20,
                                                              "selected": 5} for r in runs],
                              "threshold": "iqr", "verdict": verdict(agg)})
     assert "| KD w/o mask | 30.0 ± 8.2 |" in text and "does not beat KD" in text

@@ -271,3 +271,15 @@ def test_two_processes_under_accelerate_launch(setup, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert not torch.equal(model.model.embed_tokens.weight,
                            AutoModelForCausalLM.from_pretrained(student).model.embed_tokens.weight)
+
+
+def test_the_loss_covers_the_end_of_turn_token(setup):
+    """Distillation teaches the student where to stop: the response mask runs through the template's <|end|>."""
+    from transformers import AutoTokenizer
+
+    from leaf.distill_data import build_examples
+
+    tok = AutoTokenizer.from_pretrained(setup[1])
+    [example], _ = build_examples([{"prompt": "2+3?", "response": "5", "units": []}], tok, "kd", None)
+    masked = [tok.convert_ids_to_tokens(i) for i, m in zip(example.input_ids, example.response_mask) if m]
+    assert masked == ["5", "<|end|>"]

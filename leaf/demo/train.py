@@ -82,7 +82,7 @@ def train(folder: Path, encoded: list[tuple[list[int], int]], *, steps: int, bat
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if on_step:
             on_step(step + 1, losses[-1])
     model.save_pretrained(folder, safe_serialization=True)
