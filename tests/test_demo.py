@@ -76,8 +76,10 @@ def test_aggregate_reports_mean_and_std_over_seeds():
     text = results_markdown({"aggregate": agg, "per_seed": [{**r, "engine": "vllm", "teacher_pool_accuracy": 0.9,
                                                              "student_pool_accuracy": 0.1, "screened": 10, "pool": 20,
                                                              "selected": 5} for r in runs],
-                             "threshold": "iqr", "verdict": verdict(agg)})
-    assert "| KD w/o mask | 30.0 ± 8.2 |" in text and "does not beat KD" in text
+                             "threshold": "iqr", "verdict": verdict(agg, runs)})
+    assert "| KD w/o mask | 30.0 ± 8.2 |" in text
+    assert "LeaF instr − KD: +0.0 points (paired over 3 seeds, ±0.0 standard error)" in text
+    assert "is not distinguishable from KD" in text
 
 
 @pytest.mark.skipif(not ASSET_TEACHER.exists(), reason="the shipped demo teacher is missing")
