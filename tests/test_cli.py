@@ -19,12 +19,9 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
-@pytest.mark.parametrize("command,issue", [("demo", 6)])
-def test_unbuilt_commands_say_so_with_exit_code_2(command, issue):
-    result = runner.invoke(app, [command, "--teacher", "x", "--output", "y"])
-    assert result.exit_code == 2
-    assert f"not built yet (tracked in issue {issue})" in result.output
-    assert "Traceback" not in result.output
+def test_serve_without_prompts_is_a_clear_error():
+    result = runner.invoke(app, ["serve", "--model", "x", "--output", "y"])
+    assert result.exit_code == 1 and "No prompts" in result.output and "Traceback" not in result.output
 
 
 def test_tiny_model_then_saliency_json(tmp_path):
