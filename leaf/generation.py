@@ -44,6 +44,17 @@ def resolve_backend(name: str) -> str:
     return name
 
 
+def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token-id rows padded on the left: generation continues from the right edge."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[r, width - len(row):] = 1
+    return ids, mask
+
+
 def hf_generate(model, texts: list[str], *, max_new_tokens: int = 256, batch_size: int = 8) -> list[str]:
     """HF `generate`, greedy, left-padded batches sorted by length."""
     tok, hf = model.tokenizer, model.hf_model
@@ -56,12 +67,8 @@ def hf_generate(model, texts: list[str], *, max_new_tokens: int = 256, batch_siz
     order = sorted((i for i in range(len(texts)) if len(encoded[i]) < limit), key=lambda i: -len(encoded[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start: start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(rows):  # left padding: generation continues from the right edge
-            ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[r, width - len(encoded[i]):] = 1
+        ids, mask = left_pad([encoded[i] for i in rows], pad)
+        width = ids.shape[1]
         room = limit - width
         with torch.no_grad():
             out = hf.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),

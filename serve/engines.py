@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass
 
 import torch
+from transformers.generation.streamers import BaseStreamer
 
 from leaf.errors import LeafError
-from leaf.generation import stop_ids, vllm_installed
+from leaf.generation import left_pad, stop_ids, vllm_installed
 from leaf.serve.metrics import RequestTiming
 
 HF_LABEL = "hf (transformers generate, static batches; not vLLM)"
@@ -43,7 +44,7 @@ def _finish(tokenizer, prompt_len: int, new: list[int], times: list[float], stop
     return Completion(new, tokenizer.decode(new, skip_special_tokens=True), timing)
 
 
-class _StepClock:
+class _StepClock(BaseStreamer):
     """A transformers streamer that records the time of every decoding step (the first put is the prompt)."""
 
     def __init__(self, t0: float) -> None:
@@ -72,11 +73,6 @@ class HFEngine:
 
     def generate(self, prompts: list[list[int]], max_tokens: list[int], *, ignore_eos: bool = False
                  ) -> tuple[list[Completion], float]:
-        from transformers.generation.streamers import BaseStreamer
-
-        class Clock(_StepClock, BaseStreamer):
-            pass
-
         hf, pad = self.model.hf_model, self.model.pad_token_id
         stops = set() if ignore_eos else set(stop_ids(self.tokenizer))
         out: list[Completion | None] = [None] * len(prompts)
@@ -84,14 +80,9 @@ class HFEngine:
         t0 = time.perf_counter()
         for start in range(0, len(order), self.batch_size):
             rows = order[start: start + self.batch_size]
-            width = max(len(prompts[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for r, i in enumerate(rows):
-                ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                mask[r, width - len(prompts[i]):] = 1
+            ids, mask = left_pad([prompts[i] for i in rows], pad)
             budget = max(max_tokens[i] for i in rows)
-            clock = Clock(t0)
+            clock = _StepClock(t0)
             extra = dict(min_new_tokens=budget) if ignore_eos else dict(eos_token_id=sorted(stops) or None)
             with torch.no_grad():
                 hf.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),

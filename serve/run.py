@@ -94,21 +94,16 @@ def _sets(problems, tokenizer, config: ServeConfig) -> dict[str, dict]:
     """Prompt sets of one model: token ids, budgets and the reference answers to score against."""
     from leaf.serve.prompts import random_prompts, render
 
+    # pruned: every problem, those without detected spans unchanged, so that it compares like for like
+    texts_of = {"original": [(p, p.prompt) for p in problems],
+                "clean": [(p, p.clean) for p in problems if p.clean],
+                "pruned": [(p, p.pruned or p.prompt) for p in problems] if any(p.pruned for p in problems) else []}
     sets: dict[str, dict] = {}
-    if problems:
-        def add(name, texts, answers):
-            sets[name] = {"prompts": [render(tokenizer, t, chat_template=config.chat_template) for t in texts],
-                          "answers": answers, "ignore_eos": False, "ids": [p.id for p, _ in texts_of[name]]}
-
-        # pruned: every problem, those without detected spans unchanged, so that it compares like for like
-        texts_of = {"original": [(p, p.prompt) for p in problems],
-                    "clean": [(p, p.clean) for p in problems if p.clean],
-                    "pruned": [(p, p.pruned or p.prompt) for p in problems] if any(p.pruned for p in problems)
-                    else []}
-        for name, pairs in texts_of.items():
-            if pairs:
-                add(name, [t for _, t in pairs],
-                    [p.clean_answer if name == "clean" else p.answer for p, _ in pairs])
+    for name, pairs in texts_of.items():
+        if pairs:
+            sets[name] = {"prompts": [render(tokenizer, t, chat_template=config.chat_template) for _, t in pairs],
+                          "answers": [p.clean_answer if name == "clean" else p.answer for p, _ in pairs],
+                          "ignore_eos": False, "ids": [p.id for p, _ in pairs]}
     if config.random_prompts:
         sets["random"] = {"prompts": random_prompts(tokenizer, config.random_prompts, config.random_input_len,
                                                     config.seed),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from leaf.demo.task import Problem, demo_tokenizer
+from leaf.demo.task import Problem
 from leaf.tiny_models import TinySize
 
 TEACHER_SIZE = TinySize(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=512,
@@ -105,5 +105,3 @@ def evaluate(folder: Path, problems: list[Problem], *, clean: bool = False, batc
     outputs = hf_generate(model, texts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [is_correct(o, p.answer) for o, p in zip(outputs, problems)]
 
-
-__all__ = ["TEACHER_SIZE", "STUDENT_SIZE", "new_model", "encode", "train", "evaluate", "demo_tokenizer"]
