@@ -114,12 +114,14 @@ def _check_causal(config, source: str) -> None:
 
 def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
                attn_implementation: str | None = None, allow_pickle: bool = False, trust_remote_code: bool = False,
-               revision: str | None = None) -> HookedModel:
+               revision: str | None = None, device_map: str | dict | None = None) -> HookedModel:
     """Load a causal LM and its tokenizer from a local folder or a hub id, in eval mode, ready for hooks.
 
     dtype: "float32" (default), "bfloat16", "float16" or "auto" (the checkpoint's). attn_implementation: None
     keeps transformers' default (SDPA); attention hooks switch to eager for the duration of a call, since SDPA
-    returns no probabilities. Weights are safetensors-only unless allow_pickle=True.
+    returns no probabilities. Weights are safetensors-only unless allow_pickle=True. device_map ("auto", or a
+    transformers device map) spreads a model too big for one GPU over all visible ones (accelerate's dispatch);
+    inputs then go to the device of the input embeddings, and gradients flow back through every device.
     """
     source = str(name_or_path)
     path = Path(source).expanduser()
@@ -143,6 +145,8 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
                   use_safetensors=None if allow_pickle else True)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
@@ -155,7 +159,9 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
                         "offsets. Install `tokenizers` and re-save it with AutoTokenizer.from_pretrained(..., "
                         "use_fast=True).save_pretrained(...).")
     try:
-        hf_model.to(torch.device(device)).eval()
+        if device_map is None:
+            hf_model.to(torch.device(device))
+        hf_model.eval()
     except (RuntimeError, AssertionError, ValueError) as exc:
         raise LeafError(f"Cannot use device {str(device)!r}: {exc}. Use cpu, cuda or cuda:N (a GPU build of torch "
                         "is needed for cuda).") from None
@@ -167,3 +173,15 @@ def model_summary(model: HookedModel) -> dict:
     return {"name": model.name, "class": type(model.hf_model).__name__, "dtype": str(model.dtype).replace("torch.", ""),
             "device": str(model.device), "parameters": sum(p.numel() for p in model.hf_model.parameters()),
             "architecture": json.loads(json.dumps(model.arch.__dict__))}
+
+
+def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A model's (fast) tokenizer alone, e.g. for its chat template, without loading weights."""
+    source = str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().exists() else str(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise LeafError(f"Could not load the tokenizer of {source!r}: {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise LeafError(f"The tokenizer of {source!r} is a slow (Python) tokenizer; leaf needs a fast one.")
+    return tokenizer

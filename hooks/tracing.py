@@ -46,6 +46,7 @@ class HookPlan:
     outputs: Sequence[str] = ()                 # module names whose output to keep
     grads: Sequence[str] = ()                   # module names whose output gradient to keep
     token_nll: bool = False                     # keep every token's surprisal -log p(x_t | x_<t)
+    gradient_checkpointing: bool = False        # recompute each layer in the backward pass (activation memory)
 
     def __post_init__(self) -> None:
         if self.saliency not in (None, *reductions.SALIENCY_METHODS):
@@ -105,20 +106,39 @@ def _first_tensor(value):
 
 
 @contextlib.contextmanager
-def _prepared(model: HookedModel, eager: bool):
-    """Freeze weights, eval mode, eager attention if needed; restore all of it afterwards."""
+def _prepared(model: HookedModel, eager: bool, checkpointing: bool = False):
+    """Freeze weights, eval mode, eager attention if needed, gradient checkpointing if asked; restore all of it
+    afterwards.
+
+    transformers checkpoints a decoder layer only when that layer module is in training mode; leaf sets the flag
+    on the layer modules alone (not their children), so dropout and attention dropout stay off and the scores
+    equal the plain backward's."""
     hf = model.hf_model
     requires = [p.requires_grad for p in hf.parameters()]
     training = hf.training
     impl = getattr(hf.config, "_attn_implementation", None) or "sdpa"
+    was_checkpointing = getattr(hf, "is_gradient_checkpointing", False)
     try:
         for p in hf.parameters():
             p.requires_grad_(False)
         hf.eval()
         if eager and impl != "eager":
             hf.set_attn_implementation("eager")
+        if checkpointing:
+            if not getattr(hf, "supports_gradient_checkpointing", False):
+                raise LeafError(f"{type(hf).__name__} does not support gradient checkpointing in transformers; "
+                                "drop --gradient-checkpointing.")
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            for module in hf.modules():
+                if getattr(module, "gradient_checkpointing", False):
+                    module.training = True   # the layer's own flag only: its dropout children stay in eval
         yield
     finally:
+        if checkpointing:
+            if not was_checkpointing:
+                hf.gradient_checkpointing_disable()
+            for module in hf.modules():
+                module.training = False
         if eager and impl != "eager":
             hf.set_attn_implementation(impl)
         for p, flag in zip(hf.parameters(), requires):
@@ -213,7 +233,8 @@ def run(model: HookedModel, samples: Sequence[Sequence[int] | torch.Tensor], pla
     layers = _resolve_layers(model, plan.layers) if plan.needs_attention else []
     results: list[SampleResult | None] = [None] * len(ids)
     batches = list(iter_batches(ids, batch_size, model.pad_token_id, model.device))
-    with _prepared(model, eager=plan.needs_attention), Progress(disable=not progress, transient=True) as bar:
+    prepared = _prepared(model, eager=plan.needs_attention, checkpointing=plan.gradient_checkpointing)
+    with prepared, Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"hooks on {model.name}", total=len(ids))
         for batch in batches:
             rows = batch.index

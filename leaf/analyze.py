@@ -22,6 +22,7 @@ from pathlib import Path
 from leaf.errors import LeafError
 from leaf.options import doc
 from leaf.io import check_same_settings, save_safetensors_atomic, write_json_atomic, write_text_atomic
+from leaf.teacher_scores import INDEX, KIND, SCORES, TOKENIZER, TeacherScore, TeacherScores, score_key
 
 THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.scoring.THRESHOLDS, without torch
 LEVELS = ("instruction", "response", "both")
@@ -31,10 +32,12 @@ TEMPLATES = ("student", "teacher", "none")
 
 @dataclass
 class AnalyzeConfig:
-    teacher: str = field(metadata=doc("Teacher model: local HF folder or hub id."))
-    student: str = field(metadata=doc("Student model: local HF folder or hub id."))
-    data: Path = field(metadata=doc("Dataset: JSONL/JSON/CSV/Parquet file or saved HF dataset folder."))
-    output: Path = field(metadata=doc("Output folder (samples.jsonl, scores.safetensors, summary.json, report.html)."))
+    teacher: str | None = field(default=None, metadata=doc("Teacher model: local HF folder or hub id."))
+    student: str | None = field(default=None, metadata=doc("Student model: local HF folder or hub id."))
+    data: Path | None = field(default=None, metadata=doc(
+        "Dataset: JSONL/JSON/CSV/Parquet file or saved HF dataset folder."))
+    output: Path | None = field(default=None, metadata=doc(
+        "Output folder (samples.jsonl, scores.safetensors, summary.json, report.html)."))
     threshold: str = field(default="iqr", metadata=doc("Threshold mode: iqr, absolute, quantile, random, ppl."))
     tau: float | None = field(default=None, metadata=doc("τ for --threshold absolute (paper: 0.10 instr, 0.15 resp)."))
     quantile: float = field(default=0.05, metadata=doc("Fraction flagged by --threshold quantile (0.05 math, 0.10 code)."))
@@ -73,14 +76,41 @@ class AnalyzeConfig:
     allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights."))
     trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoint (only if trusted)."))
     resume: bool = field(default=False, metadata=doc("Continue an interrupted run in --output."))
+    teacher_only: bool = field(default=False, metadata=doc(
+        "Score only the teacher and store the scores in --output, for --teacher-scores runs with any student "
+        "(--student then only lends its chat template, with --template student)."))
+    teacher_scores: Path | None = field(default=None, metadata=doc(
+        "Reuse the teacher scores of a --teacher-only run instead of running the teacher (--teacher is then "
+        "needed only for --select/--verify)."))
+    device_map: str | None = field(default=None, metadata=doc(
+        "Spread the teacher over all visible GPUs (transformers device_map, e.g. auto) for a teacher too big for one."))
+    gradient_checkpointing: bool = field(default=False, metadata=doc(
+        "Recompute activations in the backward pass: activation memory of one layer instead of all layers."))
     report_samples: int = field(default=100, metadata=doc("Samples shown in report.html."))
 
     def __post_init__(self) -> None:
         from leaf.scoring import GRADIENT_MODES, get_threshold
 
         get_threshold(self.threshold)
+        for name in ("data", "output"):
+            if getattr(self, name) is None:
+                raise LeafError(f"--{name} is required.")
         self.data, self.output = Path(self.data), Path(self.output)
+        if self.teacher_scores is not None:
+            self.teacher_scores = Path(self.teacher_scores)
+        needs_student = not self.teacher_only or self.template == "student"
         checks = [
+            (self.teacher is not None or self.teacher_scores is not None,
+             "--teacher is required (or --teacher-scores DIR from a --teacher-only run)."),
+            (self.student is not None or not needs_student,
+             "--student is required." if not self.teacher_only else
+             "--teacher-only with --template student needs --student for its chat template (its weights are not "
+             "loaded), or use --template teacher or none."),
+            (not (self.teacher_only and self.teacher_scores), "Give --teacher-only or --teacher-scores, not both."),
+            (not (self.teacher_only and (self.select or self.verify)),
+             "--select/--verify compare the teacher's and the student's answers: not with --teacher-only."),
+            (not (self.teacher_scores and (self.select or self.verify) and self.teacher is None),
+             "--select/--verify generate with the teacher: with --teacher-scores also give --teacher."),
             (self.level in LEVELS, f"--level must be one of {', '.join(LEVELS)}, got {self.level!r}."),
             (self.pruning in PRUNING, f"--pruning must be one of {', '.join(PRUNING)}, got {self.pruning!r}."),
             (self.span_unit in ("word", "token"), f"--span-unit must be word or token, got {self.span_unit!r}."),
@@ -119,7 +149,11 @@ class AnalyzeConfig:
         """What must match for --resume to continue a run: everything that changes the results."""
         skip = {"output", "resume", "report_samples"}
         values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
-        return {**values, "data_sha256": _file_digest(self.data)}
+        extra = {"teacher_scores_sha256": TeacherScores(self.teacher_scores).digest()} if self.teacher_scores else {}
+        return {**values, "data_sha256": _file_digest(self.data), **extra}
+
+    def as_json(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 def _file_digest(path: Path) -> str:
@@ -134,8 +168,30 @@ def _file_digest(path: Path) -> str:
 
 
 def run_analyze(config: AnalyzeConfig, *, command: list[str] | None = None, progress: bool = True) -> dict:
-    """Run stage 1 over the dataset; write the output folder; return the summary."""
+    """Run stage 1 over the dataset; write the output folder; return the summary.
+
+    Under `accelerate launch` (or torchrun) every process runs this: the windows are dealt out round-robin by
+    index, each process writes its own windows' part files, and the main process merges them once all are done, so
+    the output equals a one-process run's. Other processes return {"rank": N}."""
     return Analyzer(config, command=command or sys.argv, progress=progress).run()
+
+
+def part_path(output: Path, window: int, suffix: str) -> Path:
+    return output / "parts" / f"part-{window:05d}{suffix}"
+
+
+def window_done(output: Path, window: int) -> bool:
+    """A window counts as done only when all three of its part files exist and read back."""
+    from safetensors import safe_open
+
+    try:
+        json.loads(part_path(output, window, ".counts.json").read_text())
+        with safe_open(str(part_path(output, window, ".safetensors")), "pt"):
+            pass
+        lines = part_path(output, window, ".jsonl").read_text(encoding="utf-8").splitlines()
+        return all(json.loads(line) for line in lines)
+    except Exception:  # missing, truncated or unreadable (safetensors raises its own types): redo the window
+        return False
 
 
 class Analyzer:
@@ -147,9 +203,12 @@ class Analyzer:
         self.engines: list = []  # vLLM engines (teacher, student), started on first use
 
     # -- output folder and resume -------------------------------------------------------------------------------
-    def prepare_output(self) -> None:
+    def prepare_output(self, ranks, n_samples: int, n_windows: int) -> None:
         """Check the folder (never overwrite another run; --resume only with the same settings), then claim it.
-        Called after models and data loaded, so a typo in an argument leaves nothing behind."""
+        Called after models and data loaded, so a typo in an argument leaves nothing behind. Every process
+        checks before the main one writes."""
+        import time
+
         config, manifest = self.config, self.parts / "manifest.json"
         fingerprint = config.fingerprint()
         started = manifest.exists() and any(self.parts.glob("part-*.jsonl"))
@@ -161,69 +220,91 @@ class Analyzer:
         elif config.output.exists() and any(p for p in config.output.iterdir() if p != self.parts):
             raise LeafError(f"{config.output} exists and is not empty. Choose a new --output (nothing was "
                             "overwritten).")
-        self.parts.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(manifest, fingerprint)
+        ranks.wait_for_everyone()
+        if ranks.is_main_process:
+            self.parts.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(manifest, fingerprint)
+            # what the merge needs besides the parts, so that `leaf analyze --merge DIR` runs without the models
+            write_json_atomic(self.parts / "run.json", {
+                "samples": n_samples, "windows": n_windows, "started": time.time(), "processes": ranks.num_processes,
+                "notes": self.notes, "models": self.describe_models(), "config": config.as_json(),
+                "versions": _versions(), "command": " ".join(self.command),
+                "teacher_max_length": self.teacher.max_length})
+            if config.teacher_only:
+                self.teacher.tokenizer.save_pretrained(str(config.output / TOKENIZER))
+        ranks.wait_for_everyone()
 
     def part_path(self, window: int, suffix: str) -> Path:
-        return self.parts / f"part-{window:05d}{suffix}"
+        return part_path(self.config.output, window, suffix)
 
-    def window_done(self, window: int) -> bool:
-        """A window counts as done only when all three of its part files exist and read back."""
-        from safetensors import safe_open
-
-        try:
-            json.loads(self.part_path(window, ".counts.json").read_text())
-            with safe_open(str(self.part_path(window, ".safetensors")), "pt"):
-                pass
-            lines = self.part_path(window, ".jsonl").read_text(encoding="utf-8").splitlines()
-            return all(json.loads(line) for line in lines)
-        except Exception:  # missing, truncated or unreadable (safetensors raises its own types): redo the window
-            return False
+    def describe_models(self) -> dict:
+        models = {"teacher": self.teacher.description if isinstance(self.teacher, TeacherScores)
+                  else _describe(self.teacher)}
+        if not self.config.teacher_only:
+            models["student"] = _describe(self.student)
+        return models
 
     # -- the run -------------------------------------------------------------------------------------------------
+    def load_models(self, device: str) -> None:
+        """The teacher (its weights, or its stored scores) and the student (its weights, or with --teacher-only
+        just its tokenizer for the chat template)."""
+        from leaf.hooks import load_model
+
+        config = self.config
+        load = dict(device=device, dtype=config.dtype, allow_pickle=config.allow_pickle,
+                    trust_remote_code=config.trust_remote_code)
+        if config.teacher_scores:
+            self.teacher = TeacherScores(config.teacher_scores)
+            self.generating_teacher = load_model(config.teacher, **load) if config.select or config.verify else None
+        else:
+            self.teacher = load_model(config.teacher, **load, device_map=config.device_map)
+            self.generating_teacher = self.teacher
+        if config.teacher_only:
+            self.student = None
+            self.student_tokenizer = _load_tokenizer(config.student, config) if config.student else None
+        else:
+            self.student = load_model(config.student, **load)
+            self.student_tokenizer = self.student.tokenizer
+
     def run(self) -> dict:
+        from accelerate import PartialState
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from leaf.data import load_records, to_samples
-        from leaf.hooks import load_model
 
         import time
 
         started = time.perf_counter()
         config = self.config
+        ranks = processes(config.device)
         samples = to_samples(load_records(config.data), prompt_field=config.prompt_field,
                              response_field=config.response_field, id_field=config.id_field)
         if config.limit:
             samples = samples[: config.limit]
-        load = dict(device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
-                    trust_remote_code=config.trust_remote_code)
-        self.teacher, self.student = load_model(config.teacher, **load), load_model(config.student, **load)
+        self.load_models(process_device(config.device, ranks))
         self.notes: list[str] = []
         self.render_all(samples)
         for sample in samples:  # gold fields checked up front, not in the middle of the run
             self.gold_spans(sample)
-        self.prepare_output()
         windows = [list(range(i, min(i + config.window, len(samples)))) for i in range(0, len(samples), config.window)]
-        columns = [TextColumn("[bold]analyze"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]} samples/s"), TimeRemainingColumn()]
-        self.timing = {"analyze_seconds": 0.0, "samples_this_run": 0}
-        with Progress(*columns, disable=not self.progress) as bar:
-            task = bar.add_task("analyze", total=len(samples), rate="-")
-            for w, rows in enumerate(windows):
-                if self.window_done(w):
-                    bar.advance(task, len(rows))
-                    continue
-                window_start = time.perf_counter()
-                self.analyze_window(w, rows)
-                self.timing["analyze_seconds"] += time.perf_counter() - window_start
-                self.timing["samples_this_run"] += len(rows)
-                bar.advance(task, len(rows))
+        self.prepare_output(ranks, len(samples), len(windows))
+        mine = [w for w in range(len(windows)) if w % ranks.num_processes == ranks.process_index]
+        columns = [TextColumn("[bold]analyze" + (f" (process {ranks.process_index + 1} of {ranks.num_processes})"
+                                                 if ranks.num_processes > 1 else "")),
+                   BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} samples/s"),
+                   TimeRemainingColumn()]
+        with Progress(*columns, disable=not (self.progress and ranks.is_main_process)) as bar:
+            task = bar.add_task("analyze", total=sum(len(windows[w]) for w in mine), rate="-")
+            for w in mine:
+                if not window_done(config.output, w):
+                    self.analyze_window(w, windows[w])
+                bar.advance(task, len(windows[w]))
                 speed = bar.tasks[0].speed
                 bar.update(task, rate=f"{speed:.2f}" if speed else "-")
-        seconds = self.timing["analyze_seconds"]
-        self.timing["samples_per_second"] = self.timing["samples_this_run"] / seconds if seconds else None
-        self.timing["total_seconds_before_merge"] = time.perf_counter() - started
-        return self.merge(len(windows), len(samples))
+        ranks.wait_for_everyone()
+        if not ranks.is_main_process:
+            return {"rank": ranks.process_index}
+        return merge_output(config.output, wall_seconds=time.perf_counter() - started)
 
     def render_all(self, samples) -> None:
         """The one text both models see, rendered with the chosen template (noted when the two templates differ)."""
@@ -231,11 +312,12 @@ class Analyzer:
 
         config = self.config
         use_template = config.template != "none"
-        self.renderer = self.teacher.tokenizer if config.template == "teacher" else self.student.tokenizer
+        tokenizers = {"teacher": self.teacher.tokenizer, "student": self.student_tokenizer}
+        self.renderer = tokenizers["teacher" if config.template == "teacher" else "student"] or tokenizers["teacher"]
         self.rendered = [render_prompt_response(self.renderer, s.prompt, s.response, chat_template=use_template)
                          for s in samples]
-        if use_template and samples:
-            other = self.student.tokenizer if config.template == "teacher" else self.teacher.tokenizer
+        other = tokenizers["student" if config.template == "teacher" else "teacher"]
+        if use_template and samples and other is not None:
             try:
                 other_text = render_prompt_response(other, samples[0].prompt, samples[0].response)[0]
             except LeafError:
@@ -282,10 +364,10 @@ class Analyzer:
 
         config = self.config
         if resolve_backend(config.generator) == "vllm" and not self.engines:
-            self.engines = [VLLMGenerator(model, seed=config.seed) for model in (self.teacher, self.student)]
+            self.engines = [VLLMGenerator(model, seed=config.seed) for model in (self.generating_teacher, self.student)]
         engines = self.engines or [None, None]
         return [greedy_generate(model, heads, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                                engine=engine) for model, engine in zip((self.teacher, self.student), engines)]
+                                engine=engine) for model, engine in zip((self.generating_teacher, self.student), engines)]
 
     def gold_exact(self, sample) -> bool:
         """Whether the gold spans are exact: a --gold text field, or a --gold-pair that is a pure insertion."""
@@ -359,12 +441,15 @@ class Analyzer:
         return units
 
     def analyze_window(self, window: int, rows: list[int]) -> None:
+        import time
+
         from leaf.detect import detect
         from leaf.gold import DetectionCounts
         from leaf.hooks import HookPlan, encode_text, run
         from leaf.hooks.batching import tokens_in
 
-        config = self.config
+        clock = time.perf_counter()
+        config, teacher_only = self.config, self.config.teacher_only
         counts = {"skipped_too_long": 0, "filtered_selection": 0, "counterfactuals_dropped": 0,
                   "units_without_target": 0, "no_reference_answer": 0}
         detection: dict[str, DetectionCounts] = {}
@@ -384,127 +469,226 @@ class Analyzer:
                     record["status"] = "filtered_selection"
                     counts["filtered_selection"] += 1
                     continue
-            s_enc = encode_text(self.student.tokenizer, text, pspan, rspan)
             t_enc = encode_text(self.teacher.tokenizer, text, pspan, rspan)
-            limits = [(len(s_enc.input_ids), self.student.max_length), (len(t_enc.input_ids), self.teacher.max_length)]
+            s_enc = None if teacher_only else encode_text(self.student.tokenizer, text, pspan, rspan)
+            limits = [(len(t_enc.input_ids), self.teacher.max_length)]
+            if s_enc is not None:
+                limits.append((len(s_enc.input_ids), self.student.max_length))
             if any(limit is not None and n > limit for n, limit in limits):
                 record["status"] = "skipped_too_long"
-                record["tokens"] = {"student": limits[0][0], "teacher": limits[1][0]}
+                record["tokens"] = dict(zip(("teacher", "student"), (n for n, _ in limits)))
                 counts["skipped_too_long"] += 1
                 continue
             gold = self.gold_spans(sample)
-            if gold is not None:
+            if gold is not None and not teacher_only:
                 record["gold_spans"] = [list(g) for g in gold]
                 record["gold_exact"] = self.gold_exact(sample)
             for unit in self.units_of(r):
-                s_target = tokens_in(s_enc.offsets, s_enc.special_mask, unit.target)
                 t_target = tokens_in(t_enc.offsets, t_enc.special_mask, unit.target)
+                s_target = t_target if s_enc is None else tokens_in(s_enc.offsets, s_enc.special_mask, unit.target)
                 s_target[0] = t_target[0] = False
                 if s_target.any() and t_target.any():
                     jobs.append((r, unit, s_enc, t_enc, s_target, t_target))
                 else:  # e.g. a segment no token lies wholly inside
                     counts["units_without_target"] += 1
             record["units"] = []
-        # the student's per-token surprisal feeds the ppl baseline (the chosen mode, or a row of the detection table)
-        need_ppl = config.threshold == "ppl" or config.gold is not None or config.gold_pair is not None
         tensors = {}
         if jobs:
-            s_res = run(self.student, [j[2].input_ids for j in jobs],
-                        HookPlan(saliency="grad", target_mask=[j[4] for j in jobs], token_nll=need_ppl),
-                        batch_size=config.batch_size)
-            t_res = run(self.teacher, [j[3].input_ids for j in jobs],
-                        HookPlan(saliency="grad", target_mask=[j[5] for j in jobs]), batch_size=config.batch_size)
-            for (r, unit, s_enc, t_enc, _, _), s, t in zip(jobs, s_res, t_res):
-                record = records[r]
-                gold = [tuple(g) for g in record["gold_spans"]] if "gold_spans" in record else None
-                unit_record, unit_tensors = detect(
-                    config, unit, record["text"], s_enc, t_enc, s.saliency, t.saliency, s.token_nll,
-                    seed=config.seed * 1_000_003 + r, gold_spans=gold,
-                    counts=([detection, exact] if record["gold_exact"] else [detection])
-                    if (gold is not None and unit.level == "instruction") else None)
-                unit_record["nll"] = {"teacher": t.loss, "student": s.loss}
-                u = len(record["units"])
-                record["units"].append(unit_record)
-                if unit.level == "instruction":
-                    record["nll"] = unit_record["nll"]
-                tensors.update({f"{r}.{u}.{name}": value.contiguous() for name, value in unit_tensors.items()})
+            t_res = self.teacher_scores_of(jobs)
+            if teacher_only:
+                for (r, unit, _, t_enc, _, _), t in zip(jobs, t_res):
+                    key = score_key(records[r]["text"], unit.target)
+                    records[r]["units"].append({"key": key, "level": unit.level, "segment": unit.segment,
+                                                "target": list(unit.target), "loss": t.loss,
+                                                "tokens": len(t_enc.input_ids)})
+                    tensors[key] = t.saliency.float().contiguous()
+            else:
+                # the student's per-token surprisal feeds the ppl baseline (the chosen mode, or a detection row)
+                need_ppl = config.threshold == "ppl" or config.gold is not None or config.gold_pair is not None
+                s_res = run(self.student, [j[2].input_ids for j in jobs],
+                            HookPlan(saliency="grad", target_mask=[j[4] for j in jobs], token_nll=need_ppl,
+                                     gradient_checkpointing=config.gradient_checkpointing),
+                            batch_size=config.batch_size)
+                for (r, unit, s_enc, t_enc, _, _), s, t in zip(jobs, s_res, t_res):
+                    record = records[r]
+                    gold = [tuple(g) for g in record["gold_spans"]] if "gold_spans" in record else None
+                    unit_record, unit_tensors = detect(
+                        config, unit, record["text"], s_enc, t_enc, s.saliency, t.saliency, s.token_nll,
+                        seed=config.seed * 1_000_003 + r, gold_spans=gold,
+                        counts=([detection, exact] if record["gold_exact"] else [detection])
+                        if (gold is not None and unit.level == "instruction") else None)
+                    unit_record["nll"] = {"teacher": t.loss, "student": s.loss}
+                    u = len(record["units"])
+                    record["units"].append(unit_record)
+                    if unit.level == "instruction":
+                        record["nll"] = unit_record["nll"]
+                    tensors.update({f"{r}.{u}.{name}": value.contiguous() for name, value in unit_tensors.items()})
         if config.verify:
             counts["counterfactuals_dropped"] = self.verify([rec for rec in records.values() if "units" in rec])
         # parts: tensors, then counts, then the jsonl that marks the window done (each file atomic)
         save_safetensors_atomic(self.part_path(window, ".safetensors"), tensors)
         write_json_atomic(self.part_path(window, ".counts.json"),
                           {"counts": counts, "detection": {m: c.__dict__ for m, c in detection.items()},
-                           "detection_exact": {m: c.__dict__ for m, c in exact.items()}})
+                           "detection_exact": {m: c.__dict__ for m, c in exact.items()},
+                           "samples": len(rows), "seconds": time.perf_counter() - clock, "finished": time.time()})
         lines = "".join(json.dumps(records[r], ensure_ascii=False) + "\n" for r in rows)
         write_text_atomic(self.part_path(window, ".jsonl"), lines)
 
-    # -- merge ---------------------------------------------------------------------------------------------------
-    def merge(self, windows: int, total: int) -> dict:
-        from safetensors.torch import load_file
+    def teacher_scores_of(self, jobs) -> list:
+        """The teacher's saliency and loss per job: run the teacher, or look them up in --teacher-scores."""
+        from leaf.hooks import HookPlan, run
 
-        from leaf.gold import DetectionCounts
-        from leaf.report import write_report
+        if isinstance(self.teacher, TeacherScores):
+            return [self.teacher.lookup(self.rendered[r][0], unit.target, len(t_enc.input_ids), self.samples[r].id)
+                    for r, unit, _, t_enc, _, _ in jobs]
+        results = run(self.teacher, [j[3].input_ids for j in jobs],
+                      HookPlan(saliency="grad", target_mask=[j[5] for j in jobs],
+                               gradient_checkpointing=self.config.gradient_checkpointing),
+                      batch_size=self.config.batch_size)
+        return [TeacherScore(saliency=t.saliency, loss=t.loss) for t in results]
 
-        config, out = self.config, self.config.output
-        records, tensors = [], {}
-        counts = {"samples": total, "analysed": 0, "skipped_too_long": 0, "filtered_selection": 0, "units": 0,
-                  "candidate_tokens": 0, "flagged_tokens": 0, "spans": 0, "counterfactuals": 0,
-                  "counterfactuals_dropped": 0}
-        tables: dict[str, dict[str, DetectionCounts]] = {"detection": {}, "detection_exact": {}}
-        thresholds = []
-        for w in range(windows):
-            part = json.loads(self.part_path(w, ".counts.json").read_text())
-            for key, value in part["counts"].items():
-                counts[key] = counts.get(key, 0) + value
-            for name, table in tables.items():
-                for mode, values in part[name].items():
-                    acc = table.setdefault(mode, DetectionCounts())
-                    for key, value in values.items():
-                        if isinstance(value, int):
-                            setattr(acc, key, getattr(acc, key) + value)
-            tensors.update(load_file(str(self.part_path(w, ".safetensors"))))
-            for line in self.part_path(w, ".jsonl").read_text(encoding="utf-8").splitlines():
-                record = json.loads(line)
-                records.append(record)
-                if record["status"] != "ok":
-                    continue
-                counts["analysed"] += 1
-                for unit in record["units"]:
-                    counts["units"] += 1
-                    counts["candidate_tokens"] += len(unit["tokens"])
-                    counts["flagged_tokens"] += sum(t["flag"] for t in unit["tokens"])
-                    counts["spans"] += len(unit["spans"])
-                    counts["counterfactuals"] += len(unit["counterfactuals"])
-                    if unit["threshold"] is not None:
-                        thresholds.append(unit["threshold"])
-        if counts["units_without_target"]:
-            self.notes.append(f"{counts['units_without_target']} analysis unit(s) had no token wholly inside their "
-                              "loss span (e.g. a one-segment response at response level) and were skipped")
-        if counts["no_reference_answer"]:
-            self.notes.append(f"{counts['no_reference_answer']} sample(s) had no reference answer to check "
-                              "--select against (give --answer-field); they were filtered out")
-        if counts["analysed"] == 0:
-            self.notes.append("no sample was analysed: see the counts above")
-        if counts["skipped_too_long"]:
-            self.notes.append(f"{counts['skipped_too_long']} sample(s) longer than a model's context were skipped, "
-                              "not truncated (status skipped_too_long in samples.jsonl)")
-        write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        save_safetensors_atomic(out / "scores.safetensors", tensors)
-        summary = {
-            "output": str(out), "counts": counts,
-            "threshold": {"mode": config.threshold, "tau": config.tau, "quantile": config.quantile,
-                          "baseline_count": config.baseline_count,
-                          "mean_applied": sum(thresholds) / len(thresholds) if thresholds else None},
-            "detection": {mode: c.metrics() for mode, c in tables["detection"].items()} or None,
-            "detection_exact": {mode: c.metrics() for mode, c in tables["detection_exact"].items()} or None,
-            "models": {"teacher": _describe(self.teacher), "student": _describe(self.student)},
-            "notes": self.notes, "config": {k: str(v) if isinstance(v, Path) else v
-                                            for k, v in asdict(config).items()},
-            "versions": _versions(), "command": " ".join(self.command), "timing": self.timing,
-        }
-        write_json_atomic(out / "summary.json", summary)
-        write_report(out / "report.html", records[: config.report_samples], summary)
-        return summary
+
+# -- merge -------------------------------------------------------------------------------------------------------
+def merge_output(output: Path, *, wall_seconds: float | None = None) -> dict:
+    """Merge the part files of an analyze folder into its final files, in sample order; return the summary.
+
+    Needs no model: `leaf analyze --merge DIR` runs it on its own (e.g. after the processes of a sharded run
+    finished on different machines). Every window must be done."""
+    import time
+
+    output = Path(output)
+    try:
+        run_info = json.loads((output / "parts" / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise LeafError(f"{output} holds no analyze parts to merge (no parts/run.json). Give the --output folder of "
+                        "a `leaf analyze` run.") from None
+    missing = [w for w in range(run_info["windows"]) if not window_done(output, w)]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise LeafError(f"{len(missing)} of {run_info['windows']} windows of {output} are not finished (windows "
+                        f"{shown}). Finish them with the same `leaf analyze` command and --resume, then merge.")
+    config = AnalyzeConfig(**{**run_info["config"], "resume": True})
+    parts = [json.loads(part_path(output, w, ".counts.json").read_text()) for w in range(run_info["windows"])]
+    timing = {"processes": run_info["processes"], "wall_seconds": wall_seconds,
+              "window_seconds": sum(p["seconds"] for p in parts),
+              "samples_this_run": sum(p["samples"] for p in parts if p["finished"] >= run_info["started"])}
+    timing["samples_per_second"] = (timing["samples_this_run"] / wall_seconds) if wall_seconds else None
+    if config.teacher_only:
+        return _merge_teacher_scores(output, config, run_info, parts, timing)
+    return _merge_analysis(output, config, run_info, parts, timing)
+
+
+def _read_parts(output: Path, windows: int):
+    """(records, tensors) of every window, in order."""
+    from safetensors.torch import load_file
+
+    records, tensors = [], {}
+    for w in range(windows):
+        tensors.update(load_file(str(part_path(output, w, ".safetensors"))))
+        records += [json.loads(line) for line in part_path(output, w, ".jsonl").read_text(encoding="utf-8")
+                    .splitlines()]
+    return records, tensors
+
+
+def _merge_teacher_scores(output: Path, config: AnalyzeConfig, run_info: dict, parts: list, timing: dict) -> dict:
+    records, tensors = _read_parts(output, run_info["windows"])
+    for record in records:  # the store keeps what a lookup needs, not the texts
+        for name in ("text", "prompt", "response"):
+            record.pop(name, None)
+    save_safetensors_atomic(output / SCORES, tensors)
+    write_text_atomic(output / INDEX, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    counts = {"samples": run_info["samples"], "scored": sum(r["status"] == "ok" for r in records),
+              "skipped_too_long": sum(p["counts"]["skipped_too_long"] for p in parts), "scores": len(tensors)}
+    summary = {"kind": KIND, "output": str(output), "counts": counts, "models": run_info["models"],
+               "teacher_max_length": run_info["teacher_max_length"], "notes": run_info["notes"],
+               "config": run_info["config"], "versions": run_info["versions"], "command": run_info["command"],
+               "timing": timing}
+    write_json_atomic(output / "summary.json", summary)
+    return summary
+
+
+def _merge_analysis(output: Path, config: AnalyzeConfig, run_info: dict, parts: list, timing: dict) -> dict:
+    from leaf.gold import DetectionCounts
+    from leaf.report import write_report
+
+    notes = list(run_info["notes"])
+    records, tensors = _read_parts(output, run_info["windows"])
+    counts = {"samples": run_info["samples"], "analysed": 0, "skipped_too_long": 0, "filtered_selection": 0,
+              "units": 0, "candidate_tokens": 0, "flagged_tokens": 0, "spans": 0, "counterfactuals": 0,
+              "counterfactuals_dropped": 0}
+    tables: dict[str, dict[str, DetectionCounts]] = {"detection": {}, "detection_exact": {}}
+    for part in parts:
+        for key, value in part["counts"].items():
+            counts[key] = counts.get(key, 0) + value
+        for name, table in tables.items():
+            for mode, values in part[name].items():
+                acc = table.setdefault(mode, DetectionCounts())
+                for key, value in values.items():
+                    if isinstance(value, int):
+                        setattr(acc, key, getattr(acc, key) + value)
+    thresholds = []
+    for record in records:
+        if record["status"] != "ok":
+            continue
+        counts["analysed"] += 1
+        for unit in record["units"]:
+            counts["units"] += 1
+            counts["candidate_tokens"] += len(unit["tokens"])
+            counts["flagged_tokens"] += sum(t["flag"] for t in unit["tokens"])
+            counts["spans"] += len(unit["spans"])
+            counts["counterfactuals"] += len(unit["counterfactuals"])
+            if unit["threshold"] is not None:
+                thresholds.append(unit["threshold"])
+    if counts["units_without_target"]:
+        notes.append(f"{counts['units_without_target']} analysis unit(s) had no token wholly inside their "
+                     "loss span (e.g. a one-segment response at response level) and were skipped")
+    if counts["no_reference_answer"]:
+        notes.append(f"{counts['no_reference_answer']} sample(s) had no reference answer to check "
+                     "--select against (give --answer-field); they were filtered out")
+    if counts["analysed"] == 0:
+        notes.append("no sample was analysed: see the counts above")
+    if counts["skipped_too_long"]:
+        notes.append(f"{counts['skipped_too_long']} sample(s) longer than a model's context were skipped, "
+                     "not truncated (status skipped_too_long in samples.jsonl)")
+    write_text_atomic(output / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    save_safetensors_atomic(output / "scores.safetensors", tensors)
+    summary = {
+        "output": str(output), "counts": counts,
+        "threshold": {"mode": config.threshold, "tau": config.tau, "quantile": config.quantile,
+                      "baseline_count": config.baseline_count,
+                      "mean_applied": sum(thresholds) / len(thresholds) if thresholds else None},
+        "detection": {mode: c.metrics() for mode, c in tables["detection"].items()} or None,
+        "detection_exact": {mode: c.metrics() for mode, c in tables["detection_exact"].items()} or None,
+        "models": run_info["models"], "notes": notes, "config": run_info["config"],
+        "versions": run_info["versions"], "command": run_info["command"], "timing": timing,
+    }
+    write_json_atomic(output / "summary.json", summary)
+    write_report(output / "report.html", records[: config.report_samples], summary)
+    return summary
+
+
+# -- processes and devices -----------------------------------------------------------------------------------------
+def processes(device: str):
+    """accelerate's view of the processes: N under `accelerate launch`/torchrun (gloo on CPU, NCCL on GPUs), else one.
+    The barrier timeout is long: a process that finished its windows waits for the slowest one."""
+    import datetime
+
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu", timeout=datetime.timedelta(hours=12))
+
+
+def process_device(device: str, ranks) -> str:
+    """Each process of a multi-GPU run takes its own GPU (accelerate's choice); otherwise the --device given."""
+    if ranks.num_processes > 1 and device == "cuda":
+        return str(ranks.device)
+    return device
+
+
+def _load_tokenizer(name: str, config: AnalyzeConfig):
+    from leaf.hooks.loading import load_tokenizer
+
+    return load_tokenizer(name, trust_remote_code=config.trust_remote_code)
 
 
 def _describe(model) -> dict:
