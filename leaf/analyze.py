@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from pathlib import Path
 from leaf.errors import LeafError
 from leaf.options import doc
 from leaf.io import check_same_settings, save_safetensors_atomic, write_json_atomic, write_text_atomic
-from leaf.teacher_scores import INDEX, KIND, SCORES, TOKENIZER, TeacherScore, TeacherScores, score_key
+from leaf.teacher_scores import (INDEX, KIND, SCORES, TOKENIZER, TeacherScore, TeacherScores, score_key,
+                                 text_digest)
 
 THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.scoring.THRESHOLDS, without torch
 LEVELS = ("instruction", "response", "both")
@@ -228,7 +230,7 @@ class Analyzer:
             write_json_atomic(self.parts / "run.json", {
                 "samples": n_samples, "windows": n_windows, "started": time.time(), "processes": ranks.num_processes,
                 "notes": self.notes, "models": self.describe_models(), "config": config.as_json(),
-                "versions": _versions(), "command": " ".join(self.command),
+                "versions": _versions(), "command": shlex.join(self.command),
                 "teacher_max_length": self.teacher.max_length})
             if config.teacher_only:
                 self.teacher.tokenizer.save_pretrained(str(config.output / TOKENIZER))
@@ -286,6 +288,8 @@ class Analyzer:
         self.render_all(samples)
         for sample in samples:  # gold fields checked up front, not in the middle of the run
             self.gold_spans(sample)
+        if isinstance(self.teacher, TeacherScores):
+            self.teacher.check_covers([text for text, _, _ in self.rendered], [s.id for s in samples])
         windows = [list(range(i, min(i + config.window, len(samples)))) for i in range(0, len(samples), config.window)]
         self.prepare_output(ranks, len(samples), len(windows))
         mine = [w for w in range(len(windows)) if w % ranks.num_processes == ranks.process_index]
@@ -461,6 +465,8 @@ class Analyzer:
             sample, (text, pspan, rspan) = self.samples[r], self.rendered[r]
             record = {"row": r, "id": sample.id, "status": "ok", "text": text, "prompt": sample.prompt,
                       "response": sample.response, "prompt_span": list(pspan), "response_span": list(rspan)}
+            if teacher_only:
+                record["text_sha256"] = text_digest(text)
             records[r] = record
             if r in selection:
                 record["selection"] = selection[r]
@@ -730,3 +736,12 @@ def format_summary(summary: dict) -> str:
                          f"{m['span']['f1']:>7.3f}")
     lines.append(f"\nwrote {summary['output']}/samples.jsonl, scores.safetensors, summary.json, report.html")
     return "\n".join(lines)
+
+
+def format_teacher_scores_summary(summary: dict) -> str:
+    """What `leaf analyze --teacher-only` prints at the end."""
+    c = summary["counts"]
+    return (f"teacher scores of {c['scored']} of {c['samples']} samples ({c['scores']} losses; skipped too long: "
+            f"{c['skipped_too_long']}) from {summary['models']['teacher']['name']}\n"
+            f"wrote {summary['output']}/{SCORES}, {INDEX}, {TOKENIZER}/, summary.json; reuse them with "
+            f"`leaf analyze --teacher-scores {summary['output']} --student S ...`")

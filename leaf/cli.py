@@ -47,20 +47,19 @@ AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle 
                                                                    "files you trust (pickle can run code).")]
 
 
-def command_line(ctx: typer.Context) -> list[str]:
-    """The command as a canonical argument list (every option that differs from its default), for the record."""
-    import shlex
-
+def command_line(ctx: typer.Context, skip: set[str] = frozenset({"config_file"})) -> list[str]:
+    """The command as a canonical argument list (every option that differs from its default, including values read
+    from --config), for the record and for re-launching."""
     args = ["leaf", ctx.info_name or ""]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if value is None or value == param.default or not param.opts:
+        if value is None or value == param.default or not param.opts or param.name in skip:
             continue
         flag = max(param.opts, key=len)
         if isinstance(value, bool):
             args.append(flag if value else (param.secondary_opts or [flag])[0])
         else:
-            args += [flag, shlex.quote(str(value.value if isinstance(value, Enum) else value))]
+            args += [flag, str(value.value if isinstance(value, Enum) else value)]
     return args
 
 
@@ -96,6 +95,23 @@ ServeBackend = choices("ServeBackend", SERVE_BACKENDS)
 DivergenceName = choices("DivergenceName", ("forward_kl", "reverse_kl", "jsd"))  # leaf.losses.DIVERGENCES
 
 
+def ConfigOption(section: str):
+    """--config FILE: a recipe (TOML/YAML) whose [section] gives this command's defaults; flags given override it.
+    Read first (eager) into click's default_map, so every flag sees the recipe's value as its default."""
+    def load(ctx: typer.Context, param: typer.CallbackParam, value: Path | None):
+        from leaf.recipes import section_values
+
+        if value is not None:
+            try:
+                values = section_values(value, section)
+            except LeafError as exc:
+                raise typer.BadParameter(str(exc)) from None
+            ctx.default_map = {**(ctx.default_map or {}), **values}
+        return value
+    return typer.Option("--config", is_eager=True, callback=load, help=f"A recipe file (TOML or YAML, see recipes/) "
+                        f"whose [{section}] section sets these flags; flags given on the command line override it.")
+
+
 def _a(name: str, *flags: str, **kwargs):
     """A typer option whose help comes from AnalyzeConfig."""
     return typer.Option(*flags, help=field_help(AnalyzeConfig, name), **kwargs)
@@ -108,7 +124,12 @@ def _a(name: str, *flags: str, **kwargs):
 
 @app.command("analyze")
 @user_errors
-def analyze(ctx: typer.Context, teacher: Teacher, student: Student, data: Data, output: Output,
+def analyze(ctx: typer.Context,
+            config_file: Annotated[Path | None, ConfigOption("analyze")] = None,
+            teacher: Annotated[str | None, _a("teacher", "--teacher")] = None,
+            student: Annotated[str | None, _a("student", "--student")] = None,
+            data: Annotated[Path | None, _a("data", "--data")] = None,
+            output: Annotated[Path | None, _a("output", "--output")] = None,
             threshold: Annotated[Threshold, _a("threshold")] = Threshold.iqr,
             tau: Annotated[float | None, _a("tau")] = None,
             quantile: Annotated[float, _a("quantile")] = 0.05,
@@ -134,21 +155,55 @@ def analyze(ctx: typer.Context, teacher: Teacher, student: Student, data: Data, 
             seed: Seed = 0, device: Device = "cpu", dtype: Dtype = "float32", allow_pickle: AllowPickle = False,
             trust_remote_code: Annotated[bool, _a("trust_remote_code")] = False,
             resume: Annotated[bool, _a("resume")] = False,
-            report_samples: Annotated[int, _a("report_samples")] = 100) -> None:
+            report_samples: Annotated[int, _a("report_samples")] = 100,
+            teacher_only: Annotated[bool, _a("teacher_only")] = False,
+            teacher_scores: Annotated[Path | None, _a("teacher_scores")] = None,
+            device_map: Annotated[str | None, _a("device_map")] = None,
+            gradient_checkpointing: Annotated[bool, _a("gradient_checkpointing")] = False,
+            num_processes: Annotated[int, typer.Option(
+                "--num-processes", min=1, help="Run N data-parallel processes through `accelerate launch` (gloo "
+                "on CPU, one GPU each with --device cuda); the main one merges their parts.")] = 1,
+            merge: Annotated[Path | None, typer.Option(
+                "--merge", help="Only merge the finished part files of this analyze folder into its final files "
+                "(no model is loaded); other options are ignored.")] = None) -> None:
     """Find confounding tokens (student-sensitive, teacher-insensitive) and prune them into counterfactuals."""
-    from leaf.analyze import format_summary, run_analyze
+    from leaf.analyze import format_summary, format_teacher_scores_summary, merge_output, run_analyze
 
+    if merge is not None:
+        summary = merge_output(merge)
+        typer.echo(format_teacher_scores_summary(summary) if summary.get("kind") else format_summary(summary))
+        return
     config = AnalyzeConfig(
         teacher=teacher, student=student, data=data, output=output, threshold=threshold.value, tau=tau,
         quantile=quantile, baseline_count=baseline_count.value, level=level.value, segments=segments,
-        pruning=pruning.value, span_unit=span_unit.value, gold=gold, gold_pair=gold_pair, template=template.value, select=select, verify=verify,
-        answer_field=answer_field, max_new_tokens=max_new_tokens, generator=generator.value, prompt_field=prompt_field,
-        response_field=response_field, id_field=id_field, limit=limit, batch_size=batch_size, window=window,
-        seed=seed, device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-        resume=resume, report_samples=report_samples)
-    typer.echo(format_summary(run_analyze(config, command=command_line(ctx))))
+        pruning=pruning.value, span_unit=span_unit.value, gold=gold, gold_pair=gold_pair, template=template.value,
+        select=select, verify=verify, answer_field=answer_field, max_new_tokens=max_new_tokens,
+        generator=generator.value, prompt_field=prompt_field, response_field=response_field, id_field=id_field,
+        limit=limit, batch_size=batch_size, window=window, seed=seed, device=device, dtype=dtype,
+        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, resume=resume,
+        report_samples=report_samples, teacher_only=teacher_only, teacher_scores=teacher_scores,
+        device_map=device_map, gradient_checkpointing=gradient_checkpointing)
+    if num_processes > 1:
+        raise typer.Exit(launch_processes(num_processes, command_line(ctx, skip={"num_processes", "config_file"})))
+    summary = run_analyze(config, command=command_line(ctx))
+    if "rank" in summary:  # a non-main process of a data-parallel run: the main one reports
+        return
+    typer.echo(format_teacher_scores_summary(summary) if config.teacher_only else format_summary(summary))
 
 
+def launch_processes(count: int, args: list[str]) -> int:
+    """Re-run a leaf command (args start with "leaf") under `accelerate launch` with `count` processes; its exit
+    code. accelerate's multi-process launcher is torchrun; on CPU the processes talk over gloo."""
+    import shutil
+    import subprocess
+
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if accelerate is None:
+        raise LeafError("--num-processes needs accelerate's `accelerate` command (pip install accelerate).")
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", str(count), "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "leaf", *args[1:]]
+    typer.secho("running: " + " ".join(launch), fg=typer.colors.CYAN, err=True)
+    return subprocess.run(launch).returncode
 
 
 def _d(name: str, *flags: str, **kwargs):
@@ -159,6 +214,7 @@ def _d(name: str, *flags: str, **kwargs):
 @app.command("distill")
 @user_errors
 def distill(teacher: Teacher, student: Student, data: Data, output: Output,
+            config_file: Annotated[Path | None, ConfigOption("distill")] = None,
             mode: Annotated[Mode, _d("mode")] = Mode["instr+resp"],
             lam: Annotated[str, _d("lam", "--lambda", "--lambda-schedule")] = "linear:0.8:0.5",
             divergence: Annotated[DivergenceName, _d("divergence")] = DivergenceName.forward_kl,
@@ -206,6 +262,7 @@ def _s(name: str, *flags: str, **kwargs):
 @app.command("serve")
 @user_errors
 def serve(models: Annotated[list[str], typer.Option("--model", help=field_help(ServeConfig, "models"))],
+          config_file: Annotated[Path | None, ConfigOption("serve")] = None,
           output: Annotated[Path | None, typer.Option("--output", help=field_help(ServeConfig, "output"))] = None,
           data: Annotated[Path | None, _s("data", "--data")] = None,
           names: Annotated[list[str] | None, _s("names", "--name")] = None,

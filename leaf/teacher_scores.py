@@ -20,9 +20,13 @@ KIND = "leaf-teacher-scores"
 SCORES, INDEX, TOKENIZER = "teacher_scores.safetensors", "teacher_scores.jsonl", "tokenizer"
 
 
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
+
+
 def score_key(text: str, target: tuple[int, int]) -> str:
     """The store's key of one loss: a digest of the rendered text and the target's character span."""
-    return f"{hashlib.sha256(text.encode('utf-8')).hexdigest()[:40]}:{target[0]}:{target[1]}"
+    return f"{text_digest(text)}:{target[0]}:{target[1]}"
 
 
 @dataclass
@@ -54,8 +58,10 @@ class TeacherScores:
         self.description = {**self.summary["models"]["teacher"], "scores_from": str(self.folder)}
         self.name = self.description["name"]
         self.losses: dict[str, float] = {}
+        self.texts: set[str] = set()  # digests of every text the teacher-only pass saw (scored or skipped)
         for line in (self.folder / INDEX).read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
+            self.texts.add(record["text_sha256"])
             for unit in record.get("units", []):
                 self.losses[unit["key"]] = unit["loss"]
         self._file = safe_open(str(self.folder / SCORES), "pt")
@@ -65,6 +71,15 @@ class TeacherScores:
         digest = hashlib.sha256((self.folder / "summary.json").read_bytes())
         digest.update((self.folder / INDEX).read_bytes())
         return digest.hexdigest()
+
+    def check_covers(self, texts: list[str], ids: list) -> None:
+        """Fail before any work when a text of this run was never seen by the teacher-only pass."""
+        for text, sample_id in zip(texts, ids):
+            if text_digest(text) not in self.texts:
+                raise LeafError(
+                    f"The teacher scores in {self.folder} do not cover sample {sample_id!r}: they were computed on "
+                    "other text. The teacher-only pass needs the same --data and --template (and the same "
+                    "tokenizer's chat template) as this run; --level and --segments must match too.")
 
     def lookup(self, text: str, target: tuple[int, int], n_tokens: int, sample_id) -> TeacherScore:
         key = score_key(text, target)
