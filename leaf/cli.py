@@ -232,6 +232,8 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
             gradient_checkpointing: Annotated[bool, _d("gradient_checkpointing")] = False,
             cache_teacher: Annotated[bool, _d("cache_teacher")] = False,
             top_k: Annotated[int, _d("top_k")] = 64,
+            cache_only: Annotated[bool, _d("cache_only")] = False,
+            teacher_device_map: Annotated[str | None, _d("teacher_device_map")] = None,
             counterfactuals: Annotated[Path | None, _d("counterfactuals")] = None,
             prompt_field: Annotated[str | None, _d("prompt_field")] = None,
             response_field: Annotated[str | None, _d("response_field")] = None,
@@ -246,10 +248,15 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
         divergence=divergence.value, beta=beta, temperature=temperature, ce_weight=ce_weight, max_steps=max_steps,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup=warmup, save_steps=save_steps,
         max_length=max_length, seed=seed, device=device, dtype=dtype, gradient_checkpointing=gradient_checkpointing,
-        cache_teacher=cache_teacher, top_k=top_k, counterfactuals=counterfactuals, prompt_field=prompt_field,
+        cache_teacher=cache_teacher, top_k=top_k, cache_only=cache_only, teacher_device_map=teacher_device_map,
+        counterfactuals=counterfactuals, prompt_field=prompt_field,
         response_field=response_field, id_field=id_field, allow_pickle=allow_pickle, resume=resume)
     summary = run_distill(config)
-    if summary.get("rank", 0) == 0:  # under accelerate launch / torchrun only the main process reports
+    if summary.get("rank", 0) != 0:  # under accelerate launch / torchrun only the main process reports
+        return
+    if config.cache_only:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
         typer.echo(json.dumps({k: summary[k] for k in ("final", "steps", "samples", "with_counterfactual",
                                                        "processes", "last")}, indent=2))
 

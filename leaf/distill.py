@@ -57,6 +57,12 @@ class DistillConfig:
         "First write the teacher's top-k log-probs of every original and counterfactual to OUTPUT/teacher_cache, "
         "then train from it without the teacher in memory (the path for very large teachers)."))
     top_k: int = field(default=64, metadata=doc("Entries per position in the teacher cache (the tail mass is kept)."))
+    cache_only: bool = field(default=False, metadata=doc(
+        "Write the teacher cache (--cache-teacher) and stop; a later run on the same --output trains from it "
+        "without loading the teacher (e.g. the cache in one process with --teacher-device-map auto, training "
+        "under accelerate launch)."))
+    teacher_device_map: str | None = field(default=None, metadata=doc(
+        "Spread the teacher over all visible GPUs (transformers device_map, e.g. auto); one process only."))
     counterfactuals: Path | None = field(default=None, metadata=doc(
         "With a plain --data dataset: a file in the same format whose rows hold the id of their original and its "
         "pruned prompt and/or response."))
@@ -70,6 +76,8 @@ class DistillConfig:
         from leaf.losses import get_divergence, lambda_at
 
         self.data, self.output = Path(self.data), Path(self.output)
+        if self.cache_only:
+            self.cache_teacher = True
         if self.counterfactuals is not None:
             self.counterfactuals = Path(self.counterfactuals)
         checks = [
@@ -90,7 +98,7 @@ class DistillConfig:
                 raise LeafError(f"λ must stay in [0, 1]; {self.lam!r} gives {value} at step {step}.")
 
     def fingerprint(self) -> dict:
-        skip = {"output", "resume", "save_steps"}
+        skip = {"output", "resume", "save_steps", "cache_only", "teacher_device_map"}
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -187,27 +195,37 @@ class TeacherCache:
         return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
     @staticmethod
-    def write(folder: Path, teacher, examples: list[Example], config: DistillConfig, fingerprint: dict,
-              vocab: int) -> None:
-        """Run the teacher once over every original and counterfactual; resumable shard by shard."""
+    def meta(config: DistillConfig, examples: list[Example], fingerprint: dict, vocab: int) -> dict:
+        return {"k": config.top_k, "temperature": config.temperature, "vocab": vocab, "examples": len(examples),
+                "data": fingerprint}
+
+    @staticmethod
+    def complete(folder: Path, meta: dict) -> bool:
+        """Whether the folder holds a finished cache of exactly this data and these settings."""
+        path = folder / "meta.json"
+        if not path.exists():
+            return False
+        if json.loads(path.read_text()) != meta:
+            raise LeafError(f"{folder} holds a teacher cache for other data or settings; delete it or use "
+                            "another --output.")
+        return True
+
+    @staticmethod
+    def write(folder: Path, teacher, examples: list[Example], config: DistillConfig, vocab: int, *, rank: int = 0,
+              processes: int = 1) -> None:
+        """Run the teacher once over every original and counterfactual, this process's share of the shards
+        (shard s goes to process s mod N); resumable shard by shard. The main process writes meta.json once every
+        process finished (see finish)."""
         import torch
 
         from leaf.io import save_safetensors_atomic
         from leaf.losses import logit_mask, teacher_topk
 
-        meta_path = folder / "meta.json"
-        meta = {"k": config.top_k, "temperature": config.temperature, "vocab": vocab, "examples": len(examples),
-                "data": fingerprint}
-        if meta_path.exists():
-            if json.loads(meta_path.read_text()) != meta:
-                raise LeafError(f"{folder} holds a teacher cache for other data or settings; delete it or use "
-                                "another --output.")
-            return
         folder.mkdir(parents=True, exist_ok=True)
         hf = teacher.hf_model.eval()
         for shard in range(0, len(examples), SHARD):
             path = folder / f"shard-{shard // SHARD:05d}.safetensors"
-            if path.exists():
+            if (shard // SHARD) % processes != rank or path.exists():
                 continue
             tensors = {}
             for i in range(shard, min(shard + SHARD, len(examples))):
@@ -215,12 +233,19 @@ class TeacherCache:
                 for v, (ids, mask) in enumerate([(ex.input_ids, ex.response_mask), *ex.counterfactuals]):
                     with torch.no_grad():
                         logits = hf(input_ids=torch.tensor([ids], device=teacher.device)).logits
-                    logp, top = teacher_topk(logits, logit_mask(torch.tensor([mask], device=teacher.device)),
+                    logp, top = teacher_topk(logits, logit_mask(torch.tensor([mask], device=logits.device)),
                                              config.top_k, temperature=config.temperature, vocab=vocab)
                     tensors[f"{i}.{v}.logp"] = logp.cpu().contiguous()
                     tensors[f"{i}.{v}.ids"] = top.to(torch.int32).cpu().contiguous()
             save_safetensors_atomic(path, tensors)
-        write_json_atomic(meta_path, meta)
+
+    @staticmethod
+    def finish(folder: Path, meta: dict) -> None:
+        missing = [k for k in range(0, meta["examples"], SHARD)
+                   if not (folder / f"shard-{k // SHARD:05d}.safetensors").exists()]
+        if missing:
+            raise LeafError(f"The teacher cache in {folder} lacks {len(missing)} shard(s); rerun with --resume.")
+        write_json_atomic(folder / "meta.json", meta)
 
 
 def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
@@ -242,7 +267,8 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     manifest = out / "leaf_distill.json"
     last, partial = last_complete_checkpoint(checkpoints)
     if manifest.exists():
-        if not config.resume:
+        started = last is not None or partial or (out / "log.jsonl").exists()
+        if started and not config.resume:  # a --cache-only run leaves only the manifest and the cache: go on
             raise LeafError(f"{out} already holds a distill run. Pass --resume to continue it, or choose another "
                             "--output (nothing was overwritten).")
         check_same_settings(out, manifest, config.fingerprint())
@@ -251,11 +277,13 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                 shutil.rmtree(folder)
     elif out.exists() and any(out.iterdir()):
         raise LeafError(f"{out} exists and is not empty. Choose a new --output (nothing was overwritten).")
+    if config.teacher_device_map and ranks.num_processes > 1:
+        raise LeafError("--teacher-device-map spreads the teacher over every GPU, so it needs one process: write "
+                        "the cache first (`leaf distill ... --cache-only --teacher-device-map auto`), then train "
+                        "under accelerate launch on the same --output.")
 
     records, identical = load_records_for(config)
-    load = dict(device=config.device, dtype="float32", allow_pickle=config.allow_pickle)
-    student, teacher = load_model(config.student, **load), load_model(config.teacher, **load)
-    check_vocabularies(teacher, student)
+    student = load_model(config.student, device=config.device, dtype="float32", allow_pickle=config.allow_pickle)
     vocab = student.hf_model.get_output_embeddings().weight.shape[0]
     examples, dropped = build_examples(records, student.tokenizer, config.mode,
                                        config.max_length or student.max_length)
@@ -265,6 +293,14 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     if config.mode != "kd" and with_cf == 0:
         raise LeafError(f"--mode {config.mode} but no sample in {config.data} has a counterfactual of that level. "
                         "Use --mode kd, or analyze with another threshold / --level both.")
+    cache_dir = out / "teacher_cache"
+    cache_meta = TeacherCache.meta(config, examples, config.fingerprint(), vocab)
+    cached = config.cache_teacher and TeacherCache.complete(cache_dir, cache_meta)
+    teacher = None
+    if not cached:  # the teacher in the run's dtype (bf16 halves a big teacher); never trained
+        teacher = load_model(config.teacher, device=config.device, dtype=config.dtype,
+                             allow_pickle=config.allow_pickle, device_map=config.teacher_device_map)
+        check_vocabularies(teacher, student)
     ranks.wait_for_everyone()  # every process has checked the folder before the main one claims it
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -273,12 +309,23 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     divergence = get_divergence(config.divergence, config.beta)
     cache = None
     if config.cache_teacher:
-        if main:
-            TeacherCache.write(out / "teacher_cache", teacher, examples, config, config.fingerprint(), vocab)
-        ranks.wait_for_everyone()
-        cache = TeacherCache(out / "teacher_cache")
+        if not cached:
+            TeacherCache.write(cache_dir, teacher, examples, config, vocab, rank=ranks.process_index,
+                               processes=ranks.num_processes)
+            ranks.wait_for_everyone()
+            if main:
+                TeacherCache.finish(cache_dir, cache_meta)
+            ranks.wait_for_everyone()
+        cache = TeacherCache(cache_dir)
         del teacher  # training from the cache: the teacher leaves memory
         hf_teacher = None
+        if config.cache_only:
+            summary = {"teacher_cache": str(cache_dir), "samples": len(examples), "with_counterfactual": with_cf,
+                       "processes": ranks.num_processes, "rank": ranks.process_index,
+                       "next": f"train from it: the same command without --cache-only (any number of processes)"}
+            if main:
+                write_json_atomic(cache_dir / "summary.json", summary)
+            return summary
     else:
         hf_teacher = teacher.hf_model.eval()
         for p in hf_teacher.parameters():
@@ -297,10 +344,10 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                     logp, top = cache.batch(keys)
                     return kd_loss_from_cache(s_logits, mask, logp.to(s_logits.device), top.to(s_logits.device),
                                               **kd)
-                if next(hf_teacher.parameters()).device != ids.device:
+                if config.teacher_device_map is None and next(hf_teacher.parameters()).device != ids.device:
                     hf_teacher.to(ids.device)
                 with torch.no_grad():
-                    t_logits = hf_teacher(input_ids=ids, attention_mask=attention).logits
+                    t_logits = hf_teacher(input_ids=ids, attention_mask=attention).logits.to(s_logits.device)
                 return kd_loss(s_logits, t_logits, mask, **kd)
 
             index = inputs["index"].tolist()

@@ -1,6 +1,7 @@
 """`leaf distill` on tiny models: every mode trains and saves a loadable student, the KL falls, resume is exact."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -271,6 +272,87 @@ def test_two_processes_under_accelerate_launch(setup, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert not torch.equal(model.model.embed_tokens.weight,
                            AutoModelForCausalLM.from_pretrained(student).model.embed_tokens.weight)
+
+
+def _launch_distill(setup, out, *extra):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    teacher, student, analyze = setup
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    return subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "leaf", "distill", "--teacher", teacher, "--student", student,
+         "--data", str(analyze), "--output", str(out), "--max-steps", "4", "--save-steps", "2", "--batch-size", "2",
+         "--lr", "1e-3", *extra],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+
+
+def test_a_two_process_checkpoint_resumes_in_one_process(setup, tmp_path):
+    """DDP checkpoints hold full weights and optimizer state, so a run started on 2 processes continues on 1 (the
+    per-process RNG state of the missing rank is not needed; the data order after the resume follows the new
+    process count, as the Trainer documents)."""
+    out = tmp_path / "out"
+    result = _launch_distill(setup, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.rmtree(out / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(out / "final")
+    (out / "summary.json").unlink()
+    summary = run_distill(_config(setup, out, resume=True), progress=False)
+    assert summary["steps"] == 4 and summary["processes"] == 1
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]                                     # 1-2 from the 2-process run, 3-4 resumed
+    AutoModelForCausalLM.from_pretrained(out / "final")
+
+
+def test_cache_only_then_training_without_the_teacher(setup, tmp_path, monkeypatch):
+    """The 70B-class path: write the teacher cache (here by 2 processes), then train from it; the training run
+    never loads the teacher's weights and equals training from a cache written in one go."""
+    import leaf.hooks
+
+    out = tmp_path / "out"
+    result = _launch_distill(setup, out, "--cache-only")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"teacher_cache"' in result.stdout and not (out / "checkpoints").exists()
+    assert (out / "teacher_cache" / "meta.json").exists()
+    loaded = []
+    real_load = leaf.hooks.load_model
+    monkeypatch.setattr(leaf.hooks, "load_model", lambda name, **kw: loaded.append(name) or real_load(name, **kw))
+    trained = run_distill(_config(setup, out, cache_teacher=True), progress=False)
+    assert loaded == [setup[1]] and trained["steps"] == 4              # the student only
+    reference = run_distill(_config(setup, tmp_path / "ref", cache_teacher=True), progress=False)
+    wa, wb = load_file(trained["final"] + "/model.safetensors"), load_file(reference["final"] + "/model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name])
+    spread = _launch_distill(setup, tmp_path / "map", "--teacher-device-map", "auto")
+    assert spread.returncode != 0 and "needs one process" in spread.stderr
+
+
+def test_the_teacher_cache_is_split_across_processes_by_shard(setup, tmp_path, monkeypatch):
+    """Shard s is written by process s mod N; the union equals a one-process cache."""
+    import leaf.distill as distill_module
+    from leaf.distill_data import build_examples
+    from leaf.hooks import load_model
+
+    monkeypatch.setattr(distill_module, "SHARD", 2)
+    config = _config(setup, tmp_path / "x", cache_teacher=True)
+    teacher = load_model(setup[0])
+    records, _ = distill_module.load_records_for(config)
+    examples, _ = build_examples(records, teacher.tokenizer, config.mode, 1024)
+    vocab = teacher.hf_model.get_output_embeddings().weight.shape[0]
+    TeacherCache = distill_module.TeacherCache
+    TeacherCache.write(tmp_path / "one", teacher, examples, config, vocab)
+    for rank in (0, 1):
+        TeacherCache.write(tmp_path / "two", teacher, examples, config, vocab, rank=rank, processes=2)
+        written = sorted(p.name for p in (tmp_path / "two").glob("shard-*"))
+        assert written == (["shard-00000.safetensors", "shard-00002.safetensors"] if rank == 0 else
+                           [f"shard-0000{k}.safetensors" for k in range(3)])
+    for shard in range(3):
+        a = load_file(str(tmp_path / "one" / f"shard-0000{shard}.safetensors"))
+        b = load_file(str(tmp_path / "two" / f"shard-0000{shard}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_loss_covers_the_end_of_turn_token(setup):

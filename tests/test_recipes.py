@@ -1,0 +1,119 @@
+"""recipes/: every shipped recipe parses and builds its three run configurations (no model loaded); --config on
+the CLI reads a recipe and flags override it; the data preparation maps each source's rows correctly."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from leaf.analyze import AnalyzeConfig
+from leaf.cli import app
+from leaf.distill import DistillConfig
+from leaf.errors import LeafError
+from leaf.recipes import build_configs, read_recipe
+from leaf.serve.run import ServeConfig
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
+runner = CliRunner()
+
+
+def test_the_recipes_cover_the_paper_and_a_budget_pairing():
+    names = {p.stem for p in RECIPES}
+    assert {"qwen2.5-math-1.5b-from-qwen2.5-72b", "qwen2.5-0.5b-from-qwen2.5-7b", "llama-3.2-1b-from-llama-3.3-70b",
+            "llama-3.2-3b-from-llama-3.3-70b"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_each_recipe_builds_its_run_configurations(path):
+    configs = build_configs(path)
+    analyze, distill, serve = configs["analyze"], configs["distill"], configs["serve"]
+    assert isinstance(analyze, AnalyzeConfig) and isinstance(distill, DistillConfig)
+    assert isinstance(serve, ServeConfig)
+    # the stages chain: distill reads analyze's output, serve compares the student before and after
+    assert distill.data == analyze.output and distill.student == analyze.student
+    assert serve.models[0] == analyze.student and serve.models[1] == str(distill.output / "final")
+    assert len(serve.names) == len(serve.models)
+    meta = read_recipe(path)["recipe"]
+    assert meta["name"] == path.stem and "prepare_data.py" in meta["data"] and meta["expected_gpu_hours"]
+    assert meta["paper"]
+    if meta["setting"] == "paper":
+        assert distill.lr == 1e-5 and distill.max_length == 4096 and distill.cache_teacher
+        assert analyze.device_map == "auto" and analyze.gradient_checkpointing
+
+
+def _tiny_recipe(tmp_path, suffix, pair, data):
+    teacher, student = pair
+    if suffix == ".toml":
+        text = (f'[analyze]\nteacher = "{teacher}"\nstudent = "{student}"\ndata = "{data}"\n'
+                f'output = "{tmp_path / "analyze"}"\nthreshold = "quantile"\nquantile = 0.2\nbatch-size = 2\n'
+                f'gold_pair = "question,seed_question"\n')
+    else:
+        text = (f"analyze:\n  teacher: {teacher}\n  student: {student}\n  data: {data}\n"
+                f"  output: {tmp_path / 'analyze'}\n  threshold: quantile\n  quantile: 0.2\n  batch-size: 2\n"
+                f"  gold_pair: question,seed_question\n")
+    path = tmp_path / f"recipe{suffix}"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".yaml"])
+def test_cli_config_sets_flags_and_flags_override(tmp_path, suffix):
+    from leaf.tiny_models import build_tiny_model
+    from tests.test_answers_gold_segments import GSM_PLUS
+
+    pair = (str(build_tiny_model("llama", tmp_path / "t", seed=1)), str(build_tiny_model("llama", tmp_path / "s",
+                                                                                         seed=2)))
+    rows = sorted((json.loads(line) for line in GSM_PLUS.read_text().splitlines()),
+                  key=lambda r: len(r["question"]) + len(r["solution"]))[:3]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = _tiny_recipe(tmp_path, suffix, pair, data)
+    result = runner.invoke(app, ["analyze", "--config", str(recipe), "--limit", "2", "--quantile", "0.3"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "analyze" / "summary.json").read_text())
+    assert summary["config"]["threshold"] == "quantile" and summary["config"]["batch_size"] == 2   # the recipe
+    assert summary["config"]["quantile"] == 0.3 and summary["counts"]["samples"] == 2           # the flags
+    assert "--config" not in summary["command"] and "--threshold quantile" in summary["command"]
+
+
+def test_bad_recipes_are_clean_errors(tmp_path):
+    bad_key = tmp_path / "bad.toml"
+    bad_key.write_text('[analyze]\nthreshhold = "iqr"\n')
+    result = runner.invoke(app, ["analyze", "--config", str(bad_key)])
+    assert result.exit_code == 2 and "unknown key 'threshhold'" in _unboxed(result.output)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[analyze\n")
+    assert "does not parse" in _unboxed(runner.invoke(app, ["distill", "--config", str(broken)]).output)
+    with pytest.raises(LeafError, match="unknown section"):
+        (tmp_path / "s.toml").write_text("[train]\nx = 1\n")
+        read_recipe(tmp_path / "s.toml")
+    missing = runner.invoke(app, ["serve", "--config", str(tmp_path / "none.toml")])
+    assert missing.exit_code == 2 and "does not exist" in _unboxed(missing.output)
+
+
+def _unboxed(text: str) -> str:
+    """click's error box, as one line of words."""
+    return " ".join(re.sub("[│╭╮╰╯─]", " ", text).split())
+
+
+def test_prepare_data_maps_each_source():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prepare_data", RECIPES[0].parent / "prepare_data.py")
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    gsm = prep.convert("gsm8k", {"question": "Tom has 3 apples and buys 4. How many?",
+                                 "answer": "He has 3 + 4 = <<3+4=7>>7 apples.\n#### 7"}, 5)
+    assert gsm == {"id": "gsm8k-5", "instruction": "Tom has 3 apples and buys 4. How many?",
+                   "output": "He has 3 + 4 = 7 apples.\n#### 7", "answer": "7", "source": "gsm8k"}
+    math = prep.convert("math", {"problem": "Find $x$ if $2x=6$.", "solution": "So $x=\\boxed{3}$.",
+                                 "level": "Level 1", "type": "Algebra"}, 0)
+    assert math["answer"] == "3" and math["source"] == "Algebra"
+    m500 = prep.convert("math500", {"problem": "p", "solution": "s \\boxed{\\frac{1}{2}}", "answer": "\\frac{1}{2}",
+                                    "subject": "Algebra", "level": 2, "unique_id": "test/algebra/1.json"}, 0)
+    assert m500["id"] == "test/algebra/1.json" and m500["answer"] == "\\frac{1}{2}"
+    numina = prep.convert("numinamath", {"problem": "q", "solution": "no final answer here", "source": "olympiads",
+                                         "messages": []}, 0)
+    assert numina is None                                         # no readable answer: dropped (and counted)
