@@ -43,6 +43,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model, 8 problems, 1 iteration")
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--hf-batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per replica")
+    parser.add_argument("--data-parallel-size", type=int, default=1, help="vLLM: replicas")
     args = parser.parse_args()
     torch.set_num_threads(2)
     size, samples, iterations = ("tiny", 8, 1) if args.quick else ("small", 32, 3)
@@ -57,9 +61,12 @@ def main() -> None:
         run_analyze(AnalyzeConfig(teacher=teacher, student=student, data=data, output=tmp / "analyze",
                                   threshold="iqr"), progress=False)
         problems = from_analyze(tmp / "analyze")
-        figures = {}
+        figures, settings = {}, {}
         for backend in ("vllm", "hf"):
-            engine = make_engine(backend, student, batch_size=args.hf_batch_size)
+            engine = make_engine(backend, student, batch_size=args.hf_batch_size, device=args.device,
+                                 dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+                                 data_parallel_size=args.data_parallel_size)
+            settings[backend] = engine.settings   # the parallel settings go on record with the figures
             try:
                 sets = {"original": [render(engine.tokenizer, p.prompt) for p in problems],
                         "pruned": [render(engine.tokenizer, p.pruned or p.prompt) for p in problems]}
@@ -82,7 +89,7 @@ def main() -> None:
     emit_json({"benchmark": "serve_throughput", "quick": args.quick, "problems": len(problems),
                "max_tokens": max_tokens, "iterations": iterations, "vllm_over_hf": engine_ratio,
                "pruned_speedup_vllm": pruned["vllm"], "pruned_speedup_hf": pruned["hf"],
-               "input_token_ratio": token_ratio,
+               "input_token_ratio": token_ratio, "engines": settings,
                "figures": {f"{b}/{s}": {k: f[k] for k in ("requests_per_second", "output_throughput", "mean_ttft_ms",
                                                          "mean_tpot_ms", "p99_e2el_ms", "total_input_tokens")}
                            for (b, s), f in figures.items()}})

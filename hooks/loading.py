@@ -114,14 +114,16 @@ def _check_causal(config, source: str) -> None:
 
 def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
                attn_implementation: str | None = None, allow_pickle: bool = False, trust_remote_code: bool = False,
-               revision: str | None = None, device_map: str | dict | None = None) -> HookedModel:
+               revision: str | None = None, device_map: str | dict | None = None,
+               max_memory: dict | None = None) -> HookedModel:
     """Load a causal LM and its tokenizer from a local folder or a hub id, in eval mode, ready for hooks.
 
     dtype: "float32" (default), "bfloat16", "float16" or "auto" (the checkpoint's). attn_implementation: None
     keeps transformers' default (SDPA); attention hooks switch to eager for the duration of a call, since SDPA
     returns no probabilities. Weights are safetensors-only unless allow_pickle=True. device_map ("auto", or a
     transformers device map) spreads a model too big for one GPU over all visible ones (accelerate's dispatch);
-    inputs then go to the device of the input embeddings, and gradients flow back through every device.
+    inputs then go to the device of the input embeddings, and gradients flow back through every device;
+    max_memory ({gpu index: bytes}) limits it to some GPUs.
     """
     source = str(name_or_path)
     path = Path(source).expanduser()
@@ -147,6 +149,8 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
         kwargs["attn_implementation"] = attn_implementation
     if device_map is not None:
         kwargs["device_map"] = device_map
+        if max_memory:
+            kwargs["max_memory"] = max_memory
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)

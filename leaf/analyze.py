@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -247,19 +248,20 @@ class Analyzer:
         return models
 
     # -- the run -------------------------------------------------------------------------------------------------
-    def load_models(self, device: str) -> None:
+    def load_models(self, device: str, ranks) -> None:
         """The teacher (its weights, or its stored scores) and the student (its weights, or with --teacher-only
         just its tokenizer for the chat template)."""
         from leaf.hooks import load_model
 
         config = self.config
+        max_memory = gpu_share(ranks) if config.device_map == "auto" and ranks.num_processes > 1 else None
         load = dict(device=device, dtype=config.dtype, allow_pickle=config.allow_pickle,
                     trust_remote_code=config.trust_remote_code)
         if config.teacher_scores:
             self.teacher = TeacherScores(config.teacher_scores)
             self.generating_teacher = load_model(config.teacher, **load) if config.select or config.verify else None
         else:
-            self.teacher = load_model(config.teacher, **load, device_map=config.device_map)
+            self.teacher = load_model(config.teacher, **load, device_map=config.device_map, max_memory=max_memory)
             self.generating_teacher = self.teacher
         if config.teacher_only:
             self.student = None
@@ -283,7 +285,7 @@ class Analyzer:
                              response_field=config.response_field, id_field=config.id_field)
         if config.limit:
             samples = samples[: config.limit]
-        self.load_models(process_device(config.device, ranks))
+        self.load_models(process_device(config.device, ranks), ranks)
         self.notes: list[str] = []
         self.render_all(samples)
         for sample in samples:  # gold fields checked up front, not in the middle of the run
@@ -689,6 +691,23 @@ def process_device(device: str, ranks) -> str:
     if ranks.num_processes > 1 and device == "cuda":
         return str(ranks.device)
     return device
+
+
+def gpu_share(ranks) -> dict[int, int] | None:
+    """--device-map auto under N processes: process r of a machine's n spreads its teacher over its own
+    consecutive 1/n of the machine's GPUs (as {gpu: bytes} for transformers' max_memory); None without GPUs."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        return None
+    local = ranks.local_process_index
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.num_processes))  # set by torchrun
+    per = gpus // max(per_machine, 1)
+    if per < 1:
+        raise LeafError(f"--device-map auto with {per_machine} processes on a machine with {gpus} GPU(s): each "
+                        "process needs at least one GPU of its own. Start fewer processes.")
+    return {i: torch.cuda.get_device_properties(i).total_memory for i in range(local * per, (local + 1) * per)}
 
 
 def _load_tokenizer(name: str, config: AnalyzeConfig):

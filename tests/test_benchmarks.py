@@ -49,3 +49,5 @@ def test_serve_throughput_quick_prints_table_then_json():
     for key in ("vllm_over_hf", "pruned_speedup_vllm", "pruned_speedup_hf", "input_token_ratio"):
         assert math.isfinite(figures[key]) and figures[key] > 0, key
     assert figures["input_token_ratio"] >= 1  # pruning removes tokens, never adds them
+    vllm = figures["engines"]["vllm"]                   # the parallel settings are on record with the figures
+    assert vllm["tensor_parallel_size"] == 1 and vllm["data_parallel_size"] == 1 and vllm["engine"]
