@@ -259,7 +259,8 @@ class Analyzer:
                     trust_remote_code=config.trust_remote_code)
         if config.teacher_scores:
             self.teacher = TeacherScores(config.teacher_scores)
-            self.generating_teacher = load_model(config.teacher, **load) if config.select or config.verify else None
+            self.generating_teacher = (load_model(config.teacher, **load, device_map=config.device_map,
+                                                  max_memory=max_memory) if config.select or config.verify else None)
         else:
             self.teacher = load_model(config.teacher, **load, device_map=config.device_map, max_memory=max_memory)
             self.generating_teacher = self.teacher
