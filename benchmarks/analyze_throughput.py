@@ -88,7 +88,7 @@ def main() -> None:
                                             window=max(n, args.batch_size)), progress=False)
         end_to_end = time.perf_counter() - t0
         floor = sum(floor_seconds(m, rows, args.batch_size, student) for m in (teacher, student))
-    leaf_seconds = summary["timing"]["analyze_seconds"]
+    leaf_seconds = summary["timing"]["window_seconds"]
     ratio = leaf_seconds / floor
     print_table(f"leaf analyze, {n} GSM-Plus samples, batch {args.batch_size}, teacher {params['teacher'] / 1e6:.1f}M "
                 f"+ student {params['student'] / 1e6:.1f}M params",
