@@ -6,18 +6,30 @@
     [scores] = token_saliency(model, [enc.input_ids], target_mask=[enc.response_mask])
     [mass] = attention_mass(model, [enc.input_ids], query_mask=[enc.response_mask],
                             key_masks={"prompt": [enc.prompt_mask]})
+
+Research tools on the same hooks: patching_sweep (activation patching between an input and its counterfactual,
+batched), head_focus (per-head share of attention on confounder spans), attribute / attribute_all with
+list_methods() (grad_norm, grad_x_input, integrated_gradients, attention_rollout), heatmap_png (pictures).
 """
 
+from leaf.hooks.alignment import Alignment, align_tokens
 from leaf.hooks.architecture import Architecture, discover
+from leaf.hooks.attribution import attribute, attribute_all, describe_methods, list_methods, register
 from leaf.hooks.batching import (EncodedSample, TokenBatch, encode_prompt_response, encode_text,
                                  render_head, render_prompt_response, tokens_in)
 from leaf.hooks.loading import HookedModel, load_model, model_summary, wrap_model
 from leaf.hooks.reductions import mean_nll
+from leaf.hooks.focus import head_focus, mean_focus
+from leaf.hooks.patching import COMPONENTS, PatchedRun, PatchingResult, patch_all, patching_sweep
+from leaf.hooks.pictures import heatmap_png
 from leaf.hooks.tracing import (HookPlan, SampleResult, attention_mass, attention_probs, capture, run,
                                 token_saliency)
 
 __all__ = [
-    "Architecture", "EncodedSample", "HookPlan", "HookedModel", "SampleResult", "TokenBatch", "attention_mass",
-    "attention_probs", "capture", "discover", "encode_prompt_response", "encode_text", "load_model", "mean_nll", "model_summary",
+    "Alignment", "Architecture", "COMPONENTS", "EncodedSample", "HookPlan", "HookedModel", "PatchingResult",
+    "SampleResult", "TokenBatch", "align_tokens", "attention_mass", "attention_probs", "attribute", "attribute_all",
+    "capture", "describe_methods", "discover", "encode_prompt_response", "encode_text", "head_focus", "heatmap_png",
+    "list_methods", "load_model", "mean_focus", "mean_nll", "model_summary", "PatchedRun", "patch_all",
+    "patching_sweep", "register",
     "render_head", "render_prompt_response", "run", "tokens_in", "token_saliency", "wrap_model",
 ]

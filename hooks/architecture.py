@@ -22,6 +22,9 @@ from leaf.errors import LeafError
 LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.blocks",
                "model.language_model.layers", "transformer.layers")
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
+MLP_NAMES = ("mlp", "feed_forward", "ffn")
+# the attention's output projection: its input is the heads' outputs side by side, (B, T, heads x head_dim)
+OUT_PROJ_NAMES = ("o_proj", "out_proj", "c_proj", "dense", "o")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,27 @@ class Architecture:
     attention: str | None  # attribute of a decoder block
     num_layers: int
     num_heads: int
+    mlp: str | None = None       # attribute of a decoder block
+    out_proj: str | None = None  # attribute of the attention module
+
+    def component_path(self, component: str, index: int) -> str:
+        """Module whose output is the component of layer `index`: resid (the block), attn, mlp; head: the
+        attention's output projection, whose input holds the heads."""
+        if component == "resid":
+            return self.layer_path(index)
+        if component == "attn":
+            return self.attention_path(index)
+        if component == "mlp":
+            if self.mlp is None:
+                raise LeafError(f"Could not find the MLP inside a decoder block (looked for {', '.join(MLP_NAMES)} and "
+                                "for a child whose class name contains 'MLP'); patch resid or attn instead.")
+            return f"{self.layer_path(index)}.{self.mlp}"
+        if component == "head":
+            if self.out_proj is None:
+                raise LeafError("Could not find the attention's output projection (looked for "
+                                f"{', '.join(OUT_PROJ_NAMES)}); per-head patching needs it.")
+            return f"{self.attention_path(index)}.{self.out_proj}"
+        raise LeafError(f"Unknown component {component!r}: use resid, attn, mlp or head.")
 
     def layer_path(self, index: int) -> str:
         return f"{self.require_layers()}.{index}"
@@ -86,6 +110,17 @@ def _find_attention(block: nn.Module) -> str | None:
     return None
 
 
+def _find_child(block: nn.Module, names: tuple[str, ...], class_word: str | None) -> str | None:
+    for name in names:
+        if isinstance(getattr(block, name, None), nn.Module):
+            return name
+    if class_word:
+        for name, child in block.named_children():
+            if class_word in type(child).__name__.lower():
+                return name
+    return None
+
+
 def discover(model: nn.Module) -> Architecture:
     """Find the embedding, decoder blocks and attention module of any HF causal LM."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -97,9 +132,12 @@ def discover(model: nn.Module) -> Architecture:
         raise LeafError(f"{type(model).__name__}.get_input_embeddings() returned a module that is not part of the "
                         "model's module tree; leaf cannot hook its output.")
     layers = _find_layers(model, num_layers)
-    attention = _find_attention(model.get_submodule(layers)[0]) if layers else None
+    block = model.get_submodule(layers)[0] if layers else None
+    attention = _find_attention(block) if block is not None else None
+    mlp = _find_child(block, MLP_NAMES, "mlp") if block is not None else None
+    out_proj = _find_child(getattr(block, attention), OUT_PROJ_NAMES, None) if attention else None
     return Architecture(embedding=embedding, layers=layers, attention=attention, num_layers=num_layers,
-                        num_heads=num_heads)
+                        num_heads=num_heads, mlp=mlp, out_proj=out_proj)
 
 
 def execution_order(model: nn.Module, device: torch.device) -> dict[str, int]:

@@ -47,6 +47,7 @@ class HookPlan:
     grads: Sequence[str] = ()                   # module names whose output gradient to keep
     token_nll: bool = False                     # keep every token's surprisal -log p(x_t | x_<t)
     gradient_checkpointing: bool = False        # recompute each layer in the backward pass (activation memory)
+    embedding_grads: bool = False               # keep the raw (T, D) input-embedding gradient and embedding
 
     def __post_init__(self) -> None:
         if self.saliency not in (None, *reductions.SALIENCY_METHODS):
@@ -59,7 +60,7 @@ class HookPlan:
 
     @property
     def needs_grad(self) -> bool:
-        return self.saliency is not None or bool(self.grads)
+        return self.saliency is not None or bool(self.grads) or self.embedding_grads
 
     @property
     def needs_attention(self) -> bool:
@@ -78,6 +79,8 @@ class SampleResult:
     grads: dict[str, torch.Tensor] = field(default_factory=dict)     # module -> (T, ...)
     layers: list[int] = field(default_factory=list)                  # the layer index of each L row
     token_nll: torch.Tensor | None = None                            # (T,) float32, 0 at position 0
+    embedding_grad: torch.Tensor | None = None                       # (T, D) float32, d loss / d e
+    embedding: torch.Tensor | None = None                            # (T, D) the input embeddings
 
 
 def _resolve_layers(model: HookedModel, layers: Sequence[int] | None) -> list[int]:
@@ -181,7 +184,7 @@ def _intervene(model: HookedModel, plan: HookPlan, reads: list[str], attention_a
             emb = out
             if plan.needs_grad:
                 emb.requires_grad_(True)
-            if plan.saliency == "grad_x_input":
+            if plan.saliency == "grad_x_input" or plan.embedding_grads:
                 got["embeds"] = emb.detach()
         if name in attention_at:
             probs = out[1].detach()                            # (B, H, T, T)
@@ -206,7 +209,7 @@ def _intervene(model: HookedModel, plan: HookPlan, reads: list[str], attention_a
             for name in reversed(reads):
                 if name in plan.grads:
                     got["grads"][name] = tensors[name].grad
-            if plan.saliency:
+            if plan.saliency or plan.embedding_grads:
                 got["emb_grad"] = emb.grad
     return got
 
@@ -268,6 +271,9 @@ def _unbatch(got: dict, batch: TokenBatch, plan: HookPlan, layers: list[int], ke
             result.saliency = scores[row, :n].cpu()
         if "token_nll" in got:
             result.token_nll = got["token_nll"][row, :n].cpu()
+        if plan.embedding_grads:
+            result.embedding_grad = got["emb_grad"][row, :n].float().cpu()
+            result.embedding = got["embeds"][row, :n].float().cpu()
         if mass is not None:
             result.attention_mass = {name: mass[row, :, s].cpu() for s, name in enumerate(key_names)}
         if probs is not None:

@@ -24,6 +24,7 @@ from leaf.errors import LeafError
 from leaf.options import field_help
 from leaf.analyze import LEVELS, PRUNING, TEMPLATES, THRESHOLD_MODES, AnalyzeConfig
 from leaf.demo.run import DemoConfig
+from leaf.inspect import DEFAULT_COMPONENTS, InspectConfig
 from leaf.distill import MODES, DistillConfig
 from leaf.saliency_report import SaliencyReportConfig
 from leaf.serve.run import BACKENDS as SERVE_BACKENDS, ServeConfig
@@ -370,6 +371,41 @@ The same pipeline on real models (GPUs; see README "Real models"):
       --student Qwen/Qwen2.5-Math-1.5B --data runs/analyze --output runs/distill --device cuda --dtype bfloat16
   leaf serve --model Qwen/Qwen2.5-Math-1.5B --model runs/distill/final --data runs/analyze --output runs/serve \
       --device cuda --dtype bfloat16"""
+
+
+Component = choices("Component", ("resid", "attn", "mlp", "head"))  # leaf.hooks.COMPONENTS
+AttributionMethod = choices("AttributionMethod", ("grad_norm", "grad_x_input", "integrated_gradients",
+                                                  "attention_rollout"))  # leaf.hooks.list_methods()
+
+
+def _i(name: str, *flags: str, **kwargs):
+    """A typer option whose help comes from InspectConfig."""
+    return typer.Option(*flags, help=field_help(InspectConfig, name), **kwargs)
+
+
+@app.command("inspect")
+@user_errors
+def inspect(analyze: Annotated[Path, _i("analyze", "--analyze")],
+            output: Annotated[Path, _i("output", "--output")],
+            model: Annotated[str | None, _i("model", "--model")] = None,
+            samples: Annotated[list[int] | None, _i("samples", "--sample")] = None,
+            count: Annotated[int, _i("count")] = 3,
+            components: Annotated[list[Component] | None, _i("components", "--component")] = None,
+            methods: Annotated[list[AttributionMethod] | None, _i("methods", "--method")] = None,
+            ig_steps: Annotated[int, _i("ig_steps")] = 32,
+            batch_size: BatchSize = 32, device: Device = "cpu", dtype: Dtype = "float32",
+            allow_pickle: AllowPickle = False,
+            trust_remote_code: Annotated[bool, _i("trust_remote_code")] = False) -> None:
+    """Activation patching, per-head focus and attribution maps (PNG + JSON) for samples of an analyze folder."""
+    from leaf.inspect import run_inspect
+
+    config = InspectConfig(analyze=analyze, output=output, model=model, samples=samples or [], count=count,
+                           components=[c.value for c in components] if components else list(DEFAULT_COMPONENTS),
+                           methods=[m.value for m in methods] if methods else [], ig_steps=ig_steps,
+                           batch_size=batch_size, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                           trust_remote_code=trust_remote_code)
+    index = run_inspect(config, log=lambda message: typer.secho(message, fg=typer.colors.CYAN, err=True))
+    typer.echo(f"wrote {len(index['samples'])} sample folder(s) and index.json to {config.output}")
 
 
 @app.command("tiny-model")

@@ -51,3 +51,12 @@ def test_serve_throughput_quick_prints_table_then_json():
     assert figures["input_token_ratio"] >= 1  # pruning removes tokens, never adds them
     vllm = figures["engines"]["vllm"]                   # the parallel settings are on record with the figures
     assert vllm["tensor_parallel_size"] == 1 and vllm["data_parallel_size"] == 1 and vllm["engine"]
+
+
+def test_patching_quick_prints_table_then_json():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "patching.py"), "--quick"],
+                         capture_output=True, text=True, check=True, timeout=600)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["benchmark"] == "patching" and figures["patches"] > 0
+    assert figures["max_abs_difference"] < 1e-5                  # the batched map is the naive map
+    assert math.isfinite(figures["speedup"]) and figures["speedup"] > 0

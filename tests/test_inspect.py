@@ -1,0 +1,75 @@
+"""`leaf inspect` on an analyze folder: patching maps in both directions, per-head focus and attributions, as PNG
+and JSON, for the chosen samples; bad input is a clean error."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from leaf.analyze import AnalyzeConfig, run_analyze
+from leaf.cli import app
+from leaf.demo.task import generate
+from leaf.tiny_models import build_tiny_model
+
+runner = CliRunner()
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory):
+    """Two word-tokenizer Llamas and an analyze folder over six distractor problems (quantile: spans always)."""
+    root = tmp_path_factory.mktemp("inspect")
+    teacher = build_tiny_model("llama", root / "teacher", seed=1, tokenizer="demo")
+    student = build_tiny_model("llama", root / "student", seed=2, tokenizer="demo")
+    rows = [{"id": p.id, "question": p.question, "solution": p.solution}
+            for p in generate(6, seed=5, distractors=(1,))]
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_analyze(AnalyzeConfig(teacher=str(teacher), student=str(student), data=data, output=root / "analyze",
+                              threshold="quantile", quantile=0.1), progress=False)
+    return root / "analyze", student
+
+
+def test_inspect_writes_every_map_for_the_chosen_samples(analyzed, tmp_path):
+    folder, student = analyzed
+    out = tmp_path / "inspect"
+    result = runner.invoke(app, ["inspect", "--analyze", str(folder), "--output", str(out), "--sample", "1",
+                                 "--sample", "4", "--ig-steps", "4"])
+    assert result.exit_code == 0, result.output
+    index = json.loads((out / "index.json").read_text())
+    assert [s["row"] for s in index["samples"]] == [1, 4] and index["model"] == str(student)
+    for sample in index["samples"]:
+        sub = out / f"sample-{sample['row']}"
+        names = {p.name for p in sub.iterdir()}
+        for component in ("resid", "attn", "mlp", "head"):
+            for stem in (f"patching_{component}", f"patching_{component}_reverse"):
+                assert {f"{stem}.png", f"{stem}.json"} <= names
+                assert (sub / f"{stem}.png").read_bytes()[:8] == PNG
+        resid = json.loads((sub / "patching_resid.json").read_text())
+        assert len(resid["effect"]) == 2 and len(resid["effect"][0]) == len(resid["tokens"])   # layers x positions
+        pruned = resid["alignment"]["pruned"]
+        assert pruned and all(row[p] is None for row in resid["effect"] for p in pruned)     # never patched
+        heads = json.loads((sub / "patching_head.json").read_text())
+        assert len(heads["effect"][0]) == 4 and heads["columns"] == "head"                    # 4 heads
+        focus = json.loads((sub / "head_focus.json").read_text())
+        assert all(0 <= v <= 1 for row in focus["share_on_confounders"] for v in row)
+        attributions = json.loads((sub / "attributions.json").read_text())
+        assert set(attributions["scores"]) == {"attention_rollout", "grad_norm", "grad_x_input",
+                                               "integrated_gradients"}
+        assert (sub / "attributions.png").read_bytes()[:8] == PNG
+
+
+def test_inspect_defaults_and_errors(analyzed, tmp_path):
+    folder, _ = analyzed
+    out = tmp_path / "default"
+    result = runner.invoke(app, ["inspect", "--analyze", str(folder), "--output", str(out), "--count", "1",
+                                 "--component", "resid", "--method", "grad_norm"])
+    assert result.exit_code == 0, result.output
+    [sample] = json.loads((out / "index.json").read_text())["samples"]
+    assert sorted(sample["files"]) == sorted(["patching_resid.json", "patching_resid.png", "patching_resid_reverse.json",
+                                              "patching_resid_reverse.png", "head_focus.json", "head_focus.png",
+                                              "attributions.json", "attributions.png"])
+    missing = runner.invoke(app, ["inspect", "--analyze", str(tmp_path), "--output", str(out)])
+    assert missing.exit_code == 1 and "not a finished `leaf analyze` folder" in missing.output
+    bad_row = runner.invoke(app, ["inspect", "--analyze", str(folder), "--output", str(out), "--sample", "99"])
+    assert bad_row.exit_code == 1 and "No row 99" in bad_row.output
