@@ -18,6 +18,7 @@ source (inside a pruned span, or retokenized at a cut) are never patched and sho
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -94,6 +95,14 @@ def _read(model: HookedModel, component: str, layers: list[int], ids: torch.Tens
     for path in paths:
         got["acts"].append(_component_tensor(_envoy(model, path), component).detach().clone())
     got["metric"] = metric(model.nnsight.output.logits, ids, mask)
+    return got
+
+
+def _clean(model: HookedModel, metric: Metric, ids: torch.Tensor, mask: torch.Tensor, keep_cache: bool) -> dict:
+    output = model.nnsight.output
+    got = {"metric": metric(output.logits, ids, mask)}
+    if keep_cache:
+        got["cache"] = output.past_key_values
     return got
 
 
@@ -186,7 +195,8 @@ def patch_all(model: HookedModel, target, source, alignment: Alignment, target_m
 def patching_sweep(model: HookedModel, target, source, alignment: Alignment, target_mask, *,
                    component: str = "resid", layers: Sequence[int] | None = None,
                    positions: Sequence[int] | None = None, heads: Sequence[int] | None = None,
-                   batch_size: int = 32, metric: Metric | None = None, source_mask=None) -> PatchingResult:
+                   batch_size: int = 32, metric: Metric | None = None, source_mask=None,
+                   reuse_prefix: bool = True) -> PatchingResult:
     """Patch `source`'s activations into the `target` run, one (layer, position) or (layer, head) at a time.
 
     target, source: token ids (T_t,), (T_s,). alignment.pairs: (target position, source position). target_mask:
@@ -194,9 +204,13 @@ def patching_sweep(model: HookedModel, target, source, alignment: Alignment, tar
     target). positions: restrict the columns (default: every target position). batch_size: patched copies per
     forward (1 gives the naive loop). metric(logits, ids, mask) -> (B,) replaces the default mean log-prob.
     source_mask: the source's own target tokens, for the reported source metric (default: none reported).
+    reuse_prefix: for position components with the default metric, each batch runs only the positions from its
+    first patched one on, on top of the clean run's KV cache (a patch at position p changes nothing before p in
+    a causal model); the numbers are those of full runs.
     """
     if batch_size < 1:
         raise LeafError("batch_size must be at least 1.")
+    custom_metric = metric
     metric = metric or response_logprob
     target, source, mask, pairs, layers, src_mask = _prepare(model, target, source, alignment, target_mask,
                                                              component, layers, source_mask)
@@ -206,35 +220,50 @@ def patching_sweep(model: HookedModel, target, source, alignment: Alignment, tar
     device = model.device
     with _prepared(model, eager=False), torch.no_grad():
         acts, source_value, head_dim = _source_acts(model, component, layers, source, metric, src_mask)
-        with model.nnsight.trace(input_ids=target[None]):
-            clean = nnsight.save(metric(model.nnsight.output.logits, target[None], mask[None]))
+        reuse = reuse_prefix and custom_metric is None and component != "head"
+        with model.nnsight.trace(input_ids=target[None], use_cache=reuse):
+            clean = nnsight.save(_clean(model, metric, target[None], mask[None], reuse))
+        cache = clean.get("cache") if reuse else None
+        if reuse and (cache is None or not getattr(cache, "is_croppable", True)):
+            cache = None  # the architecture returned no croppable KV cache: full sequences
+        first_target = int(mask.nonzero()[0])
         if component == "head":
             head_list = list(range(model.arch.num_heads)) if heads is None else sorted(set(heads))
             tp = [p for p, _ in pairs]
             sp = [q for _, q in pairs]
             jobs = [(layer, c, tp, sp, h) for layer in layers for c, h in enumerate(head_list)]
             effect = torch.full((len(layers), len(head_list)), float("nan"))
-        else:
-            jobs = [(layer, p, [p], [q], None) for layer in layers for p, q in pairs]
+        else:  # sorted by position: a chunk's rows share the clean prefix before its first patched position
+            jobs = sorted(((layer, p, [p], [q], None) for layer in layers for p, q in pairs),
+                          key=lambda job: (job[1], job[0]))
             effect = torch.full((len(layers), len(target)), float("nan"))
         row_of = {layer: k for k, layer in enumerate(layers)}
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start: start + batch_size]
+            # with a KV cache, positions before the first patched one (and before the first target's predictor)
+            # are the clean run's: run only the suffix on top of the cached prefix
+            skip = min(min(job[2][0] for job in chunk), first_target - 1) if cache is not None else 0
             plan: dict[int, list] = {}
             for row, (layer, _, tp, sp, h) in enumerate(chunk):
-                plan.setdefault(layer, []).append((row, torch.tensor(tp, device=device),
+                plan.setdefault(layer, []).append((row, torch.tensor(tp, device=device) - skip,
                                                    torch.tensor(sp, device=device), h))
-            ids = target[None].expand(len(chunk), -1)
-            with model.nnsight.trace(input_ids=ids):
+            ids = target[None, skip:].expand(len(chunk), -1)
+            kwargs = {}
+            if skip:
+                prefix = copy.deepcopy(cache)
+                prefix.crop(skip - len(target))          # keep the first `skip` positions
+                prefix.batch_repeat_interleave(len(chunk))
+                kwargs = {"past_key_values": prefix, "use_cache": True}
+            with model.nnsight.trace(input_ids=ids, **kwargs):
                 values = nnsight.save(_patch(model, component, sorted(plan.items()), acts, ids, metric,
-                                             mask[None].expand(len(chunk), -1), head_dim))
+                                             mask[None, skip:].expand(len(chunk), -1), head_dim))
             for row, (layer, column, *_rest) in enumerate(chunk):
-                effect[row_of[layer], column] = float(values[row]) - float(clean[0])
+                effect[row_of[layer], column] = float(values[row]) - float(clean["metric"][0])
     notes = []
     if alignment.pruned or alignment.changed:
         notes.append(f"{len(alignment.pruned)} target position(s) inside pruned spans and {len(alignment.changed)} "
                      "retokenized at a cut have no partner: not patched (NaN)")
     return PatchingResult(component=component, effect=effect, layers=layers,
-                          columns="head" if component == "head" else "position", clean=float(clean[0]),
+                          columns="head" if component == "head" else "position", clean=float(clean["metric"][0]),
                           source=source_value,
                           alignment=alignment, notes=notes)

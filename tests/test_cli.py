@@ -15,7 +15,7 @@ runner = CliRunner()
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("analyze", "distill", "serve", "demo", "tiny-model", "saliency"):
+    for command in ("analyze", "distill", "serve", "demo", "inspect", "tiny-model", "saliency"):
         assert command in result.output
 
 
