@@ -98,6 +98,14 @@ def _read(model: HookedModel, component: str, layers: list[int], ids: torch.Tens
     return got
 
 
+def _croppable(cache) -> bool:
+    """Whether the clean run's cache can be cut to a prefix: transformers' sliding-window layers refuse once the
+    sequence reaches the window, so any sliding layer turns prefix reuse off."""
+    if not getattr(cache, "is_croppable", True):
+        return False
+    return not any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", []))
+
+
 def _clean(model: HookedModel, metric: Metric, ids: torch.Tensor, mask: torch.Tensor, keep_cache: bool) -> dict:
     output = model.nnsight.output
     got = {"metric": metric(output.logits, ids, mask)}
@@ -224,9 +232,9 @@ def patching_sweep(model: HookedModel, target, source, alignment: Alignment, tar
         with model.nnsight.trace(input_ids=target[None], use_cache=reuse):
             clean = nnsight.save(_clean(model, metric, target[None], mask[None], reuse))
         cache = clean.get("cache") if reuse else None
-        if reuse and (cache is None or not getattr(cache, "is_croppable", True)):
-            cache = None  # the architecture returned no croppable KV cache: full sequences
-        first_target = int(mask.nonzero()[0])
+        if cache is not None and not _croppable(cache):
+            cache = None  # no KV cache, or one that cannot be cut (sliding windows): full sequences
+        first_target = int(mask[1:].nonzero()[0]) + 1   # the metric never reads token 0
         if component == "head":
             head_list = list(range(model.arch.num_heads)) if heads is None else sorted(set(heads))
             tp = [p for p, _ in pairs]

@@ -150,7 +150,8 @@ class AnalyzeConfig:
 
     def fingerprint(self) -> dict:
         """What must match for --resume to continue a run: everything that changes the results."""
-        skip = {"output", "resume", "report_samples"}
+        # what changes memory or speed but not the results may change on --resume (e.g. after running out of memory)
+        skip = {"output", "resume", "report_samples", "device_map", "gradient_checkpointing"}
         values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
         extra = {"teacher_scores_sha256": TeacherScores(self.teacher_scores).digest()} if self.teacher_scores else {}
         return {**values, "data_sha256": _file_digest(self.data), **extra}
@@ -214,7 +215,7 @@ class Analyzer:
 
         config, manifest = self.config, self.parts / "manifest.json"
         fingerprint = config.fingerprint()
-        started = manifest.exists() and any(self.parts.glob("part-*.jsonl"))
+        started = manifest.exists()  # claimed: even before its first window (a teacher-only run has tokenizer/)
         if started:
             if not config.resume:
                 raise LeafError(f"{config.output} already holds an analyze run. Pass --resume to continue it, or "
@@ -286,7 +287,7 @@ class Analyzer:
                              response_field=config.response_field, id_field=config.id_field)
         if config.limit:
             samples = samples[: config.limit]
-        self.load_models(process_device(config.device, ranks), ranks)
+        self.load_models(process_device(config.device, ranks, config.device_map), ranks)
         self.notes: list[str] = []
         self.render_all(samples)
         for sample in samples:  # gold fields checked up front, not in the middle of the run
@@ -576,14 +577,14 @@ def merge_output(output: Path, *, wall_seconds: float | None = None) -> dict:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise LeafError(f"{len(missing)} of {run_info['windows']} windows of {output} are not finished (windows "
                         f"{shown}). Finish them with the same `leaf analyze` command and --resume, then merge.")
-    config = AnalyzeConfig(**{**run_info["config"], "resume": True})
+    config = run_info["config"]  # as recorded: not re-validated (the merge needs no model, vLLM or data)
     parts = [json.loads(part_path(output, w, ".counts.json").read_text()) for w in range(run_info["windows"])]
     timing = {"processes": run_info["processes"], "wall_seconds": wall_seconds,
               "window_seconds": sum(p["seconds"] for p in parts),
               "samples_this_run": sum(p["samples"] for p in parts if p["finished"] >= run_info["started"])}
     timing["samples_per_second"] = (timing["samples_this_run"] / wall_seconds) if wall_seconds else None
-    if config.teacher_only:
-        return _merge_teacher_scores(output, config, run_info, parts, timing)
+    if config.get("teacher_only"):
+        return _merge_teacher_scores(output, run_info, parts, timing)
     return _merge_analysis(output, config, run_info, parts, timing)
 
 
@@ -599,7 +600,7 @@ def _read_parts(output: Path, windows: int):
     return records, tensors
 
 
-def _merge_teacher_scores(output: Path, config: AnalyzeConfig, run_info: dict, parts: list, timing: dict) -> dict:
+def _merge_teacher_scores(output: Path, run_info: dict, parts: list, timing: dict) -> dict:
     records, tensors = _read_parts(output, run_info["windows"])
     for record in records:  # the store keeps what a lookup needs, not the texts
         for name in ("text", "prompt", "response"):
@@ -616,7 +617,7 @@ def _merge_teacher_scores(output: Path, config: AnalyzeConfig, run_info: dict, p
     return summary
 
 
-def _merge_analysis(output: Path, config: AnalyzeConfig, run_info: dict, parts: list, timing: dict) -> dict:
+def _merge_analysis(output: Path, config: dict, run_info: dict, parts: list, timing: dict) -> dict:
     from leaf.gold import DetectionCounts
     from leaf.report import write_report
 
@@ -663,8 +664,8 @@ def _merge_analysis(output: Path, config: AnalyzeConfig, run_info: dict, parts: 
     save_safetensors_atomic(output / "scores.safetensors", tensors)
     summary = {
         "output": str(output), "counts": counts,
-        "threshold": {"mode": config.threshold, "tau": config.tau, "quantile": config.quantile,
-                      "baseline_count": config.baseline_count,
+        "threshold": {"mode": config["threshold"], "tau": config["tau"], "quantile": config["quantile"],
+                      "baseline_count": config["baseline_count"],
                       "mean_applied": sum(thresholds) / len(thresholds) if thresholds else None},
         "detection": {mode: c.metrics() for mode, c in tables["detection"].items()} or None,
         "detection_exact": {mode: c.metrics() for mode, c in tables["detection_exact"].items()} or None,
@@ -672,7 +673,7 @@ def _merge_analysis(output: Path, config: AnalyzeConfig, run_info: dict, parts: 
         "versions": run_info["versions"], "command": run_info["command"], "timing": timing,
     }
     write_json_atomic(output / "summary.json", summary)
-    write_report(output / "report.html", records[: config.report_samples], summary)
+    write_report(output / "report.html", records[: config["report_samples"]], summary)
     return summary
 
 
@@ -687,9 +688,17 @@ def processes(device: str):
     return PartialState(cpu=device == "cpu", timeout=datetime.timedelta(hours=12))
 
 
-def process_device(device: str, ranks) -> str:
-    """Each process of a multi-GPU run takes its own GPU (accelerate's choice); otherwise the --device given."""
+def process_device(device: str, ranks, device_map: str | None = None) -> str:
+    """Each process of a multi-GPU run takes its own GPU (accelerate's choice), or with --device-map auto the first
+    GPU of its own share (where its student and its inputs go); otherwise the --device given."""
     if ranks.num_processes > 1 and device == "cuda":
+        share = gpu_share(ranks) if device_map == "auto" else None
+        if share:
+            import torch
+
+            first = min(share)
+            torch.cuda.set_device(first)
+            return f"cuda:{first}"
         return str(ranks.device)
     return device
 
@@ -708,7 +717,9 @@ def gpu_share(ranks) -> dict[int, int] | None:
     if per < 1:
         raise LeafError(f"--device-map auto with {per_machine} processes on a machine with {gpus} GPU(s): each "
                         "process needs at least one GPU of its own. Start fewer processes.")
-    return {i: torch.cuda.get_device_properties(i).total_memory for i in range(local * per, (local + 1) * per)}
+    # 85 % of each GPU for the teacher's weights: the rest holds activations (and, on the first, the student)
+    return {i: int(0.85 * torch.cuda.get_device_properties(i).total_memory)
+            for i in range(local * per, (local + 1) * per)}
 
 
 def _load_tokenizer(name: str, config: AnalyzeConfig):

@@ -277,10 +277,6 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                 shutil.rmtree(folder)
     elif out.exists() and any(out.iterdir()):
         raise LeafError(f"{out} exists and is not empty. Choose a new --output (nothing was overwritten).")
-    if config.teacher_device_map and ranks.num_processes > 1:
-        raise LeafError("--teacher-device-map spreads the teacher over every GPU, so it needs one process: write "
-                        "the cache first (`leaf distill ... --cache-only --teacher-device-map auto`), then train "
-                        "under accelerate launch on the same --output.")
 
     records, identical = load_records_for(config)
     student = load_model(config.student, device=config.device, dtype="float32", allow_pickle=config.allow_pickle)
@@ -297,6 +293,10 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     cache_meta = TeacherCache.meta(config, examples, config.fingerprint(), vocab)
     cached = config.cache_teacher and TeacherCache.complete(cache_dir, cache_meta)
     teacher = None
+    if not cached and config.teacher_device_map and ranks.num_processes > 1:
+        raise LeafError("--teacher-device-map spreads the teacher over every GPU, so it needs one process: write "
+                        "the cache first (`leaf distill ... --cache-only --teacher-device-map auto`), then train "
+                        "under accelerate launch on the same --output.")
     if not cached:  # the teacher in the run's dtype (bf16 halves a big teacher); never trained
         teacher = load_model(config.teacher, device=config.device, dtype=config.dtype,
                              allow_pickle=config.allow_pickle, device_map=config.teacher_device_map)

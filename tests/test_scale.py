@@ -208,3 +208,40 @@ def test_gradient_checkpointing_recomputes_every_layer_and_changes_no_score(setu
         assert a.loss == pytest.approx(b.loss)
     assert not model.hf_model.training and not model.hf_model.is_gradient_checkpointing
     assert not any(m.training for m in model.hf_model.modules())
+
+
+def test_a_teacher_only_run_killed_before_its_first_window_resumes(setup, tmp_path):
+    """The folder is claimed (manifest, tokenizer/) before any window finishes: --resume continues it, and a run
+    without --resume refuses to overwrite it; a memory-only setting may change on resume."""
+    out = tmp_path / "teacher"
+    args = ["analyze", "--teacher", setup["teacher"], "--teacher-only", "--template", "none", "--data",
+            str(setup["data"]), "--output", str(out), "--window", "3"]
+    assert runner.invoke(app, args).exit_code == 0
+    for path in (out / "parts").glob("part-*"):
+        path.unlink()
+    for name in ("teacher_scores.safetensors", "teacher_scores.jsonl", "summary.json"):
+        (out / name).unlink()
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and "--resume" in refused.output
+    resumed = runner.invoke(app, [*args, "--resume", "--gradient-checkpointing"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "summary.json").read_text())["counts"]["scored"] == 7
+
+
+def test_merge_needs_neither_models_nor_vllm(setup, tmp_path, monkeypatch):
+    """A run recorded with --select --generator vllm merges on a machine without vLLM: the recorded settings are
+    read, not re-validated."""
+    import leaf.generation
+
+    out = tmp_path / "copy"
+    shutil.copytree(setup["single"], out)
+    run_info = json.loads((out / "parts" / "run.json").read_text())
+    run_info["config"].update(select=True, generator="vllm")
+    (out / "parts" / "run.json").write_text(json.dumps(run_info))
+
+    def no_vllm(name):
+        raise AssertionError("the merge must not resolve a generator")
+
+    monkeypatch.setattr(leaf.generation, "resolve_backend", no_vllm)
+    result = runner.invoke(app, ["analyze", "--merge", str(out)])
+    assert result.exit_code == 0, result.output

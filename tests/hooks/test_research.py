@@ -245,3 +245,21 @@ def test_heatmap_png_writes_a_picture_atomically(tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert [p.name for p in (tmp_path / "maps").iterdir()] == ["m.png"]   # no temporary file left behind
+
+
+def test_a_target_mask_that_includes_token_0_and_sliding_caches(llama):
+    """Token 0 in the mask (nothing predicts it, the metric skips it) must not confuse the prefix reuse; a cache
+    with a sliding-window layer turns the reuse off instead of failing."""
+    from types import SimpleNamespace
+
+    from leaf.hooks.patching import _croppable
+
+    model, _ = llama
+    x, xs, alignment, _, _, _ = pair(model.tokenizer)
+    everything = torch.ones(len(x.input_ids), dtype=torch.bool)
+    reused = patching_sweep(model, x.input_ids, xs.input_ids, alignment, everything, batch_size=16)
+    full = patching_sweep(model, x.input_ids, xs.input_ids, alignment, everything, batch_size=16,
+                          reuse_prefix=False)
+    torch.testing.assert_close(reused.effect, full.effect, atol=1e-6, rtol=0, equal_nan=True)
+    assert _croppable(SimpleNamespace(is_croppable=True, layers=[SimpleNamespace(is_sliding=False)]))
+    assert not _croppable(SimpleNamespace(is_croppable=True, layers=[SimpleNamespace(is_sliding=True)]))
