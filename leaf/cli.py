@@ -372,7 +372,9 @@ The same pipeline on real models (GPUs; see README "Real models"):
   accelerate launch --config_file configs/accelerate/ddp.yaml -m leaf distill --teacher Qwen/Qwen2.5-7B-Instruct \
       --student Qwen/Qwen2.5-Math-1.5B --data runs/analyze --output runs/distill --device cuda --dtype bfloat16
   leaf serve --model Qwen/Qwen2.5-Math-1.5B --model runs/distill/final --data runs/analyze --output runs/serve \
-      --device cuda --dtype bfloat16"""
+      --device cuda --dtype bfloat16
+Ready run files for the paper's pairings and a budget one: recipes/ (leaf analyze --config recipes/NAME.toml).
+Which layers, heads and tokens carry a distractor: leaf inspect --analyze {output}/seed-0/analyze --output {output}/inspect"""
 
 
 Component = choices("Component", ("resid", "attn", "mlp", "head"))  # leaf.hooks.COMPONENTS
