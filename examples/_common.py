@@ -34,6 +34,7 @@ def problems(count: int, seed: int):
 
 def encode_pair(tokenizer, question: str, solution: str, spans):
     """X (with the distractor), X\\A (without), their alignment, and the response tokens of each."""
+    from leaf.gold import token_gold
     from leaf.spans import remove_spans
 
     text, pspan, rspan = render_prompt_response(tokenizer, question, solution)
@@ -42,9 +43,7 @@ def encode_pair(tokenizer, question: str, solution: str, spans):
     pruned = [(pspan[0] + a, pspan[0] + b) for a, b in spans]
     target, cf_target = x.response_mask.clone(), xs.response_mask.clone()
     target[0] = cf_target[0] = False
-    confounder = x.prompt_mask & False   # tokens overlapping a distractor span
-    for a, b in pruned:
-        confounder |= (x.offsets[:, 0] < b) & (x.offsets[:, 1] > a) & x.prompt_mask
+    confounder = token_gold(x.offsets, spans, base=pspan[0]) & x.prompt_mask   # tokens overlapping a distractor
     return {"x": x, "xs": xs, "alignment": align_tokens(text, x.offsets, cf_text, xs.offsets, pruned),
             "target": target, "cf_target": cf_target, "confounder": confounder}
 

@@ -30,7 +30,7 @@ from leaf.hooks import reductions
 from leaf.hooks.alignment import Alignment
 from leaf.hooks.loading import HookedModel
 from leaf.hooks.batching import as_masks
-from leaf.hooks.tracing import _envoy, _first_tensor, _prepared
+from leaf.hooks.tracing import _envoy, _first_tensor, _prepared, _resolve_layers
 
 COMPONENTS = ("resid", "attn", "mlp", "head")
 Metric = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -67,18 +67,6 @@ def _ids(x) -> torch.Tensor:
     if ids.numel() < 2:
         raise LeafError("Patching needs token-id sequences of at least 2 tokens.")
     return ids
-
-
-def _layers(model: HookedModel, layers: Sequence[int] | None) -> list[int]:
-    n = model.arch.num_layers
-    if layers is None:
-        return list(range(n))
-    out = []
-    for layer in layers:
-        if not -n <= layer < n:
-            raise LeafError(f"Layer {layer} does not exist: the model has {n} layers (0..{n - 1}, or -1..-{n}).")
-        out.append(layer % n)
-    return sorted(set(out))
 
 
 def _component_tensor(envoy, component: str):
@@ -165,7 +153,7 @@ def _prepare(model, target, source, alignment, target_mask, component, layers, s
         [src_mask] = as_masks([source_mask], [source], "source_mask")
         src_mask = src_mask.to(model.device)
     device = model.device
-    return target.to(device), source.to(device), mask.to(device), pairs, _layers(model, layers), src_mask
+    return target.to(device), source.to(device), mask.to(device), pairs, _resolve_layers(model, layers), src_mask
 
 
 @dataclass

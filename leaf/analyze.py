@@ -152,7 +152,7 @@ class AnalyzeConfig:
         """What must match for --resume to continue a run: everything that changes the results."""
         # what changes memory or speed but not the results may change on --resume (e.g. after running out of memory)
         skip = {"output", "resume", "report_samples", "device_map", "gradient_checkpointing"}
-        values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
+        values = {k: v for k, v in self.as_json().items() if k not in skip}
         extra = {"teacher_scores_sha256": TeacherScores(self.teacher_scores).digest()} if self.teacher_scores else {}
         return {**values, "data_sha256": _file_digest(self.data), **extra}
 
@@ -249,13 +249,13 @@ class Analyzer:
         return models
 
     # -- the run -------------------------------------------------------------------------------------------------
-    def load_models(self, device: str, ranks) -> None:
+    def load_models(self, device: str, max_memory: dict[int, int] | None) -> None:
         """The teacher (its weights, or its stored scores) and the student (its weights, or with --teacher-only
-        just its tokenizer for the chat template)."""
+        just its tokenizer for the chat template). max_memory: this process's GPU share for the teacher."""
         from leaf.hooks import load_model
+        from leaf.hooks.loading import load_tokenizer
 
         config = self.config
-        max_memory = gpu_share(ranks) if config.device_map == "auto" and ranks.num_processes > 1 else None
         load = dict(device=device, dtype=config.dtype, allow_pickle=config.allow_pickle,
                     trust_remote_code=config.trust_remote_code)
         if config.teacher_scores:
@@ -267,13 +267,13 @@ class Analyzer:
             self.generating_teacher = self.teacher
         if config.teacher_only:
             self.student = None
-            self.student_tokenizer = _load_tokenizer(config.student, config) if config.student else None
+            self.student_tokenizer = (load_tokenizer(config.student, trust_remote_code=config.trust_remote_code)
+                                      if config.student else None)
         else:
             self.student = load_model(config.student, **load)
             self.student_tokenizer = self.student.tokenizer
 
     def run(self) -> dict:
-        from accelerate import PartialState
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from leaf.data import load_records, to_samples
@@ -287,7 +287,8 @@ class Analyzer:
                              response_field=config.response_field, id_field=config.id_field)
         if config.limit:
             samples = samples[: config.limit]
-        self.load_models(process_device(config.device, ranks, config.device_map), ranks)
+        share = gpu_share(ranks) if config.device_map == "auto" and ranks.num_processes > 1 else None
+        self.load_models(process_device(config.device, ranks, share), share)
         self.notes: list[str] = []
         self.render_all(samples)
         for sample in samples:  # gold fields checked up front, not in the middle of the run
@@ -564,8 +565,6 @@ def merge_output(output: Path, *, wall_seconds: float | None = None) -> dict:
 
     Needs no model: `leaf analyze --merge DIR` runs it on its own (e.g. after the processes of a sharded run
     finished on different machines). Every window must be done."""
-    import time
-
     output = Path(output)
     try:
         run_info = json.loads((output / "parts" / "run.json").read_text())
@@ -688,11 +687,10 @@ def processes(device: str):
     return PartialState(cpu=device == "cpu", timeout=datetime.timedelta(hours=12))
 
 
-def process_device(device: str, ranks, device_map: str | None = None) -> str:
-    """Each process of a multi-GPU run takes its own GPU (accelerate's choice), or with --device-map auto the first
-    GPU of its own share (where its student and its inputs go); otherwise the --device given."""
+def process_device(device: str, ranks, share: dict[int, int] | None = None) -> str:
+    """Each process of a multi-GPU run takes its own GPU (accelerate's choice), or with a GPU share (--device-map
+    auto) the share's first GPU (where its student and its inputs go); otherwise the --device given."""
     if ranks.num_processes > 1 and device == "cuda":
-        share = gpu_share(ranks) if device_map == "auto" else None
         if share:
             import torch
 
@@ -720,12 +718,6 @@ def gpu_share(ranks) -> dict[int, int] | None:
     # 85 % of each GPU for the teacher's weights: the rest holds activations (and, on the first, the student)
     return {i: int(0.85 * torch.cuda.get_device_properties(i).total_memory)
             for i in range(local * per, (local + 1) * per)}
-
-
-def _load_tokenizer(name: str, config: AnalyzeConfig):
-    from leaf.hooks.loading import load_tokenizer
-
-    return load_tokenizer(name, trust_remote_code=config.trust_remote_code)
 
 
 def _describe(model) -> dict:

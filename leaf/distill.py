@@ -293,11 +293,11 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     cache_meta = TeacherCache.meta(config, examples, config.fingerprint(), vocab)
     cached = config.cache_teacher and TeacherCache.complete(cache_dir, cache_meta)
     teacher = None
-    if not cached and config.teacher_device_map and ranks.num_processes > 1:
-        raise LeafError("--teacher-device-map spreads the teacher over every GPU, so it needs one process: write "
-                        "the cache first (`leaf distill ... --cache-only --teacher-device-map auto`), then train "
-                        "under accelerate launch on the same --output.")
     if not cached:  # the teacher in the run's dtype (bf16 halves a big teacher); never trained
+        if config.teacher_device_map and ranks.num_processes > 1:
+            raise LeafError("--teacher-device-map spreads the teacher over every GPU, so it needs one process: "
+                            "write the cache first (`leaf distill ... --cache-only --teacher-device-map auto`), then "
+                            "train under accelerate launch on the same --output.")
         teacher = load_model(config.teacher, device=config.device, dtype=config.dtype,
                              allow_pickle=config.allow_pickle, device_map=config.teacher_device_map)
         check_vocabularies(teacher, student)
@@ -322,7 +322,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
         if config.cache_only:
             summary = {"teacher_cache": str(cache_dir), "samples": len(examples), "with_counterfactual": with_cf,
                        "processes": ranks.num_processes, "rank": ranks.process_index,
-                       "next": f"train from it: the same command without --cache-only (any number of processes)"}
+                       "next": "train from it: the same command without --cache-only (any number of processes)"}
             if main:
                 write_json_atomic(cache_dir / "summary.json", summary)
             return summary

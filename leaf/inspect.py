@@ -96,6 +96,7 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
 
     from leaf.hooks import (align_tokens, attribute_all, encode_text, head_focus, heatmap_png, list_methods,
                             load_model, patching_sweep, render_prompt_response)
+    from leaf.gold import token_gold
     from leaf.spans import remove_spans
 
     records = [json.loads(line) for line in (config.analyze / "samples.jsonl").read_text().splitlines()]
@@ -146,10 +147,7 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
                             xlabel=columns[0], ylabel="layer", xticklabels=columns[1],
                             yticklabels=[str(layer) for layer in result.layers], colorbar="Δ log-prob")
                 written += [f"{stem}.json", f"{stem}.png"]
-        confounder = torch.zeros(len(x.input_ids), dtype=torch.bool)   # tokens overlapping a pruned span
-        for a, b in pruned:
-            confounder |= (x.offsets[:, 0] < b) & (x.offsets[:, 1] > a) & ~x.special_mask
-        confounder &= x.prompt_mask
+        confounder = token_gold(x.offsets, spans, base=pspan[0]) & x.prompt_mask   # tokens overlapping a span
         [focus] = head_focus(model, [x.input_ids], [x.response_mask], [x.prompt_mask], [confounder])
         write_json_atomic(folder / "head_focus.json", {
             "row": record["row"], "share_on_confounders": [[None if v != v else round(float(v), 6) for v in row]
