@@ -30,6 +30,8 @@ from leaf.teacher_scores import (INDEX, KIND, SCORES, TOKENIZER, TeacherScore, T
 THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.scoring.THRESHOLDS, without torch
 LEVELS = ("instruction", "response", "both")
 PRUNING = ("span", "collective")
+SPAN_UNITS = ("token", "word", "clause", "sentence")  # leaf.spans.SPAN_UNITS, without torch
+AGGREGATES = ("token", "clause", "sentence")
 TEMPLATES = ("student", "teacher", "none")
 
 
@@ -50,7 +52,11 @@ class AnalyzeConfig:
     segments: int = field(default=2, metadata=doc("Response segments at response level: 2 or 3."))
     pruning: str = field(default="span", metadata=doc("span: one counterfactual per span; collective: all at once."))
     span_unit: str = field(default="word", metadata=doc(
-        "word: widen spans to whole words so that pruning never cuts a word apart; token: spans of model tokens."))
+        "Grow flagged spans to whole words (so that pruning never cuts a word apart), to the clause or sentence "
+        "around them, or keep model tokens: token, word, clause, sentence."))
+    aggregate: str = field(default="token", metadata=doc(
+        "Decide per token (the paper's rule), or per clause / sentence on the mean Δ of its tokens (every threshold "
+        "mode then flags whole clauses / sentences): token, clause, sentence."))
     gold: str | None = field(default=None, metadata=doc(
         "Field holding the ground truth: the distractor text, a list of texts, or a list of [start, end] spans."))
     gold_pair: str | None = field(default=None, metadata=doc(
@@ -116,7 +122,10 @@ class AnalyzeConfig:
              "--select/--verify generate with the teacher: with --teacher-scores also give --teacher."),
             (self.level in LEVELS, f"--level must be one of {', '.join(LEVELS)}, got {self.level!r}."),
             (self.pruning in PRUNING, f"--pruning must be one of {', '.join(PRUNING)}, got {self.pruning!r}."),
-            (self.span_unit in ("word", "token"), f"--span-unit must be word or token, got {self.span_unit!r}."),
+            (self.span_unit in SPAN_UNITS,
+             f"--span-unit must be one of {', '.join(SPAN_UNITS)}, got {self.span_unit!r}."),
+            (self.aggregate in AGGREGATES,
+             f"--aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}."),
             (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}, got {self.template!r}."),
             (self.segments in (2, 3), f"--segments must be 2 or 3, got {self.segments}."),
             (0 < self.quantile < 1, f"--quantile must be in (0, 1), got {self.quantile}."),
@@ -752,11 +761,15 @@ def format_summary(summary: dict) -> str:
             continue
         n = next(iter(detection.values()))["samples"]
         lines.append(f"\ndetection, {title} ({n}):")
-        lines.append(f"{'mode':<10} {'tok P':>6} {'tok R':>6} {'tok F1':>6} {'span P':>6} {'span R':>6} {'span F1':>7}")
+        lines.append(f"{'mode':<10} {'tok P':>6} {'tok R':>6} {'tok F1':>6} {'span P':>6} {'span R':>6} "
+                     f"{'span F1':>7} {'pruned F1':>9} {'distr. numbers removed':>22}")
         for mode, m in detection.items():
+            numbers = (m.get("distractors") or {}).get("numbers_removed")
+            pruned = m.get("pruned", m["token"])["f1"]
             lines.append(f"{mode:<10} {m['token']['precision']:>6.3f} {m['token']['recall']:>6.3f} "
                          f"{m['token']['f1']:>6.3f} {m['span']['precision']:>6.3f} {m['span']['recall']:>6.3f} "
-                         f"{m['span']['f1']:>7.3f}")
+                         f"{m['span']['f1']:>7.3f} {pruned:>9.3f} "
+                         f"{'-' if numbers is None else format(numbers, '.3f'):>22}")
     lines.append(f"\nwrote {summary['output']}/samples.jsonl, scores.safetensors, summary.json, report.html")
     return "\n".join(lines)
 

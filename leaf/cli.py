@@ -22,7 +22,7 @@ import typer
 
 from leaf.errors import LeafError
 from leaf.options import field_help
-from leaf.analyze import LEVELS, PRUNING, TEMPLATES, THRESHOLD_MODES, AnalyzeConfig
+from leaf.analyze import AGGREGATES, LEVELS, PRUNING, SPAN_UNITS, TEMPLATES, THRESHOLD_MODES, AnalyzeConfig
 from leaf.demo.run import DemoConfig
 from leaf.inspect import DEFAULT_COMPONENTS, InspectConfig
 from leaf.distill import MODES, DistillConfig
@@ -84,7 +84,8 @@ def choices(name: str, values) -> type[Enum]:
 Threshold = choices("Threshold", THRESHOLD_MODES)
 Level = choices("Level", LEVELS)
 Pruning = choices("Pruning", PRUNING)
-SpanUnit = choices("SpanUnit", ("word", "token"))
+SpanUnit = choices("SpanUnit", SPAN_UNITS)
+Aggregate = choices("Aggregate", AGGREGATES)
 Template = choices("Template", TEMPLATES)
 Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2"))  # leaf.tiny_models.FAMILIES
 Size = choices("Size", ("tiny", "small"))
@@ -139,6 +140,7 @@ def analyze(ctx: typer.Context,
             segments: Annotated[int, _a("segments")] = 2,
             pruning: Annotated[Pruning, _a("pruning")] = Pruning.span,
             span_unit: Annotated[SpanUnit, _a("span_unit")] = SpanUnit.word,
+            aggregate: Annotated[Aggregate, _a("aggregate")] = Aggregate.token,
             gold: Annotated[str | None, _a("gold")] = None,
             gold_pair: Annotated[str | None, _a("gold_pair")] = None,
             template: Annotated[Template, _a("template")] = Template.student,
@@ -177,7 +179,8 @@ def analyze(ctx: typer.Context,
     config = AnalyzeConfig(
         teacher=teacher, student=student, data=data, output=output, threshold=threshold.value, tau=tau,
         quantile=quantile, baseline_count=baseline_count.value, level=level.value, segments=segments,
-        pruning=pruning.value, span_unit=span_unit.value, gold=gold, gold_pair=gold_pair, template=template.value,
+        pruning=pruning.value, span_unit=span_unit.value, aggregate=aggregate.value, gold=gold, gold_pair=gold_pair,
+        template=template.value,
         select=select, verify=verify, answer_field=answer_field, max_new_tokens=max_new_tokens,
         generator=generator.value, prompt_field=prompt_field, response_field=response_field, id_field=id_field,
         limit=limit, batch_size=batch_size, window=window, seed=seed, device=device, dtype=dtype,

@@ -12,8 +12,8 @@ import torch
 
 from leaf.gold import DetectionCounts, token_gold
 from leaf.hooks.batching import tokens_in
-from leaf.scoring import THRESHOLDS, ThresholdContext, delta, flag, minmax
-from leaf.spans import is_whitespace, project, remove_spans, token_spans, word_spans
+from leaf.scoring import THRESHOLDS, Flags, ThresholdContext, delta, flag, group_mean, minmax
+from leaf.spans import grow_spans, is_whitespace, piece_index, pieces, project, remove_spans, token_spans
 
 
 @dataclass
@@ -58,24 +58,37 @@ def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, 
     g_s, g_t = minmax(s_scores[idx]), minmax(t_on_s[idx])
     d = delta(t_on_s[idx], s_scores[idx])
     surprisal = s_surprisal[idx] if s_surprisal is not None else None
-    ctxs = contexts(config, d, surprisal, seed)
+    # --aggregate clause|sentence: every mode decides over pieces (mean Δ / mean surprisal of their tokens)
+    owner = piece_index(s_enc.offsets, idx, pieces(text, unit.region, config.aggregate)) \
+        if config.aggregate != "token" and idx.numel() else None
+    if owner is not None:
+        owner = torch.unique(owner, return_inverse=True)[1]  # pieces that hold candidates, numbered 0..G-1
+        d_units = group_mean(d, owner)
+        s_units = group_mean(surprisal, owner) if surprisal is not None else None
+    else:
+        d_units, s_units = d, surprisal
+    ctxs = contexts(config, d_units, s_units, seed)
     modes = list(THRESHOLDS) if counts is not None else [config.threshold]
     if counts is not None:  # every mode that can run, for the detection table
         modes = [m for m in modes if m == config.threshold or not (
             (m == "absolute" and config.tau is None) or (m == "ppl" and surprisal is None))]
     chosen = None
     for mode in modes:
-        flags = flag(mode, d, ctxs[mode])
+        flags = flag(mode, d_units, ctxs[mode])
+        if owner is not None:  # back from pieces to their tokens
+            flags = Flags(flags.mask[owner], flags.threshold)
         full = torch.zeros(len(s_enc.offsets), dtype=torch.bool)
         full[idx] = flags.mask
-        spans = token_spans(full, s_enc.offsets, text, cand)
-        if config.span_unit == "word":
-            spans = word_spans(spans, text, s_enc.offsets, cand, unit.region)
+        spans = grow_spans(token_spans(full, s_enc.offsets, text, cand), text, s_enc.offsets, cand, unit.region,
+                           config.span_unit)
         if counts is not None and gold_spans is not None:
             gold = token_gold(s_enc.offsets, gold_spans, base=unit.base[0])
             predicted = [(a - unit.base[0], b - unit.base[0]) for a, b, _ in spans]
+            pruned = token_gold(s_enc.offsets, predicted, base=unit.base[0])[idx]
+            prompt = text[unit.base[0]: unit.base[1]]
             for table in counts:
-                table.setdefault(mode, DetectionCounts()).add(flags.mask, gold[idx], predicted, gold_spans)
+                table.setdefault(mode, DetectionCounts()).add(flags.mask, gold[idx], predicted, gold_spans,
+                                                              pruned=pruned, prompt=prompt)
         if mode == config.threshold:
             chosen = (flags, spans)
     flags, spans = chosen

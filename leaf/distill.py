@@ -4,8 +4,9 @@
         --lambda-schedule linear:0.8:0.5 --max-steps 200
 
 Per step, over response positions only: λ·D(p_T(·|X) || p_S(·|X)) + (1-λ)·D(p_T(·|X\\A) || p_S(·|X\\A)), each original
-paired with one of its counterfactuals (samples without one use the first term alone). Built on the transformers
-Trainer (custom loss): AdamW, cosine schedule with warmup, gradient accumulation, bf16, gradient checkpointing,
+paired with one counterfactual per level it has (instruction, response; the second term is then their mean), every
+counterfactual used in turn over the original's appearances; samples without one use the first term alone. Built on
+the transformers Trainer (custom loss): AdamW, cosine schedule with warmup, gradient accumulation, bf16, gradient checkpointing,
 checkpoints and `--resume`; under `accelerate launch` the same command runs DDP/FSDP/DeepSpeed.
 """
 
@@ -255,7 +256,8 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
 
     from leaf.hooks import load_model
     from leaf.hooks.reductions import mean_nll
-    from leaf.losses import get_divergence, hybrid_loss, kd_loss, kd_loss_from_cache, lambda_at, logit_mask
+    from leaf.losses import (get_divergence, hybrid_loss, kd_loss, kd_loss_from_cache, lambda_at, logit_mask,
+                             per_sample_mean)
 
     from accelerate import PartialState
 
@@ -359,8 +361,10 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
             if "cf_index" in inputs and lam < 1:
                 cf_s = model(input_ids=inputs["cf_input_ids"], attention_mask=inputs["cf_attention_mask"]).logits
                 keys = [(index[r], 1 + j) for r, j in zip(inputs["cf_index"].tolist(), inputs["cf_choice"].tolist())]
-                counterfactual = counterfactual.index_put((inputs["cf_index"],), term(
-                    cf_s, inputs["cf_input_ids"], inputs["cf_attention_mask"], inputs["cf_response_mask"], keys))
+                per_row = term(cf_s, inputs["cf_input_ids"], inputs["cf_attention_mask"], inputs["cf_response_mask"],
+                               keys)                                                               # (R,)
+                # a sample with an instruction- and a response-level counterfactual: the mean of the two
+                counterfactual = per_sample_mean(per_row, inputs["cf_index"], len(index))
                 has_cf[inputs["cf_index"]] = True
             loss = hybrid_loss(original, counterfactual, has_cf, lam)
             if config.ce_weight:

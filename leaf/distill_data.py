@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from leaf.errors import LeafError
@@ -25,11 +25,20 @@ LEVELS = {"kd": (), "instr": ("instruction",), "instr+resp": ("instruction", "re
 
 @dataclass
 class Example:
-    """One original and the counterfactuals the mode allows, already rendered and tokenized."""
+    """One original and the counterfactuals the mode allows, already rendered and tokenized; levels[j] is
+    counterfactual j's level (instruction or response)."""
 
     input_ids: list[int]
     response_mask: list[bool]
     counterfactuals: list[tuple[list[int], list[bool]]]
+    levels: list[str] = field(default_factory=list)
+
+    def by_level(self) -> dict[str, list[int]]:
+        """Indices of the counterfactuals of each level present, in order."""
+        out: dict[str, list[int]] = {}
+        for j, level in enumerate(self.levels):
+            out.setdefault(level, []).append(j)
+        return out
 
 
 def read_analyze_output(path: Path) -> list[dict]:
@@ -143,7 +152,7 @@ def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | 
         if max_length and len(ids) > max_length:
             dropped += 1
             continue
-        cfs = []
+        cfs, cf_levels = [], []
         for unit in record.get("units", []):
             if unit["level"] not in levels:
                 continue
@@ -154,7 +163,8 @@ def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | 
                 cf_ids, cf_mask = encode(prompt, response)
                 if any(cf_mask) and not (max_length and len(cf_ids) > max_length):
                     cfs.append((cf_ids, cf_mask))
-        examples.append(Example(ids, mask, cfs))
+                    cf_levels.append(unit["level"])
+        examples.append(Example(ids, mask, cfs, cf_levels))
     return examples, dropped
 
 
@@ -170,22 +180,39 @@ def _pad(rows: list[list], value, dtype):
 
 
 class PairedData:
-    """Originals, each paired with one of its counterfactuals (a fixed, seeded choice per sample)."""
+    """Originals with their counterfactuals: every counterfactual of a sample is used, in turn.
+
+    Each original appears `rounds` times (the most counterfactuals any sample has at one level, at most
+    MAX_ROUNDS); on its r-th appearance it is paired, at each level it has, with that level's counterfactual
+    perm[r mod n] (a seeded permutation per sample and level). So an instruction-level and a response-level
+    counterfactual never compete for one slot, and over `rounds` appearances every counterfactual is used once
+    (the reference code adds every pruned span as its own row). Item index k is (appearance k // n, sample k % n).
+    """
+
+    MAX_ROUNDS = 16
 
     def __init__(self, examples: list[Example], seed: int) -> None:
         self.examples, self.seed = examples, seed
+        counts = [len(js) for ex in examples for js in ex.by_level().values()]
+        self.rounds = min(max(counts, default=1), self.MAX_ROUNDS)
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.examples) * self.rounds
 
-    def choice(self, index: int) -> int | None:
-        n = len(self.examples[index].counterfactuals)
-        return random.Random(self.seed * 1_000_003 + index).randrange(n) if n else None
+    def choices(self, index: int, appearance: int = 0) -> list[int]:
+        """The counterfactuals (indices into the example's list) paired with sample `index` on an appearance."""
+        out = []
+        for level, js in sorted(self.examples[index].by_level().items()):
+            order = list(js)
+            random.Random(f"{self.seed}:{index}:{level}").shuffle(order)
+            out.append(order[appearance % len(order)])
+        return out
 
-    def __getitem__(self, index: int) -> dict:
-        ex, j = self.examples[index], self.choice(index)
-        return {"index": index, "choice": j, "ids": ex.input_ids, "mask": ex.response_mask,
-                "cf": ex.counterfactuals[j] if j is not None else None}
+    def __getitem__(self, item: int) -> dict:
+        index, appearance = item % len(self.examples), item // len(self.examples)
+        ex, chosen = self.examples[index], self.choices(index, appearance)
+        return {"index": index, "choices": chosen, "ids": ex.input_ids, "mask": ex.response_mask,
+                "cfs": [ex.counterfactuals[j] for j in chosen]}
 
 
 def make_collator(pad_id: int):
@@ -196,13 +223,14 @@ def make_collator(pad_id: int):
                  "input_ids": _pad([it["ids"] for it in items], pad_id, torch.long),
                  "attention_mask": _pad([[1] * len(it["ids"]) for it in items], 0, torch.long),
                  "response_mask": _pad([it["mask"] for it in items], False, torch.bool)}
-        rows = [i for i, it in enumerate(items) if it["cf"] is not None]
+        # counterfactual rows: cf_index[k] is the batch row of the original that row k belongs to
+        rows = [(i, j, cf) for i, it in enumerate(items) for j, cf in zip(it["choices"], it["cfs"])]
         if rows:
-            batch["cf_index"] = torch.tensor(rows, dtype=torch.long)
-            batch["cf_choice"] = torch.tensor([items[i]["choice"] for i in rows], dtype=torch.long)
-            batch["cf_input_ids"] = _pad([items[i]["cf"][0] for i in rows], pad_id, torch.long)
-            batch["cf_attention_mask"] = _pad([[1] * len(items[i]["cf"][0]) for i in rows], 0, torch.long)
-            batch["cf_response_mask"] = _pad([items[i]["cf"][1] for i in rows], False, torch.bool)
+            batch["cf_index"] = torch.tensor([i for i, _, _ in rows], dtype=torch.long)
+            batch["cf_choice"] = torch.tensor([j for _, j, _ in rows], dtype=torch.long)
+            batch["cf_input_ids"] = _pad([cf[0] for _, _, cf in rows], pad_id, torch.long)
+            batch["cf_attention_mask"] = _pad([[1] * len(cf[0]) for _, _, cf in rows], 0, torch.long)
+            batch["cf_response_mask"] = _pad([cf[1] for _, _, cf in rows], False, torch.bool)
         return batch
 
     return collate

@@ -77,7 +77,8 @@ def logit_mask(token_mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _per_sample_mean(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+def per_sample_mean(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """Mean of `values` (N,) per owner: rows (N,) give each value's sample in [0, batch); (batch,), 0 where none."""
     total = torch.zeros(batch, dtype=torch.float32, device=values.device).index_add(0, rows, values)
     count = torch.zeros(batch, dtype=torch.float32, device=values.device).index_add(0, rows, torch.ones_like(values))
     return total / count.clamp(min=1)
@@ -99,7 +100,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: to
         logp_t = (teacher_logits[r, c, :vocab].float() / temperature).log_softmax(-1)   # (n, V)
         values.append(divergence(logp_t, logp_s))
     per_position = torch.cat(values) if values else student_logits.new_zeros(0, dtype=torch.float32)
-    return _per_sample_mean(per_position, rows, mask.shape[0]) * temperature ** 2
+    return per_sample_mean(per_position, rows, mask.shape[0]) * temperature ** 2
 
 
 def teacher_topk(teacher_logits: torch.Tensor, mask: torch.Tensor, k: int, *, temperature: float = 1.0,
@@ -144,7 +145,7 @@ def kd_loss_from_cache(student_logits: torch.Tensor, mask: torch.Tensor, top_log
         s_top = logp_s.gather(-1, top_ids[sl])
         values.append(divergence(_with_tail(top_logp[sl].float()), _with_tail(s_top)))
     per_position = torch.cat(values) if values else student_logits.new_zeros(0, dtype=torch.float32)
-    return _per_sample_mean(per_position, rows, mask.shape[0]) * temperature ** 2
+    return per_sample_mean(per_position, rows, mask.shape[0]) * temperature ** 2
 
 
 def hybrid_loss(original: torch.Tensor, counterfactual: torch.Tensor, has_counterfactual: torch.Tensor,

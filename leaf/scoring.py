@@ -32,6 +32,20 @@ def delta(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
     return minmax(minmax(teacher) - minmax(student))
 
 
+def group_mean(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` (N,) per group id in `groups` (N,), ids 0..G-1 -> (G,); a group without members gets the
+    mean of the rest (so that it is never an outlier), or 0. Used to decide over clauses or sentences."""
+    count = int(groups.max()) + 1 if groups.numel() else 0
+    values = values.float()
+    total = torch.zeros(count).index_add(0, groups, values)
+    members = torch.zeros(count).index_add(0, groups, torch.ones_like(values))
+    out = total / members.clamp(min=1)
+    empty = members == 0
+    if empty.any():
+        out[empty] = out[~empty].mean() if (~empty).any() else 0.0
+    return out
+
+
 @dataclass(frozen=True)
 class ThresholdContext:
     """What a threshold mode may look at besides Δ."""

@@ -96,21 +96,62 @@ def expand_to_words(text: str, start: int, end: int, lo: int, hi: int) -> tuple[
     return start, end
 
 
-def word_spans(spans: list[tuple[int, int, list[int]]], text: str, offsets: torch.Tensor,
-               candidates: torch.Tensor, region: tuple[int, int]) -> list[tuple[int, int, list[int]]]:
-    """Token spans widened to whole words and merged where they then touch; tokens = candidates inside."""
-    widened: list[list[int]] = []
-    for start, end, _ in spans:
-        start, end = expand_to_words(text, start, end, *region)
-        if widened and start <= widened[-1][1]:
-            widened[-1][1] = max(widened[-1][1], end)
+SPAN_UNITS = ("token", "word", "clause", "sentence")
+_ENDS = {"sentence": re.compile(r"[.!?]+(?=\s|$)|\n"), "clause": re.compile(r"[.!?,;:]+(?=\s|$)|\n")}
+
+
+def pieces(text: str, region: tuple[int, int], unit: str) -> list[tuple[int, int]]:
+    """The clauses or sentences of text[lo:hi] as character spans, in order: each from its first non-space character
+    through its closing punctuation (a clause ends at , ; : . ! ? followed by a space, a sentence at . ! ?; a line
+    break ends both). A decimal point or an abbreviation's dot inside a word ends nothing."""
+    lo, hi = region
+    out, start = [], lo
+    for match in _ENDS[unit].finditer(text, lo, hi):
+        out.append((start, match.end()))
+        start = match.end()
+    out.append((start, hi))
+    trimmed = []
+    for a, b in out:
+        while a < b and text[a].isspace():
+            a += 1
+        while b > a and text[b - 1].isspace():
+            b -= 1
+        if b > a:
+            trimmed.append((a, b))
+    return trimmed
+
+
+def grow_spans(spans: list[tuple[int, int, list[int]]], text: str, offsets: torch.Tensor, candidates: torch.Tensor,
+               region: tuple[int, int], unit: str) -> list[tuple[int, int, list[int]]]:
+    """Token spans widened to whole words, clauses or sentences (`unit`), merged where they then overlap or touch;
+    tokens = the candidates inside. unit "token" returns the spans unchanged."""
+    if unit == "token" or not spans:
+        return spans
+    if unit == "word":
+        wide = [expand_to_words(text, start, end, *region) for start, end, _ in spans]
+    else:
+        units = pieces(text, region, unit)
+        wide = [(min(a for a, b in hit), max(b for a, b in hit)) if (hit := [(a, b) for a, b in units
+                                                                          if a < end and start < b]) else (start, end)
+                for start, end, _ in spans]
+    merged: list[list[int]] = []
+    for start, end in sorted(wide):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
         else:
-            widened.append([start, end])
+            merged.append([start, end])
     out = []
-    for start, end in widened:
+    for start, end in merged:
         inside = candidates & (offsets[:, 0] >= start) & (offsets[:, 1] <= end)
         out.append((start, end, inside.nonzero().flatten().tolist()))
     return out
+
+
+def piece_index(offsets: torch.Tensor, tokens: torch.Tensor, units: list[tuple[int, int]]) -> torch.Tensor:
+    """(N,) the index of the piece (clause / sentence) each of the tokens `tokens` (N indices) starts in."""
+    starts = torch.tensor([a for a, _ in units])
+    token_starts = offsets[tokens, 0]
+    return (torch.searchsorted(starts, token_starts, right=True) - 1).clamp(min=0)
 
 
 def char_scores(scores: torch.Tensor, offsets: torch.Tensor, length: int, mask: torch.Tensor) -> torch.Tensor:

@@ -66,4 +66,8 @@ def test_cli_choices_match_the_library_registries():
     from leaf.tiny_models import FAMILIES
 
     assert list(THRESHOLD_MODES) == list_thresholds() == [m.value for m in Threshold]
+    from leaf.analyze import SPAN_UNITS
+    from leaf.spans import SPAN_UNITS as units
+
+    assert SPAN_UNITS == units
     assert [f.value for f in Family] == list(FAMILIES)

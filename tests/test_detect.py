@@ -58,3 +58,57 @@ def test_different_tokenizers_find_the_same_span(tmp_path):
                        counts=None)
     assert [s["text"] for s in record["spans"]] == [DISTRACTOR]
     assert len(record["counterfactuals"]) == 1
+
+
+def test_one_flagged_word_grows_to_its_sentence_and_the_distractor_is_removed(tmp_path):
+    """The student leans on one word of the distractor only: the token rule prunes that word, --span-unit sentence
+    prunes the whole sentence; the per-distractor coverage tells the two apart."""
+    text, unit, s_enc, t_enc, _, _ = _setup(byte_tokenizer(), byte_tokenizer())
+    hat = text.index("hat")
+    noise = 0.05 * torch.rand(len(s_enc.offsets), generator=torch.Generator().manual_seed(1))
+    s_scores = torch.where((s_enc.offsets[:, 0] >= hat) & (s_enc.offsets[:, 1] <= hat + 3), 5.0, 1.0) + noise
+    t_scores = 1.0 + noise.flip(0)
+    gold = spans_from_text(PROMPT, DISTRACTOR)
+    out = {}
+    for span_unit in ("word", "sentence"):
+        config = AnalyzeConfig(teacher="t", student="s", data=tmp_path, output=tmp_path / "o", span_unit=span_unit)
+        counts: dict[str, DetectionCounts] = {}
+        record, _ = detect(config, unit, text, s_enc, t_enc, s_scores, t_scores, None, seed=0, gold_spans=gold,
+                           counts=[counts])
+        out[span_unit] = (record, counts["iqr"].metrics())
+    assert [s["text"] for s in out["word"][0]["spans"]] == ["hat"]
+    assert [s["text"] for s in out["sentence"][0]["spans"]] == [DISTRACTOR]
+    assert out["word"][1]["distractors"] == {"count": 1, "touched": 1.0, "numbers_removed": None, "removed": 0.0}
+    assert out["sentence"][1]["distractors"]["removed"] == 1.0
+    assert out["sentence"][1]["pruned"]["f1"] == 1.0 and out["word"][1]["pruned"]["recall"] < 0.3
+    # the flags themselves are the same: only what is pruned grows
+    assert out["word"][1]["token"] == out["sentence"][1]["token"]
+
+
+def test_aggregating_over_sentences_flags_the_sentence_with_the_lowest_mean_delta(tmp_path):
+    text, unit, s_enc, t_enc, s_scores, t_scores = _setup(byte_tokenizer(), byte_tokenizer())
+    config = AnalyzeConfig(teacher="t", student="s", data=tmp_path, output=tmp_path / "o", threshold="quantile",
+                           quantile=0.01, aggregate="sentence", span_unit="token")
+    counts: dict[str, DetectionCounts] = {}
+    record, _ = detect(config, unit, text, s_enc, t_enc, s_scores, t_scores, None, seed=0,
+                       gold_spans=spans_from_text(PROMPT, DISTRACTOR), counts=[counts])
+    # one sentence of four is flagged (the lowest 1 %, at least one), whole: the distractor
+    assert [s["text"] for s in record["spans"]] == [DISTRACTOR]
+    assert counts["quantile"].metrics()["distractors"]["removed"] == 1.0
+    # the random baseline flags as many sentences (one), whole
+    assert counts["random"].spans_predicted == 1
+
+
+def test_distractor_coverage_by_hand():
+    from leaf.gold import distractor_coverage
+
+    prompt = "Tom has 4 cards . Eva has 6 cards . Ann has 12 pens and 3 cups . How many ?"
+    gold = [(18, 36), (36, 65)]
+    assert prompt[18:36] == "Eva has 6 cards . " and prompt[36:65] == "Ann has 12 pens and 3 cups . "
+    cover = distractor_coverage(prompt, gold, [(26, 27), (44, 46), (36, 43)])  # "6", "12", "Ann has"
+    assert cover == [{"touched": True, "numbers": True, "all": False},
+                     {"touched": True, "numbers": False, "all": False}]
+    assert distractor_coverage(prompt, gold, [(18, 34)])[0] == {"touched": True, "numbers": True, "all": False}
+    assert distractor_coverage(prompt, gold, [(18, 35)])[0] == {"touched": True, "numbers": True, "all": True}
+    assert distractor_coverage("It is sunny .", [(0, 13)], [])[0] == {"touched": False, "numbers": None,
+                                                                      "all": False}

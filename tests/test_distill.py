@@ -365,3 +365,25 @@ def test_the_loss_covers_the_end_of_turn_token(setup):
     [example], _ = build_examples([{"prompt": "2+3?", "response": "5", "units": []}], tok, "kd", None)
     masked = [tok.convert_ids_to_tokens(i) for i, m in zip(example.input_ids, example.response_mask) if m]
     assert masked == ["5", "<|end|>"]
+
+
+def test_every_counterfactual_is_used_and_levels_do_not_compete():
+    """PairedData: over a sample's appearances each of its counterfactuals is paired once per round, one slot per
+    level; the collator's cf_index maps each counterfactual row to its original's batch row."""
+    from leaf.distill_data import Example, PairedData, make_collator
+
+    cf = lambda n: ([n, n], [False, True])  # noqa: E731
+    examples = [Example([1, 2, 3], [False, True, True], [cf(10), cf(11), cf(12), cf(20)],
+                        ["instruction", "instruction", "instruction", "response"]),
+                Example([4, 5], [False, True], [], []),
+                Example([6, 7], [False, True], [cf(30)], ["response"])]
+    data = PairedData(examples, seed=3)
+    assert data.rounds == 3 and len(data) == 9
+    seen = [tuple(data[k]["cfs"][i][0][0] for i in range(len(data[k]["cfs"]))) for k in (0, 3, 6)]
+    assert sorted(s[0] for s in seen) == [10, 11, 12]          # every instruction counterfactual once
+    assert all(s[1] == 20 for s in seen)                        # the response one alongside, every time
+    assert data[1]["cfs"] == [] and data[2]["cfs"] == [cf(30)]
+    batch = make_collator(0)([data[0], data[1], data[2]])
+    assert batch["cf_index"].tolist() == [0, 0, 2]
+    assert batch["cf_input_ids"][:, 0].tolist() == [seen[0][0], 20, 30]
+    assert PairedData(examples, seed=3).choices(0, 1) == data.choices(0, 1)   # deterministic for a seed

@@ -120,7 +120,7 @@ def test_a_cut_inside_a_word_joins_the_halves_and_the_rest_is_untouched():
 
 
 def test_spans_widen_to_whole_words_and_merge():
-    from leaf.spans import word_spans
+    from leaf.spans import grow_spans
 
     text = "Marty has 100 centimeters of ribbon."
     enc = _enc(byte_tokenizer(), text)
@@ -129,7 +129,38 @@ def test_spans_widen_to_whole_words_and_merge():
         enc.offsets[:, 0] == text.index("ime"))
     spans = token_spans(flags, enc.offsets, text, enc.prompt_mask)
     assert [text[a:b] for a, b, _ in spans] == ["r", "e", "i"]
-    words = word_spans(spans, text, enc.offsets, enc.prompt_mask, (0, len(text)))
+    words = grow_spans(spans, text, enc.offsets, enc.prompt_mask, (0, len(text)), "word")
     assert [text[a:b] for a, b, _ in words] == ["Marty", "centimeters"]
     assert remove_spans(text, [(a, b) for a, b, _ in words]) == "has 100 of ribbon."
     assert words[0][2] == list(range(0, 5))
+
+
+def test_spans_grow_to_clauses_and_sentences():
+    from leaf.spans import grow_spans, piece_index, pieces
+
+    text = "Tom has 4.5 cards, Eva has 6 cards. It is sunny! How many cards does Tom have?"
+    assert [text[a:b] for a, b in pieces(text, (0, len(text)), "sentence")] == [
+        "Tom has 4.5 cards, Eva has 6 cards.", "It is sunny!", "How many cards does Tom have?"]
+    assert [text[a:b] for a, b in pieces(text, (0, len(text)), "clause")] == [
+        "Tom has 4.5 cards,", "Eva has 6 cards.", "It is sunny!", "How many cards does Tom have?"]
+    lines = "one\ntwo "
+    assert [lines[a:b] for a, b in pieces(lines, (0, 8), "clause")] == ["one", "two"]
+    enc = _enc(byte_tokenizer(), text)
+    flags = enc.offsets[:, 0] == text.index("6")
+    spans = token_spans(flags, enc.offsets, text, enc.prompt_mask)
+    region = (0, len(text))
+    clause = grow_spans(spans, text, enc.offsets, enc.prompt_mask, region, "clause")
+    sentence = grow_spans(spans, text, enc.offsets, enc.prompt_mask, region, "sentence")
+    assert [text[a:b] for a, b, _ in clause] == ["Eva has 6 cards."]
+    assert [text[a:b] for a, b, _ in sentence] == ["Tom has 4.5 cards, Eva has 6 cards."]
+    assert remove_spans(text, [c[:2] for c in clause]) == "Tom has 4.5 cards, It is sunny! How many cards does Tom have?"
+    # two flags in one sentence merge into one span; flags in two sentences stay two
+    both = enc.offsets[:, 0] == text.index("sunny")
+    two = grow_spans(token_spans(flags | both, enc.offsets, text, enc.prompt_mask), text, enc.offsets,
+                     enc.prompt_mask, region, "sentence")
+    assert [text[a:b] for a, b, _ in two] == ["Tom has 4.5 cards, Eva has 6 cards.", "It is sunny!"]
+    assert grow_spans(spans, text, enc.offsets, enc.prompt_mask, region, "token") == spans
+    idx = enc.prompt_mask.nonzero().flatten()
+    units = pieces(text, region, "sentence")
+    owner = piece_index(enc.offsets, idx, units)
+    assert owner[0] == 0 and owner[-1] == 2 and int(owner[idx.tolist().index(text.index("sunny"))]) == 1

@@ -76,13 +76,19 @@ def _distractor(rng: random.Random, person: str, obj: str) -> str:
     return rng.choice(OFF_TOPIC)                                                 # off topic
 
 
-def make_problem(rng: random.Random, index: int, *, distractors: int, steps: int | None = None) -> Problem:
+def make_problem(rng: random.Random, index: int, *, distractors: int, steps: int | None = None,
+                 leak: float = 0.0) -> Problem:
+    """leak: probability that a problem with distractors has its first one state the final answer ("Eva has 11
+    cards ." when Tom ends with 11): a spurious correlation between a confounder and the answer (see generate)."""
     person, obj = rng.choice(NAMES), rng.choice(OBJECTS)
     start = rng.randint(1, 19)
     steps = steps or rng.randint(1, 3)
     facts, lines, answer = _steps(rng, person, obj, start, steps)
     facts = [f"{person} has {start} {obj} ."] + facts
     extra = [_distractor(rng, person, obj) for _ in range(distractors)]
+    if leak and extra and rng.random() < leak:
+        other = rng.choice([n for n in NAMES if n != person])
+        extra[0] = f"{other} has {answer} {obj} ."
     # each distractor goes after one of the facts (never before the first: the problem opens with its subject)
     slots = sorted(rng.randint(1, len(facts)) for _ in extra)
     sentences: list[tuple[str, bool]] = []
@@ -103,12 +109,15 @@ def make_problem(rng: random.Random, index: int, *, distractors: int, steps: int
                    distractors, steps)
 
 
-def generate(count: int, seed: int, *, distractors: tuple[int, ...] = (0, 1, 2), prefix: str = "") -> list[Problem]:
-    """`count` problems, the number of distractors drawn uniformly from `distractors`."""
+def generate(count: int, seed: int, *, distractors: tuple[int, ...] = (0, 1, 2), prefix: str = "",
+             leak: float = 0.0) -> list[Problem]:
+    """`count` problems, the number of distractors drawn uniformly from `distractors`. leak > 0 plants a spurious
+    correlation: in that share of the problems with distractors, a distractor states the answer (training data
+    only; test sets keep leak 0, so a student that learnt to copy it is caught)."""
     rng = random.Random(seed)
     problems = []
     for i in range(count):
-        p = make_problem(rng, i, distractors=rng.choice(distractors))
+        p = make_problem(rng, i, distractors=rng.choice(distractors), leak=leak)
         p.id = f"{prefix}{i}"
         problems.append(p)
     return problems
