@@ -338,36 +338,56 @@ def serve(models: Annotated[list[str], typer.Option("--model", help=field_help(S
     typer.echo(f"wrote {config.output}/results.json, results.md, results.png, generations.jsonl")
 
 
+def _demo(name: str, *flags: str, **kwargs):
+    """A typer option whose help comes from DemoConfig."""
+    return typer.Option(*flags, help=field_help(DemoConfig, name), **kwargs)
+
+
 @app.command("demo")
 @user_errors
-def demo(output: Annotated[Path, typer.Option("--output", help=field_help(DemoConfig, "output"))] = Path("leaf-demo"),
-         quick: Annotated[bool, typer.Option("--quick", help=field_help(DemoConfig, "quick"))] = False,
-         seeds: Annotated[int, typer.Option("--seeds", min=1, help=field_help(DemoConfig, "seeds"))] = 1,
-         student_steps: Annotated[int | None, typer.Option(help=field_help(DemoConfig, "student_steps"))] = None,
-         distill_steps: Annotated[int | None, typer.Option(help=field_help(DemoConfig, "distill_steps"))] = None,
-         pool: Annotated[int | None, typer.Option(help=field_help(DemoConfig, "pool"))] = None,
-         test_size: Annotated[int | None, typer.Option(help=field_help(DemoConfig, "test_size"))] = None,
-         teacher: Annotated[str | None, typer.Option("--teacher", help=field_help(DemoConfig, "teacher"))] = None,
-         retrain_teacher: Annotated[bool, typer.Option(help=field_help(DemoConfig, "retrain_teacher"))] = False,
-         teacher_steps: Annotated[int, typer.Option(help=field_help(DemoConfig, "teacher_steps"))] = 2000,
-         backend: Annotated[ServeBackend, typer.Option(help=field_help(DemoConfig, "backend"))] = ServeBackend.auto,
+def demo(output: Annotated[Path, _demo("output", "--output")] = Path("leaf-demo"),
+         quick: Annotated[bool, _demo("quick", "--quick")] = False,
+         full: Annotated[bool, _demo("full", "--full")] = False,
+         seeds: Annotated[int | None, _demo("seeds", "--seeds", min=1)] = None,
+         student_steps: Annotated[int | None, _demo("student_steps")] = None,
+         distill_steps: Annotated[int | None, _demo("distill_steps")] = None,
+         pool: Annotated[int | None, _demo("pool")] = None,
+         validation: Annotated[int | None, _demo("validation")] = None,
+         test_size: Annotated[int | None, _demo("test_size")] = None,
+         focus_samples: Annotated[int | None, _demo("focus_samples")] = None,
+         setting: Annotated[list[str] | None, _demo("settings", "--setting")] = None,
+         variant: Annotated[str, _demo("variant")] = "auto",
+         select: Annotated[bool, _demo("select")] = True,
+         verify: Annotated[bool, _demo("verify")] = True,
+         clean_mix: Annotated[float, _demo("clean_mix")] = 0.5,
+         leak: Annotated[float, _demo("leak")] = 0.0,
+         lr: Annotated[float, _demo("lr")] = 1e-3,
+         batch_size: Annotated[int, _demo("batch_size")] = 16,
+         teacher: Annotated[str | None, _demo("teacher", "--teacher")] = None,
+         retrain_teacher: Annotated[bool, _demo("retrain_teacher")] = False,
+         teacher_steps: Annotated[int, _demo("teacher_steps")] = 2000,
+         backend: Annotated[ServeBackend, _demo("backend")] = ServeBackend.auto,
          device: Device = "cpu") -> None:
-    """The whole method end to end on an embedded task (no downloads): the paper's table at CPU scale."""
+    """The whole method end to end on an embedded task (no downloads), as a controlled experiment: KD, LeaF, and
+    the controls (compute-matched KD, random and perplexity masks, collective pruning, the oracle) with intervals."""
     from leaf.demo.run import run_demo
 
-    config = DemoConfig(output=output, quick=quick, seeds=seeds, student_steps=student_steps,
-                        distill_steps=distill_steps, pool=pool, test_size=test_size, teacher=teacher,
-                        retrain_teacher=retrain_teacher, teacher_steps=teacher_steps, backend=backend.value,
-                        device=device)
+    config = DemoConfig(output=output, quick=quick, full=full, seeds=seeds, student_steps=student_steps,
+                        distill_steps=distill_steps, pool=pool, validation=validation, test_size=test_size,
+                        focus_samples=focus_samples, **({"settings": setting} if setting else {}), variant=variant,
+                        select=select, verify=verify, clean_mix=clean_mix, leak=leak, lr=lr, batch_size=batch_size,
+                        teacher=teacher, retrain_teacher=retrain_teacher, teacher_steps=teacher_steps,
+                        backend=backend.value, device=device)
     run_demo(config, log=lambda message: typer.secho(message, fg=typer.colors.CYAN, err=True))
     typer.echo((config.output / "RESULTS.md").read_text())
     typer.echo(NEXT_STEPS.format(output=config.output))
 
 
 NEXT_STEPS = """What this shows: a student trained on clean problems is misled by distractor sentences; its teacher is not.
-leaf analyze found the tokens the student leans on and the teacher ignores (detection table above), and leaf distill
-taught the student on originals and on counterfactuals with those tokens pruned (LeaF rows) or on originals only
-(KD row). Open {output}/RESULTS.md, {output}/accuracy.png, {output}/serve.png and {output}/analyze_report.html.
+leaf analyze found the tokens the student leans on and the teacher ignores (detection tables above), and leaf distill
+taught the student on originals and on counterfactuals with those tokens pruned (LeaF rows), with random, perplexity
+or perfect (oracle) masks instead (controls), or on originals only (KD rows); the verdict reads the intervals.
+Open {output}/RESULTS.md, {output}/accuracy.png, {output}/serve.png and {output}/analyze_report.html.
 
 The same pipeline on real models (GPUs; see README "Real models"):
   leaf analyze --teacher Qwen/Qwen2.5-7B-Instruct --student Qwen/Qwen2.5-Math-1.5B --data train.jsonl \

@@ -396,6 +396,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                     "kd_original": sum(t["kd_original"] for t in window) / max(len(window), 1),
                     "kd_counterfactual": sum(cf) / len(cf) if cf else None,
                     "lr": kwargs["lr_scheduler"].get_last_lr()[0] if kwargs.get("lr_scheduler") else None,
+                    "tokens": sum(t["tokens"] for t in window),
                     "tokens_per_second": sum(t["tokens"] for t in window) / max(now - self.last, 1e-9),
                     "step_seconds": now - self.last}
             self.last = now

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from leaf.demo.run import ASSET_TEACHER, aggregate, results_markdown, verdict
+from leaf.demo.run import ASSET_TEACHER
 from leaf.demo.task import demo_tokenizer, generate
 from leaf.gold import spans_from_pair
 
@@ -63,23 +63,75 @@ def test_word_tokenizer_round_trips_and_knows_every_word():
             assert tok.unk_token_id not in ids and tok.decode(ids) == text
 
 
-def test_aggregate_reports_mean_and_std_over_seeds():
-    def seed(acc, f1):
-        row = {"distractor_accuracy": acc, "clean_accuracy": 0.9, "attention_focus": 0.8, "output_throughput": 10.0}
-        return {"seed": 0, "rows": {n: dict(row) for n in ("Pre-KD", "KD w/o mask", "LeaF instr", "LeaF instr+resp")},
-                "detection": {"iqr": {"token_precision": 0.5, "token_recall": 0.2, "token_f1": f1}}}
-    runs = [seed(0.2, 0.3), seed(0.4, 0.5), seed(0.3, 0.4)]
-    agg = aggregate(runs)
-    stat = agg["table"]["KD w/o mask"]["distractor_accuracy"]
-    assert stat["mean"] == pytest.approx(0.3) and stat["std"] == pytest.approx(statistics.pstdev([0.2, 0.4, 0.3]))
-    assert agg["detection"]["iqr"]["token_f1"]["n"] == 3
-    text = results_markdown({"aggregate": agg, "per_seed": [{**r, "engine": "vllm", "teacher_pool_accuracy": 0.9,
-                                                             "student_pool_accuracy": 0.1, "screened": 10, "pool": 20,
-                                                             "selected": 5} for r in runs],
-                             "threshold": "iqr", "verdict": verdict(agg, runs)})
-    assert "| KD w/o mask | 30.0 ± 8.2 |" in text
-    assert "LeaF instr − KD: +0.0 points (paired over 3 seeds, ±0.0 standard error)" in text
-    assert "is not distinguishable from KD" in text
+def _fake_seed(seed: int, rng, accuracy: dict[str, float], items: int = 400):
+    """A seed's outcomes with the given accuracies, the same problems for every setting."""
+    outcomes = {name: {s: [int(rng.random() < p) for _ in range(items)] for s in ("distractor", "clean")}
+                for name, p in accuracy.items()}
+    rows = {name: {"forward_tokens": 1000 * (2 if name != "KD w/o mask" else 1), "counterfactuals": 10,
+                   "focus": {"overall": 0.8, "chosen_head": 0.7, "per_layer": [0.8], "per_head": [[0.7]]}}
+            for name in accuracy}
+    per_seed = {"seed": seed, "rows": rows, "engine": "hf", "timing": {"distill": 1.0}, "variant": "paper",
+                "detection_validation": {"paper": {"label": "the paper's rule", "token": {"precision": 0.4,
+                                                   "recall": 0.1, "f1": 0.16}, "counterfactuals_kept": 3,
+                                                   "counterfactuals_dropped": 1,
+                                                   "distractors": {"touched": 0.2, "numbers_removed": 0.1,
+                                                                   "removed": 0.0}}},
+                "pool_detection": None, "head": {"layer": 0, "head": 1, "wrong_share": 0.3, "right_share": 0.2},
+                "selection": {"pool": 100, "analysed": 50, "clean_mixed_in": 25, "counterfactuals_kept": 30,
+                              "counterfactuals_dropped": 5}}
+    return per_seed, outcomes
+
+
+def test_report_intervals_verdict_and_table():
+    import random
+
+    from leaf.demo.report import aggregate, results_markdown
+
+    rng = random.Random(0)
+    # the oracle clearly beats KD; LeaF does not beat random masks
+    acc = {"Pre-KD": 0.1, "KD w/o mask": 0.4, "LeaF instr": 0.45, "Random mask": 0.45, "Oracle": 0.6}
+    seeds = [_fake_seed(s, rng, acc) for s in range(2)]
+    result = aggregate([s for s, _ in seeds], [o for _, o in seeds])
+    oracle = result["comparisons"]["Oracle vs KD w/o mask"]["distractor"]
+    assert oracle["verdict"] == "better" and oracle["low"] > 0.1
+    assert result["comparisons"]["LeaF instr vs Random mask"]["distractor"]["verdict"] == "tie"
+    kd = result["table"]["KD w/o mask"]["distractor_accuracy"]
+    assert kd["mean"] == pytest.approx(statistics.fmean(statistics.fmean(o["KD w/o mask"]["distractor"])
+                                                        for _, o in seeds))
+    assert kd["seeds"] == 2 and kd["items"] == 800
+    assert "the oracle beats KD" in result["verdict"]
+    assert "no evidence here that gradient-guided pruning beats KD and random masks" in result["verdict"]
+    assert result["power"]["seeds"] == 2 and 0 < result["power"]["detectable_difference"] < 0.2
+    text = results_markdown({**result, "per_seed": [s for s, _ in seeds], "preset": "quick", "seconds": 3.0})
+    assert "| Oracle | 5" in text and "| 2.00x |" in text and "| 1.00x |" in text
+    assert "Detection rules on the validation split" in text and "paper: the paper's rule (used)" in text
+
+
+def test_a_null_oracle_says_the_counterfactual_term_has_nothing_to_teach():
+    import random
+
+    from leaf.demo.report import aggregate
+
+    rng = random.Random(1)
+    seeds = [_fake_seed(0, rng, {"KD w/o mask": 0.4, "LeaF instr": 0.4, "Random mask": 0.4, "Oracle": 0.4})]
+    verdict = aggregate([s for s, _ in seeds], [o for _, o in seeds])["verdict"]
+    assert "the oracle is not distinguishable from KD" in verdict
+    assert "nothing to teach" in verdict
+
+
+def test_bad_demo_settings_are_clear_errors(tmp_path):
+    from leaf.demo.run import DemoConfig
+    from leaf.errors import LeafError
+
+    with pytest.raises(LeafError, match="Unknown setting"):
+        DemoConfig(output=tmp_path, settings=["KD w/o mask", "LeaF"])
+    with pytest.raises(LeafError, match="must include 'KD w/o mask'"):
+        DemoConfig(output=tmp_path, settings=["Oracle"])
+    with pytest.raises(LeafError, match="--quick or --full"):
+        DemoConfig(output=tmp_path, quick=True, full=True)
+    with pytest.raises(LeafError, match="Unknown --variant"):
+        DemoConfig(output=tmp_path, variant="sentences")
+    assert DemoConfig(output=tmp_path, full=True).budget("seeds") == 5
 
 
 @pytest.mark.skipif(not ASSET_TEACHER.exists(), reason="the shipped demo teacher is missing")
@@ -87,6 +139,7 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     from typer.testing import CliRunner
 
     from leaf.cli import app
+    from leaf.demo.experiment import SETTING_NAMES
 
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--quick", "--output", str(out)])
@@ -94,12 +147,20 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     for name in ("results.json", "RESULTS.md", "accuracy.png", "serve.png", "analyze_report.html"):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
-    table = results["aggregate"]["table"]
-    assert list(table) == ["Pre-KD", "KD w/o mask", "LeaF instr", "LeaF instr+resp", "Teacher"]
+    table = results["table"]
+    assert list(table) == ["Pre-KD", *[n for n in SETTING_NAMES if n in table], "Teacher"]
+    assert {"KD w/o mask", "KD 2x batch", "LeaF instr", "Oracle"} <= set(table)
     for row in table.values():
-        assert 0 <= row["distractor_accuracy"]["mean"] <= 1 and 0 <= row["clean_accuracy"]["mean"] <= 1
-        assert 0 < row["attention_focus"]["mean"] < 1
-    assert set(results["aggregate"]["detection"]) >= {"iqr", "quantile", "random", "ppl"}
-    assert results["per_seed"][0]["selected"] > 0
-    assert "| setting | distractor acc | clean acc | attention focus | detection F1 |" in result.output
+        for key in ("distractor_accuracy", "clean_accuracy"):
+            assert 0 <= row[key]["low"] <= row[key]["mean"] <= row[key]["high"] <= 1
+    assert 1.5 < table["KD 2x batch"]["forward_tokens"] / table["KD w/o mask"]["forward_tokens"] < 2.5
+    comparisons = results["comparisons"]
+    assert {"Oracle vs KD w/o mask", "LeaF instr vs KD w/o mask"} <= set(comparisons)
+    seed = results["per_seed"][0]
+    assert set(seed["detection_validation"]) == {"paper", "clause", "sentence", "lowest-sentence"}
+    assert seed["selection"]["analysed"] > 0 and 0 <= seed["head"]["layer"] < 2
+    outcomes = json.loads((out / "seed-0" / "outcomes.json").read_text())
+    assert len(outcomes["Oracle"]["distractor"]) == 200
+    assert "| setting | distractor acc | clean acc | distractor − KD |" in result.output
+    assert "Oracle counterfactuals (the true distractors removed) − KD" in result.output
     assert "Qwen2.5-Math-1.5B" in result.output  # where to go next

@@ -1,70 +1,111 @@
-"""`leaf demo`: the whole method end to end on the embedded task, in the shape of the paper's results table.
+"""`leaf demo`: the whole method end to end on the embedded task, as a controlled experiment.
 
-    leaf demo                 # ~10 minutes on 2 CPU cores
-    leaf demo --quick         # ~2 minutes, smaller budgets (smoke test)
-    leaf demo --seeds 3       # mean ± std over 3 seeds
+    leaf demo                 # one seed, 1,000 test problems (~10 minutes on 2 CPU cores)
+    leaf demo --quick         # a smoke test of every stage and row (~3 minutes)
+    leaf demo --full          # the powered setting: 5 seeds x 2,000 test problems (see README for its table)
 
-1. Problems from `leaf.demo.task` (seeded): a training pool, and a test set of distractor problems with clean twins.
-2. Teacher: the checkpoint shipped in the package (trained by `leaf demo --retrain-teacher`, recipe in its
-   leaf_demo_training.json), or trained now. Student: a smaller model trained on clean problems only, per seed, so
-   that distractors mislead it.
-3. `leaf analyze` on the training problems where the teacher is right and the student wrong: detection precision,
-   recall and F1 against the true distractor spans for every threshold mode and the random / ppl baselines. Then
-   on the whole training pool, whose counterfactuals the distillation uses.
-4. `leaf distill` from the same student in three settings with the same steps and data (the pool): KD w/o mask
-   (λ = 1), LeaF instr, LeaF instr+resp; plus Pre-KD (no distillation).
-5. `leaf serve` on the students (and the teacher): accuracy on the distractor test set and on its clean twins,
-   throughput, attention focus on the distractor spans.
-6. results.json, RESULTS.md (the table), results.png, the analyze report.
+Per seed:
+1. Problems from `leaf.demo.task` (seeded): a training pool, a validation split and a test set of distractor
+   problems with clean twins. Teacher: the checkpoint shipped in the package. Student: a smaller model trained on
+   clean problems only, so that distractors mislead it.
+2. Detection rules compared on the validation split (`leaf analyze --select --verify` with the true spans): the
+   paper's token rule, spans grown to clauses or sentences, the lowest-Δ sentence; one is chosen by its pruned-token
+   F1 (or named with --variant).
+3. `leaf analyze --select --verify` on the pool with the chosen rule (teacher right, student wrong; counterfactuals
+   that both still answer correctly), then the controls on the same selected problems: random and perplexity masks
+   of the same size per problem, collective pruning, and the oracle (the clean twin, verified alike).
+4. `leaf distill` in every setting (leaf.demo.experiment.SETTINGS) on the same originals (the selected problems
+   plus clean problems mixed in), steps, batch, learning rate and seed.
+5. `leaf serve` on every student and the teacher: greedy accuracy per test problem (distractor and clean twin),
+   throughput; attention focus per layer and head at the number-emitting positions, the head chosen on validation.
+6. Over seeds: accuracy with bootstrap intervals, paired differences against KD, random masks and the oracle with
+   intervals over problems and seeds, the verdict they imply, and the power of the comparison
+   (results.json, RESULTS.md, accuracy.png).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from leaf.demo.experiment import SETTING_NAMES, SETTINGS, VARIANT_NAMES, VARIANTS, Setting, Variant
 from leaf.errors import LeafError
 from leaf.options import doc
 
 ASSET_TEACHER = Path(__file__).parent / "assets" / "teacher"
-SETTINGS = ("Pre-KD", "KD w/o mask", "LeaF instr", "LeaF instr+resp")
+# budgets: (quick, default, full)
+BUDGETS = {"seeds": (1, 1, 5), "student_steps": (300, 1200, 1200), "distill_steps": (40, 300, 300),
+           "pool": (300, 1500, 1500), "validation": (60, 200, 400), "test_size": (200, 1000, 2000),
+           "focus_samples": (40, 200, 300)}
 
 
 @dataclass
 class DemoConfig:
     output: Path = field(default=Path("leaf-demo"), metadata=doc("Results folder."))
-    quick: bool = field(default=False, metadata=doc("Smaller budgets (~2 minutes): a smoke test of the pipeline."))
-    seeds: int = field(default=1, metadata=doc("Repeat with seeds 0..N-1 and report mean ± std."))
-    student_steps: int | None = field(default=None, metadata=doc("Student pre-training steps (default 1200; quick 300)."))
-    distill_steps: int | None = field(default=None, metadata=doc("Steps per distillation setting (default 300; quick 30)."))
-    pool: int | None = field(default=None, metadata=doc("Training problems screened for analysis (default 1500; quick 300)."))
-    test_size: int | None = field(default=None, metadata=doc("Distractor test problems (default 1000; quick 200)."))
+    quick: bool = field(default=False, metadata=doc("Small budgets (~3 minutes): a smoke test of every stage and row."))
+    full: bool = field(default=False, metadata=doc(
+        "The powered setting: 5 seeds x 2,000 test problems (about an hour on 2 CPU cores)."))
+    seeds: int | None = field(default=None, metadata=doc("Seeds 0..N-1 (default 1; --full 5)."))
+    student_steps: int | None = field(default=None, metadata=doc("Student pre-training steps (default 1200)."))
+    distill_steps: int | None = field(default=None, metadata=doc("Steps per distillation setting (default 300)."))
+    pool: int | None = field(default=None, metadata=doc("Training problems screened by --select (default 1500)."))
+    validation: int | None = field(default=None, metadata=doc(
+        "Validation problems for choosing the detection rule and the attention head (default 200)."))
+    test_size: int | None = field(default=None, metadata=doc("Distractor test problems (default 1000; --full 2000)."))
+    focus_samples: int | None = field(default=None, metadata=doc("Problems for attention focus (default 200)."))
+    settings: list[str] = field(default_factory=lambda: list(SETTING_NAMES), metadata=doc(
+        "Distillation settings to run (default all): " + ", ".join(SETTING_NAMES) + "."))
+    variant: str = field(default="auto", metadata=doc(
+        "Detection rule for the LeaF rows: auto (the best pruned-token F1 on validation), paper (token flags, word "
+        "spans), clause or sentence (flags grown to their clause / sentence), lowest-sentence (the sentence with the "
+        "lowest mean Δ)."))
+    select: bool = field(default=True, metadata=doc("Distil on problems the teacher gets right and the student wrong."))
+    verify: bool = field(default=True, metadata=doc("Keep counterfactuals both models answer correctly."))
+    clean_mix: float = field(default=0.5, metadata=doc(
+        "Clean problems (no distractors) added to the distillation originals, as a share of the selected ones."))
+    leak: float = field(default=0.0, metadata=doc(
+        "Task variant: share of training problems whose first distractor states the answer (a spurious "
+        "correlation the teacher does not use); test problems never have it."))
+    lr: float = field(default=1e-3, metadata=doc("Distillation learning rate (every setting)."))
+    batch_size: int = field(default=16, metadata=doc("Distillation batch (every setting; the 2x-batch KD row doubles it)."))
     teacher: str | None = field(default=None, metadata=doc("Teacher folder (default: the one shipped with leaf)."))
-    retrain_teacher: bool = field(default=False, metadata=doc("Train the teacher now (about 15 minutes)."))
+    retrain_teacher: bool = field(default=False, metadata=doc("Train the teacher now (about 20 minutes)."))
     teacher_steps: int = field(default=2000, metadata=doc("Teacher training steps when training it."))
     backend: str = field(default="auto", metadata=doc("Generation backend of the serve step: auto, vllm, hf."))
     device: str = field(default="cpu", metadata=doc("cpu or cuda."))
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
-        if self.seeds < 1:
-            raise LeafError("--seeds must be at least 1.")
+        unknown = [s for s in self.settings if s not in SETTING_NAMES]
+        checks = [
+            (not (self.quick and self.full), "Give --quick or --full, not both."),
+            (self.seeds is None or self.seeds >= 1, "--seeds must be at least 1."),
+            (not unknown, f"Unknown setting(s) {', '.join(map(repr, unknown))}. Available: {', '.join(SETTING_NAMES)}."),
+            ("KD w/o mask" in self.settings, "The settings must include 'KD w/o mask': every comparison is against it."),
+            (self.variant == "auto" or self.variant in VARIANT_NAMES,
+             f"Unknown --variant {self.variant!r}. Available: auto, {', '.join(VARIANT_NAMES)}."),
+            (0 <= self.clean_mix <= 4, f"--clean-mix is a share of the selected problems in [0, 4], got {self.clean_mix}."),
+            (0 <= self.leak <= 1, f"--leak is a probability, got {self.leak}."),
+            (self.lr > 0 and self.batch_size >= 1, "--lr must be positive and --batch-size at least 1."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LeafError(message)
+
+    @property
+    def preset(self) -> str:
+        return "quick" if self.quick else "full" if self.full else "default"
 
     def budget(self, name: str) -> int:
-        defaults = {"student_steps": (1200, 300), "distill_steps": (300, 30), "pool": (1500, 240),
-                    "test_size": (1000, 200)}
         value = getattr(self, name)
-        return value if value is not None else defaults[name][int(self.quick)]
+        return value if value is not None else BUDGETS[name][("quick", "default", "full").index(self.preset)]
 
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    from leaf.io import write_text_atomic
-
-    return write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    def chosen_settings(self) -> list[Setting]:
+        return [s for s in SETTINGS if s.name in self.settings]
 
 
 def get_teacher(config: DemoConfig, log) -> Path:
@@ -79,7 +120,7 @@ def get_teacher(config: DemoConfig, log) -> Path:
     folder = config.output / "teacher"
     if (folder / "leaf_demo_training.json").exists():
         return folder
-    log(f"training the teacher ({config.teacher_steps} steps, batch 64; about 0.4 s a step on 2 cores)")
+    log(f"training the teacher ({config.teacher_steps} steps, batch 64; about 0.6 s a step on 2 cores)")
     new_model(folder, TEACHER_SIZE, seed=1)
     from transformers import AutoTokenizer
 
@@ -104,224 +145,258 @@ def _bar(name: str, total: int):
     return step
 
 
-def run_seed(config: DemoConfig, teacher: Path, seed: int, log) -> dict:
-    from transformers import AutoTokenizer
+class SeedRun:
+    """One seed of the experiment in OUTPUT/seed-N; every stage skips work a previous run finished."""
 
-    from leaf.analyze import AnalyzeConfig, run_analyze
-    from leaf.demo.task import generate
-    from leaf.demo.train import STUDENT_SIZE, encode, evaluate, new_model, train
-    from leaf.distill import DistillConfig, run_distill
-    from leaf.serve import ServeConfig, run_serve
+    def __init__(self, config: DemoConfig, teacher: Path, seed: int, log) -> None:
+        self.config, self.teacher, self.seed, self.log = config, teacher, seed, log
+        self.out = config.output / f"seed-{seed}"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.timing: dict[str, float] = {}
+        self.clock = time.perf_counter()
 
-    out = config.output / f"seed-{seed}"
-    out.mkdir(parents=True, exist_ok=True)
-    timing: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
+    def lap(self, name: str) -> None:
         now = time.perf_counter()
-        timing[name] = round(now - clock, 1)
-        clock = now
+        self.timing[name] = round(now - self.clock, 1)
+        self.clock = now
 
-    # 1. data
-    pool = generate(config.budget("pool"), 1000 + seed, prefix="pool-")
-    test = generate(config.budget("test_size"), 2000 + seed, distractors=(1, 2), prefix="test-")
-    _write_jsonl(out / "test.jsonl", [p.as_record() for p in test])
-    # 2. student on clean problems only
-    student = out / "student"
-    if not (student / "leaf_demo_training.json").exists():
-        new_model(student, STUDENT_SIZE, seed=100 + seed)
-        tokenizer = AutoTokenizer.from_pretrained(student)
-        steps = config.budget("student_steps")
-        train(student, encode(tokenizer, generate(20000, 3000 + seed, prefix="clean-"), clean=True), steps=steps,
-              seed=seed, on_step=_bar(f"student (seed {seed})", steps))
-    lap("student_training")
-    # 3. analyze where the teacher is right and the student wrong
-    distracted = [p for p in pool if p.distractors]
-    t_right = evaluate(teacher, distracted)
-    s_right = evaluate(student, distracted)
-    chosen = [p for p, t, s in zip(distracted, t_right, s_right) if t and not s]
-    if not chosen:
-        raise LeafError("No training problem has the teacher right and the student wrong: nothing to analyse. "
-                        "Train the teacher longer (--retrain-teacher --teacher-steps N) or the student less.")
-    _write_jsonl(out / "selected.jsonl", [p.as_record() for p in chosen])
-    lap("screening")
-    analyze = dict(teacher=str(teacher), student=str(student), threshold="iqr", tau=0.10, level="both",
-                   gold="distractor_spans", batch_size=32, window=256, device=config.device)
-    analyze_dir = out / "analyze"  # detection, on the problems the student gets wrong and the teacher right
-    if not (analyze_dir / "summary.json").exists():
-        run_analyze(AnalyzeConfig(data=out / "selected.jsonl", output=analyze_dir, **analyze), progress=True)
-    summary = json.loads((analyze_dir / "summary.json").read_text())
-    # the distillation data: the whole training pool (clean and distractor problems, as the paper distils on its
-    # training set), with counterfactuals where confounders were found; distilling on distractor problems alone
-    # costs a student this small its clean accuracy
-    _write_jsonl(out / "pool.jsonl", [p.as_record() for p in pool])
-    pool_dir = out / "analyze-pool"
-    if not (pool_dir / "summary.json").exists():
-        run_analyze(AnalyzeConfig(data=out / "pool.jsonl", output=pool_dir, **analyze), progress=True)
-    lap("analyze")
-    # 4. distill: same data, steps, batch and learning rate in every setting
-    steps = config.budget("distill_steps")
-    common = dict(teacher=str(teacher), student=str(student), data=pool_dir, max_steps=steps, batch_size=16,
-                  lr=1e-3, warmup=0.05, save_steps=10**6, seed=seed, device=config.device)
-    runs = {"KD w/o mask": dict(mode="kd", lam="1.0"), "LeaF instr": dict(mode="instr", lam="linear:0.8:0.5"),
-            "LeaF instr+resp": dict(mode="instr+resp", lam="linear:0.8:0.5")}
-    models = {"Pre-KD": str(student)}
-    for name, extra in runs.items():
-        folder = out / "distill" / name.split()[0].lower().replace("w/o", "") / extra["mode"].replace("+", "-")
-        if not (folder / "final" / "model.safetensors").exists():
-            if folder.exists():
-                shutil.rmtree(folder)
-            run_distill(DistillConfig(output=folder, **common, **extra), progress=True)
-        models[name] = str(folder / "final")
-    models["Teacher"] = str(teacher)
-    lap("distill")
-    # 5. serve: accuracy (distractor and clean twins), throughput, attention focus on the true distractor spans
-    serve_dir = out / "serve"
-    if serve_dir.exists():
-        shutil.rmtree(serve_dir)
-    served = run_serve(ServeConfig(models=list(models.values()), names=list(models), data=out / "test.jsonl",
-                                   output=serve_dir, backend=config.backend, max_tokens=48, iterations=1, warmup=1,
-                                   focus_samples=200, device=config.device, batch_size=64, seed=seed),
-                       progress=True)
-    lap("serve")
-    rows = {}
-    for name in models:
-        entry = served["models"][name]
-        rows[name] = {"distractor_accuracy": entry["sets"]["original"].get("accuracy"),
-                      "clean_accuracy": entry["sets"]["clean"].get("accuracy"),
-                      "attention_focus": (entry.get("attention_focus") or {}).get("focus"),
-                      "output_throughput": entry["sets"]["original"]["output_throughput"]}
-    detection = {mode: {f"token_{k}": m["token"][k] for k in ("precision", "recall", "f1")}
-                 for mode, m in (summary.get("detection") or {}).items()}
-    return {"seed": seed, "rows": rows, "detection": detection, "selected": len(chosen),
-            "screened": len(distracted), "pool": len(pool), "teacher_pool_accuracy": sum(t_right) / len(t_right),
-            "student_pool_accuracy": sum(s_right) / len(s_right), "timing": timing,
-            "engine": served["models"]["Pre-KD"]["engine"]["engine"]}
+    # -- stages ------------------------------------------------------------------------------------------------
+    def data(self) -> None:
+        from leaf.demo.experiment import write_jsonl
+        from leaf.demo.task import generate
 
+        c, seed = self.config, self.seed
+        self.pool = generate(c.budget("pool"), 1000 + seed, prefix="pool-", leak=c.leak)
+        self.validation = generate(c.budget("validation"), 4000 + seed, distractors=(1, 2), prefix="val-")
+        self.test = generate(c.budget("test_size"), 2000 + seed, distractors=(1, 2), prefix="test-")
+        for name, problems in (("pool", self.pool), ("validation", self.validation), ("test", self.test)):
+            write_jsonl(self.out / f"{name}.jsonl", [p.as_record() for p in problems])
 
-def aggregate(per_seed: list[dict]) -> dict:
-    """Mean and std (population; 0 for one seed) of every figure over seeds."""
-    def stats(values):
-        values = [v for v in values if v is not None]
-        if not values:
-            return None
-        return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-                "n": len(values)}
+    def student(self) -> None:
+        from transformers import AutoTokenizer
 
-    names = list(per_seed[0]["rows"])
-    keys = list(per_seed[0]["rows"][names[0]])
-    table = {n: {k: stats([s["rows"][n][k] for s in per_seed]) for k in keys} for n in names}
-    modes = list(per_seed[0]["detection"])
-    detection = {m: {k: stats([s["detection"].get(m, {}).get(k) for s in per_seed])
-                     for k in per_seed[0]["detection"][m]} for m in modes}
-    return {"table": table, "detection": detection}
+        from leaf.demo.task import generate
+        from leaf.demo.train import STUDENT_SIZE, encode, new_model, train
 
+        self.student_path = self.out / "student"
+        if (self.student_path / "leaf_demo_training.json").exists():
+            return
+        if self.student_path.exists():
+            shutil.rmtree(self.student_path)
+        new_model(self.student_path, STUDENT_SIZE, seed=100 + self.seed)
+        steps = self.config.budget("student_steps")
+        encoded = encode(AutoTokenizer.from_pretrained(self.student_path),
+                         generate(20000, 3000 + self.seed, prefix="clean-"), clean=True)
+        self.log(f"seed {self.seed}: training the student on clean problems ({steps} steps)")
+        train(self.student_path, encoded, steps=steps, seed=self.seed, on_step=_bar(f"student (seed {self.seed})",
+                                                                                    steps))
 
-def _pm(stat, percent: bool = True) -> str:
-    if stat is None:
-        return "-"
-    scale = 100 if percent else 1
-    text = f"{stat['mean'] * scale:.1f}" if percent else f"{stat['mean']:.4f}"
-    if stat["n"] > 1:
-        text += f" ± {stat['std'] * scale:.1f}" if percent else f" ± {stat['std']:.4f}"
-    return text
+    def analyze(self, data: Path, output: Path, variant: Variant, **extra) -> dict:
+        from leaf.analyze import AnalyzeConfig, run_analyze
 
+        if not (output / "summary.json").exists():
+            if output.exists():
+                shutil.rmtree(output)
+            args = dict(teacher=str(self.teacher), student=str(self.student_path), data=data, output=output,
+                        level="both", gold="distractor_spans", batch_size=64, window=512, generator="hf",
+                        max_new_tokens=48, device=self.config.device, seed=self.seed, **variant.analyze_args())
+            run_analyze(AnalyzeConfig(**{**args, **extra}), progress=True)
+        return json.loads((output / "summary.json").read_text())
 
-def results_markdown(results: dict) -> str:
-    agg = results["aggregate"]
-    seeds = ", ".join(str(s["seed"]) for s in results["per_seed"])
-    f1 = agg["detection"].get(results["threshold"], {}).get("token_f1")
-    lines = ["# leaf demo results", "",
-             f"Embedded distractor task, seeds {seeds}; engine: {results['per_seed'][0]['engine']}. Accuracy in %, "
-             "greedy, exact answer match; attention focus = share of the response's attention to the question that "
-             "lands off the distractor sentences (higher is better).", "",
-             "| setting | distractor acc | clean acc | attention focus | detection F1 |", "|---|---|---|---|---|"]
-    for name, row in agg["table"].items():
-        det = _pm(f1) if name.startswith("LeaF") else "-"
-        lines.append(f"| {name} | {_pm(row['distractor_accuracy'])} | {_pm(row['clean_accuracy'])} | "
-                     f"{_pm(row['attention_focus'], percent=False)} | {det} |")
-    lines += ["", "Confounder detection on the analysed problems (token level, % against the true distractor "
-              "tokens):", "", "| mode | precision | recall | F1 |", "|---|---|---|---|"]
-    for mode, m in agg["detection"].items():
-        lines.append(f"| {mode} | {_pm(m.get('token_precision'))} | {_pm(m.get('token_recall'))} | "
-                     f"{_pm(m.get('token_f1'))} |")
-    s0 = results["per_seed"][0]
-    lines += ["", f"Screening (seed {s0['seed']}): teacher {s0['teacher_pool_accuracy']:.1%}, student "
-              f"{s0['student_pool_accuracy']:.1%} on {s0['screened']} training problems with distractors; "
-              f"{s0['selected']} with the teacher right and the student wrong were analysed for detection; "
-              f"distillation used the whole pool of {s0['pool']} problems (counterfactuals where spans were found), "
-              "300 steps of batch 16 per setting by default.", ""]
-    lines.append(results["verdict"])
-    return "\n".join(lines) + "\n"
+    def detection_variants(self) -> None:
+        """Every detection rule on the validation split, with selection and verification; choose one."""
+        from leaf.demo.experiment import read_records
 
-
-def verdict(agg: dict, per_seed: list[dict]) -> str:
-    """What the table says about LeaF vs KD, from paired per-seed differences (same student, data and steps)."""
-    table = agg["table"]
-    pre, kd = (table[n]["distractor_accuracy"]["mean"] for n in ("Pre-KD", "KD w/o mask"))
-    lines = [f"On distractor problems: Pre-KD {pre:.1%}, KD {kd:.1%}."]
-    for name in ("LeaF instr", "LeaF instr+resp"):
-        diffs = [100 * (s["rows"][name]["distractor_accuracy"] - s["rows"]["KD w/o mask"]["distractor_accuracy"])
-                 for s in per_seed]
-        mean = statistics.fmean(diffs)
-        if len(diffs) > 1:
-            spread = statistics.stdev(diffs) / len(diffs) ** 0.5
-            call = ("beats KD" if mean > 2 * spread else "falls behind KD" if mean < -2 * spread
-                    else "is not distinguishable from KD")
-            lines.append(f"{name} − KD: {mean:+.1f} points (paired over {len(diffs)} seeds, ±{spread:.1f} standard "
-                         f"error): {name} {call} here.")
+        self.log(f"seed {self.seed}: detection rules on the validation split")
+        self.detection: dict[str, dict] = {}
+        for k, variant in enumerate(VARIANTS):
+            folder = self.out / "detection" / f"rule-{k}"
+            summary = self.analyze(self.out / "validation.jsonl", folder, variant, level="instruction",
+                                   select=self.config.select, verify=self.config.verify)
+            records = read_records(folder)
+            kept = sum(len(u["counterfactuals"]) for r in records for u in r["units"])
+            metrics = (summary.get("detection") or {}).get(variant.threshold) or {}
+            self.detection[variant.name] = {**metrics, "label": variant.label, "counterfactuals_kept": kept,
+                                            "counterfactuals_dropped": summary["counts"]["counterfactuals_dropped"],
+                                            "analysed": summary["counts"]["analysed"],
+                                            "baselines": {m: (summary.get("detection") or {}).get(m)
+                                                          for m in ("random", "ppl")}}
+        if self.config.variant == "auto":
+            best = max(VARIANTS, key=lambda v: self.detection[v.name].get("pruned", {}).get("f1", 0.0))
         else:
-            lines.append(f"{name} − KD: {mean:+.1f} points on one seed; run --seeds 3 to tell a difference from "
-                         "noise.")
-    lines.append("These numbers come from this run; nothing is fixed in advance.")
-    return " ".join(lines)
+            best = next(v for v in VARIANTS if v.name == self.config.variant)
+        self.variant = best
 
+    def pool_analysis(self) -> None:
+        """The chosen rule on the pool (select + verify), then the controls on the same selected problems."""
+        from leaf.demo.experiment import counterfactual_rows, read_records, write_jsonl
 
-def plot_results(results: dict, path: Path) -> None:
-    import matplotlib
+        c = self.config
+        self.log(f"seed {self.seed}: leaf analyze on the pool ({self.variant.name}), then the controls")
+        self.pool_summary = self.analyze(self.out / "pool.jsonl", self.out / "analyze", self.variant,
+                                         select=c.select, verify=c.verify)
+        records = read_records(self.out / "analyze")
+        by_id = {p.id: p for p in self.pool}
+        self.kept = [by_id[r["id"]] for r in records]
+        if not self.kept:
+            raise LeafError("No training problem has the teacher right and the student wrong: nothing to distil. "
+                            "Train the teacher longer (--retrain-teacher --teacher-steps N) or the student less.")
+        write_jsonl(self.out / "selected.jsonl", [p.as_record() for p in self.kept])
+        self.cf_rows = {"gradient": counterfactual_rows(records)}
+        sources = {s.source for s in c.chosen_settings()}
+        controls = {"collective": dict(pruning="collective"),
+                    "random": dict(threshold="random", baseline_count=self.variant.threshold),
+                    "ppl": dict(threshold="ppl", baseline_count=self.variant.threshold)}
+        for source, extra in controls.items():
+            if source in sources:
+                folder = self.out / f"analyze-{source}"
+                self.analyze(self.out / "selected.jsonl", folder, self.variant, level="instruction", verify=c.verify,
+                             **extra)
+                self.cf_rows[source] = counterfactual_rows(read_records(folder))
+        if "oracle" in sources:
+            self.cf_rows["oracle"] = self.oracle()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def oracle(self) -> list[dict]:
+        """The clean twins of the selected problems, kept when both models answer them correctly (as verified)."""
+        from leaf.demo.experiment import oracle_rows
+        from leaf.demo.train import evaluate
 
-    from leaf.io import write_bytes_atomic
+        kept = [p for p in self.kept if p.distractors]
+        if not self.config.verify:
+            return oracle_rows(kept, [True] * len(kept))
+        ok = [t and s for t, s in zip(evaluate(self.teacher, kept, clean=True),
+                                      evaluate(self.student_path, kept, clean=True))]
+        return oracle_rows(kept, ok)
 
-    table = results["aggregate"]["table"]
-    names = list(table)
-    figure, axis = plt.subplots(figsize=(9, 4))
-    width = 0.38
-    for k, (key, label) in enumerate((("distractor_accuracy", "distractor"), ("clean_accuracy", "clean twin"))):
-        means = [(table[n][key] or {}).get("mean", 0) * 100 for n in names]
-        stds = [(table[n][key] or {}).get("std", 0) * 100 for n in names]
-        axis.bar([i + k * width for i in range(len(names))], means, width, yerr=stds, label=label, capsize=3)
-    axis.set_xticks([i + width / 2 for i in range(len(names))], names, rotation=10)
-    axis.set_ylabel("accuracy (%)")
-    axis.set_title("leaf demo: greedy accuracy on the distractor test set and its clean twins")
-    axis.legend()
-    figure.tight_layout()
-    write_bytes_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-    plt.close(figure)
+    def distill(self) -> None:
+        from leaf.demo.experiment import compute, originals, write_jsonl
+        from leaf.distill import DistillConfig, run_distill
+
+        c = self.config
+        clean = [p for p in self.pool if not p.distractors][: round(c.clean_mix * len(self.kept))]
+        data = write_jsonl(self.out / "originals.jsonl", originals(self.kept, clean))
+        self.models = {"Pre-KD": str(self.student_path)}
+        self.rows: dict[str, dict] = {}
+        steps = c.budget("distill_steps")
+        for setting in c.chosen_settings():
+            folder = self.out / "distill" / setting.folder
+            cf_file = None
+            levels = {"instr": {"instruction"}, "instr+resp": {"instruction", "response"}}.get(setting.mode, set())
+            if setting.source is not None:
+                rows = [r for r in self.cf_rows[setting.source] if r["level"] in levels]
+                self.rows[setting.name] = {"counterfactuals": len(rows),
+                                           "samples_with_counterfactual": len({r["id"] for r in rows})}
+                if not rows:
+                    self.log(f"seed {self.seed}: {setting.name}: no counterfactual survived verification; skipped")
+                    continue
+                cf_file = write_jsonl(self.out / "counterfactuals" / f"{setting.folder}.jsonl", rows)
+            else:
+                self.rows[setting.name] = {"counterfactuals": 0, "samples_with_counterfactual": 0}
+            if not (folder / "final" / "model.safetensors").exists():
+                if folder.exists():
+                    shutil.rmtree(folder)
+                self.log(f"seed {self.seed}: leaf distill: {setting.name}")
+                run_distill(DistillConfig(
+                    teacher=str(self.teacher), student=str(self.student_path), data=data, counterfactuals=cf_file,
+                    output=folder, mode=setting.mode, lam=setting.lam, max_steps=steps,
+                    batch_size=c.batch_size * setting.batch_scale, lr=c.lr, warmup=0.05, save_steps=10**6,
+                    seed=self.seed, device=c.device), progress=False)
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+            self.rows[setting.name]["forward_tokens"] = compute(folder / "log.jsonl")
+            self.models[setting.name] = str(folder / "final")
+        self.models["Teacher"] = str(self.teacher)
+        self.originals = {"selected": len(self.kept), "clean_mixed_in": len(clean)}
+
+    def serve(self) -> None:
+        from leaf.answers import is_correct
+        from leaf.serve import ServeConfig, run_serve
+
+        c = self.config
+        serve_dir = self.out / "serve"
+        if serve_dir.exists():
+            shutil.rmtree(serve_dir)
+        self.log(f"seed {self.seed}: leaf serve on {len(self.models)} models")
+        served = run_serve(ServeConfig(models=list(self.models.values()), names=list(self.models),
+                                       data=self.out / "test.jsonl", output=serve_dir, backend=c.backend,
+                                       max_tokens=48, iterations=1, warmup=1, focus_samples=c.budget("focus_samples"),
+                                       device=c.device, batch_size=64, seed=self.seed), progress=True)
+        answers = {p.id: p.answer for p in self.test}
+        order = [p.id for p in self.test]
+        texts: dict[tuple[str, str], dict[str, str]] = {}
+        for line in (serve_dir / "generations.jsonl").read_text().splitlines():
+            g = json.loads(line)
+            texts.setdefault((g["model"], g["set"]), {})[str(g["id"])] = g["text"]
+        self.outcomes = {name: {s: [int(is_correct(texts[(name, key)].get(i, ""), answers[i])) for i in order]
+                                for s, key in (("distractor", "original"), ("clean", "clean"))}
+                         for name in self.models}
+        self.engine = served["models"]["Pre-KD"]["engine"]["engine"]
+        for name in self.models:
+            entry = served["models"][name]
+            row = self.rows.setdefault(name, {})
+            row["output_throughput"] = entry["sets"]["original"]["output_throughput"]
+            row["serve_focus"] = (entry.get("attention_focus") or {}).get("focus")
+
+    def focus(self) -> None:
+        """Attention focus at the number-emitting positions, per layer and head; the head chosen on validation."""
+        from leaf.demo.focus import choose_head, distractor_shares, focus_summary
+        from leaf.demo.train import evaluate
+        from leaf.hooks import load_model
+
+        n = self.config.budget("focus_samples")
+        validation = self.validation[:n]
+        pre = load_model(str(self.student_path), device=self.config.device)
+        self.head = choose_head(distractor_shares(pre, validation), evaluate(self.student_path, validation))
+        test = self.test[:n]
+        for name, path in self.models.items():
+            model = pre if name == "Pre-KD" else load_model(path, device=self.config.device)
+            self.rows[name]["focus"] = focus_summary(distractor_shares(model, test),
+                                                     None if name == "Teacher" else self.head)
+
+    def run(self) -> dict:
+        self.log(f"seed {self.seed}: data, student, detection rules, analyze + controls, "
+                 f"{len(self.config.chosen_settings())} distillations, serve")
+        self.data()
+        self.student()
+        self.lap("student")
+        self.detection_variants()
+        self.lap("detection_rules")
+        self.pool_analysis()
+        self.lap("analyze")
+        self.distill()
+        self.lap("distill")
+        self.serve()
+        self.lap("serve")
+        self.focus()
+        self.lap("focus")
+        from leaf.io import write_json_atomic
+
+        write_json_atomic(self.out / "outcomes.json", self.outcomes)
+        counts = self.pool_summary["counts"]
+        return {"seed": self.seed, "rows": self.rows, "engine": self.engine, "timing": self.timing,
+                "detection_validation": self.detection, "variant": self.variant.name,
+                "pool_detection": self.pool_summary.get("detection"), "head": self.head.as_json(),
+                "selection": {"pool": len(self.pool), "analysed": counts["analysed"],
+                              "filtered_selection": counts["filtered_selection"],
+                              "counterfactuals_kept": sum(r["level"] == "instruction" for r in self.cf_rows["gradient"]),
+                              "counterfactuals_dropped": counts["counterfactuals_dropped"], **self.originals}}
 
 
 def run_demo(config: DemoConfig, *, log=print) -> dict:
+    from leaf.demo.report import aggregate, plot_results, results_markdown
     from leaf.io import write_json_atomic, write_text_atomic
-
-    import os
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep the demo's output readable
     start = time.perf_counter()
     config.output.mkdir(parents=True, exist_ok=True)
     teacher = get_teacher(config, log)
-    per_seed = []
-    for seed in range(config.seeds):
-        log(f"seed {seed}: student, screening, analyze, distill x3, serve")
-        per_seed.append(run_seed(config, teacher, seed, log))
-    agg = aggregate(per_seed)
+    per_seed, outcomes = [], []
+    for seed in range(config.budget("seeds")):
+        per_seed.append(SeedRun(config, teacher, seed, log).run())
+        outcomes.append(json.loads((config.output / f"seed-{seed}" / "outcomes.json").read_text()))
     results = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-               "teacher": str(teacher), "per_seed": per_seed, "aggregate": agg, "threshold": "iqr",
+               "preset": config.preset, "teacher": str(teacher), "per_seed": per_seed,
                "seconds": round(time.perf_counter() - start, 1)}
-    results["verdict"] = verdict(agg, per_seed)
+    results.update(aggregate(per_seed, outcomes))
     write_json_atomic(config.output / "results.json", results)
     write_text_atomic(config.output / "RESULTS.md", results_markdown(results))
     plot_results(results, config.output / "accuracy.png")

@@ -1,0 +1,230 @@
+"""The demo's results over seeds: accuracy with intervals, the paired comparisons and the verdict they imply, the power
+of the comparison, the detection tables; RESULTS.md and accuracy.png.
+
+Intervals are hierarchical paired bootstraps over test problems and seeds (leaf.demo.stats). The verdict follows the
+order the experiment was designed in: first whether perfect counterfactuals (the oracle) beat KD at all, then
+whether gradient-detected ones beat KD and random masks of the same size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from leaf.demo.stats import (Interval, accuracy_interval, detectable_difference, discordance, items_needed,
+                             paired_interval, seed_variance)
+
+# (setting, baseline) pairs whose paired difference the report gives, on distractor and on clean problems
+COMPARISONS = (
+    ("Oracle", "KD w/o mask"), ("LeaF instr", "KD w/o mask"), ("LeaF instr", "Random mask"),
+    ("LeaF instr", "PPL mask"), ("LeaF instr", "Oracle"), ("LeaF instr+resp", "KD w/o mask"),
+    ("LeaF instr+resp", "LeaF instr"), ("LeaF collective", "LeaF instr"), ("Random mask", "KD w/o mask"),
+    ("KD 2x batch", "KD w/o mask"), ("LeaF instr", "KD 2x batch"), ("Oracle", "KD 2x batch"),
+)
+TARGET_DIFFERENCE = 0.02  # the paired difference the experiment should detect (2 points)
+
+
+def aggregate(per_seed: list[dict], outcomes: list[dict]) -> dict:
+    """Accuracy intervals per setting, paired comparisons, power, and the verdict."""
+    names = [n for n in outcomes[0] if all(n in o for o in outcomes)]
+    table = {}
+    for name in names:
+        row = {f"{s}_accuracy": accuracy_interval([o[name][s] for o in outcomes]).as_json()
+               for s in ("distractor", "clean")}
+        for key in ("forward_tokens", "counterfactuals", "samples_with_counterfactual"):
+            values = [p["rows"].get(name, {}).get(key) for p in per_seed]
+            row[key] = sum(values) / len(values) if all(v is not None for v in values) else None
+        focus = [p["rows"].get(name, {}).get("focus") for p in per_seed]
+        if all(focus):
+            row["focus_chosen_head"] = _mean([f.get("chosen_head") for f in focus])
+            row["focus_overall"] = _mean([f["overall"] for f in focus])
+        table[name] = row
+    comparisons = {}
+    for a, b in COMPARISONS:
+        if a in names and b in names:
+            comparisons[f"{a} vs {b}"] = {
+                s: paired_interval([o[a][s] for o in outcomes], [o[b][s] for o in outcomes], seed=len(comparisons)
+                                   ).as_json() for s in ("distractor", "clean")}
+    return {"table": table, "comparisons": comparisons, "power": power(outcomes),
+            "verdict": verdict(comparisons)}
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def power(outcomes: list[dict], a: str = "LeaF instr", b: str = "KD w/o mask") -> dict | None:
+    """What this run could detect: the paired discordance of LeaF instr vs KD, the smallest difference detectable
+    (80% power, α = 0.05) with these seeds and test problems, and the test problems per seed needed for 2 points
+    with 5 seeds."""
+    if not all(a in o and b in o for o in outcomes):
+        return None
+    xs, ys = [o[a]["distractor"] for o in outcomes], [o[b]["distractor"] for o in outcomes]
+    disc, between = discordance(xs, ys), seed_variance(xs, ys)
+    seeds, items = len(xs), len(xs[0])
+    return {"comparison": f"{a} vs {b}", "discordance": disc, "between_seed_variance": between, "seeds": seeds,
+            "items_per_seed": items, "detectable_difference": detectable_difference(disc, items, seeds, between),
+            "items_needed_5_seeds": items_needed(TARGET_DIFFERENCE, disc, 5, between),
+            "target_difference": TARGET_DIFFERENCE}
+
+
+def _interval(comparisons: dict, name: str, subset: str = "distractor") -> Interval | None:
+    entry = comparisons.get(name)
+    if not entry:
+        return None
+    j = entry[subset]
+    return Interval(j["mean"], j["low"], j["high"], j["level"], j["seeds"], j["items"])
+
+
+def verdict(comparisons: dict) -> str:
+    """Plain sentences from the intervals, in the experiment's order: oracle vs KD, then gradient vs KD and random."""
+    lines = []
+    oracle = _interval(comparisons, "Oracle vs KD w/o mask")
+    leaf_kd = _interval(comparisons, "LeaF instr vs KD w/o mask")
+    leaf_random = _interval(comparisons, "LeaF instr vs Random mask")
+    matched = _interval(comparisons, "LeaF instr vs KD 2x batch")
+    word = {"better": "beats", "worse": "falls behind", "tie": "is not distinguishable from"}
+    if oracle is not None:
+        lines.append(f"Oracle counterfactuals (the true distractors removed) − KD on distractor problems: "
+                     f"{oracle.points()} points: the oracle {word[oracle.verdict()]} KD.")
+        if oracle.verdict() != "better":
+            lines.append("Perfect counterfactuals do not help here, so the counterfactual term has nothing to teach "
+                         "in this task: a difference between gradient-LeaF and KD cannot be credited to focus.")
+    if leaf_kd is not None:
+        lines.append(f"LeaF instr (gradient masks) − KD: {leaf_kd.points()}: LeaF {word[leaf_kd.verdict()]} KD.")
+    if leaf_random is not None:
+        plural = {"better": "beat", "worse": "fall behind", "tie": "are not distinguishable from"}
+        lines.append(f"LeaF instr − random masks of the same size: {leaf_random.points()}: gradient masks "
+                     f"{plural[leaf_random.verdict()]} random ones.")
+    if matched is not None:
+        lines.append(f"Against KD with twice the batch (the same forward passes as LeaF): {matched.points()}.")
+    if leaf_kd is not None and leaf_random is not None:
+        if leaf_kd.verdict() == "better" and leaf_random.verdict() == "better" and (
+                oracle is None or oracle.verdict() == "better"):
+            lines.append("Verdict: LeaF beats KD and random masks here, with intervals that exclude zero.")
+        else:
+            lines.append("Verdict: no evidence here that gradient-guided pruning beats KD and random masks "
+                         "(a positive result needs both intervals above zero).")
+    lines.append("Intervals: 95% paired bootstrap over test problems and seeds; every figure comes from this run.")
+    return " ".join(lines)
+
+
+def _acc(entry: dict | None) -> str:
+    if not entry:
+        return "-"
+    return f"{100 * entry['mean']:.1f} [{100 * entry['low']:.1f}, {100 * entry['high']:.1f}]"
+
+
+def _diff(comparisons: dict, name: str, subset: str = "distractor") -> str:
+    interval = _interval(comparisons, name, subset)
+    return interval.points() if interval else "-"
+
+
+def results_markdown(results: dict) -> str:
+    table, comparisons = results["table"], results["comparisons"]
+    per_seed = results["per_seed"]
+    seeds = len(per_seed)
+    items = next(iter(table.values()))["distractor_accuracy"]["items"] // seeds
+    kd_tokens = (table.get("KD w/o mask") or {}).get("forward_tokens")
+    lines = ["# leaf demo results", "",
+             f"Embedded distractor task, {seeds} seed(s) x {items} test problems (distractor problems and their clean "
+             f"twins); engine: {per_seed[0]['engine']}; preset: {results['preset']}. Accuracy in % with 95% bootstrap "
+             "intervals over problems and seeds; differences are paired (same student, data, steps and test "
+             "problems). Compute = tokens through the student's forward passes, relative to KD.", "",
+             "| setting | distractor acc | clean acc | distractor − KD | clean − KD | distractor − random | compute |"
+             " counterfactuals | focus (chosen head) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, row in table.items():
+        vs_kd = _diff(comparisons, f"{name} vs KD w/o mask")
+        vs_kd_clean = _diff(comparisons, f"{name} vs KD w/o mask", "clean")
+        vs_random = _diff(comparisons, f"{name} vs Random mask")
+        tokens = row.get("forward_tokens")
+        compute = f"{tokens / kd_tokens:.2f}x" if tokens and kd_tokens else "-"
+        cfs = f"{row['counterfactuals']:.0f}" if row.get("counterfactuals") else "-"
+        focus = f"{row['focus_chosen_head']:.3f}" if row.get("focus_chosen_head") is not None else "-"
+        lines.append(f"| {name} | {_acc(row['distractor_accuracy'])} | {_acc(row['clean_accuracy'])} | {vs_kd} | "
+                     f"{vs_kd_clean} | {vs_random} | {compute} | {cfs} | {focus} |")
+    lines += ["", "Paired differences on distractor problems (points, 95% interval):", ""]
+    lines += [f"- {name}: {_diff(comparisons, name)} (clean: {_diff(comparisons, name, 'clean')})"
+              for name in comparisons]
+    lines += ["", results["verdict"], ""]
+    p = results.get("power")
+    if p:
+        needed = p["items_needed_5_seeds"]
+        lines += [f"Power: {p['comparison']} disagree on {100 * p['discordance']:.1f}% of problems; with {p['seeds']} "
+                  f"seed(s) x {p['items_per_seed']} problems a true difference of "
+                  f"{100 * p['detectable_difference']:.1f} points is detected 80% of the time (α = 0.05). A 2-point "
+                  "difference with 5 seeds needs " + (f"{needed} problems per seed." if needed else
+                                                       "more seeds (the seeds disagree too much).") + "", ""]
+    lines += _detection_tables(per_seed)
+    s0 = per_seed[0]
+    sel = s0["selection"]
+    head = s0["head"]
+    lines += ["", f"Seed {s0['seed']}: {sel['analysed']} of {sel['pool']} pool problems selected (teacher right, "
+              f"student wrong), {sel['clean_mixed_in']} clean problems mixed into the distillation originals; "
+              f"{sel['counterfactuals_kept']} instruction counterfactuals kept, {sel['counterfactuals_dropped']} "
+              f"dropped by verification. Detection rule used: {s0['variant']}. Attention head chosen on validation: "
+              f"layer {head['layer']}, head {head['head']} (share on the distractors {head['wrong_share']:.3f} on "
+              f"problems the student got wrong vs {head['right_share']:.3f} on those it got right). Time: "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in s0["timing"].items()) + f"; whole run {results['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def _detection_tables(per_seed: list[dict]) -> list[str]:
+    s0 = per_seed[0]
+    lines = [f"Detection rules on the validation split (seed {s0['seed']}; selected problems, instruction level; "
+             "token P/R/F1 of the flags and of what is pruned, against the true distractor tokens; per distractor: "
+             "touched, all its numbers removed, wholly removed; counterfactuals kept after verification):", "",
+             "| rule | flags P / R / F1 | pruned P / R / F1 | touched | numbers removed | removed | kept / dropped |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in s0["detection_validation"].items():
+        used = " (used)" if name == s0["variant"] else ""
+        lines.append(f"| {name}: {m['label']}{used} | {_prf(m.get('token'))} | "
+                     f"{_prf(m.get('pruned'))} | {_share(m, 'touched')} | {_share(m, 'numbers_removed')} | "
+                     f"{_share(m, 'removed')} | {m['counterfactuals_kept']} / {m['counterfactuals_dropped']} |")
+    pool = s0.get("pool_detection") or {}
+    if pool:
+        lines += ["", f"On the selected pool problems with the rule used, every mode (seed {s0['seed']}; random and "
+                  "ppl flag as many as the rule):", "", "| mode | flags P / R / F1 | pruned P / R / F1 | numbers removed |",
+                  "|---|---|---|---|"]
+        for mode, m in pool.items():
+            lines.append(f"| {mode} | {_prf(m.get('token'))} | {_prf(m.get('pruned'))} | "
+                         f"{_share(m, 'numbers_removed')} |")
+    return lines
+
+
+def _prf(m: dict | None) -> str:
+    if not m:
+        return "-"
+    return f"{100 * m['precision']:.1f} / {100 * m['recall']:.1f} / {100 * m['f1']:.1f}"
+
+
+def _share(m: dict, key: str) -> str:
+    value = (m.get("distractors") or {}).get(key)
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def plot_results(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from leaf.io import write_bytes_atomic
+
+    table = results["table"]
+    names = list(table)
+    figure, axis = plt.subplots(figsize=(12, 4.5))
+    width = 0.38
+    for k, (key, label) in enumerate((("distractor_accuracy", "distractor"), ("clean_accuracy", "clean twin"))):
+        means = [100 * table[n][key]["mean"] for n in names]
+        low = [100 * (table[n][key]["mean"] - table[n][key]["low"]) for n in names]
+        high = [100 * (table[n][key]["high"] - table[n][key]["mean"]) for n in names]
+        axis.bar([i + k * width for i in range(len(names))], means, width, yerr=[low, high], label=label, capsize=3)
+    axis.set_xticks([i + width / 2 for i in range(len(names))], names, rotation=20, ha="right")
+    axis.set_ylabel("accuracy (%)")
+    axis.set_title("leaf demo: greedy accuracy with 95% bootstrap intervals")
+    axis.legend()
+    figure.tight_layout()
+    write_bytes_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+    plt.close(figure)
