@@ -425,8 +425,10 @@ class Analyzer:
         for record in records:
             for unit in record["units"]:
                 for cf in unit["counterfactuals"]:
-                    if cf["field"] == "prompt" and cf["prompt"]:
+                    if cf["field"] == "prompt" and cf["prompt"].strip():
                         jobs.append((record["row"], cf, render_head(self.renderer, cf["prompt"], chat_template=chat)))
+                    elif cf["field"] == "prompt":  # everything pruned: nothing left to answer
+                        cf["verified"] = False
                     else:  # response-level counterfactuals change the reference, not the question: not checked
                         cf["verified"] = None
         if not jobs:

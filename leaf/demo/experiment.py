@@ -97,8 +97,10 @@ def counterfactual_rows(records: list[dict]) -> list[dict]:
     for record in records:
         for unit in record["units"]:
             for cf in unit["counterfactuals"]:
-                rows.append({"id": record["id"], "question": cf.get("prompt", record["prompt"]),
-                             "solution": cf.get("response", record["response"]), "level": unit["level"]})
+                row = {"id": record["id"], "question": cf.get("prompt", record["prompt"]),
+                       "solution": cf.get("response", record["response"]), "level": unit["level"]}
+                if row["question"].strip() and row["solution"].strip():  # (without --verify nothing drops these)
+                    rows.append(row)
     return rows
 
 

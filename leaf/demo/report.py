@@ -13,12 +13,12 @@ from pathlib import Path
 from leaf.demo.stats import (Interval, accuracy_interval, detectable_difference, discordance, items_needed,
                              paired_interval, seed_variance)
 
-# (setting, baseline) pairs whose paired difference the report gives, on distractor and on clean problems
+# (setting, baseline) pairs whose paired difference the report gives, on distractor and on clean problems, besides
+# every trained setting against KD w/o mask
 COMPARISONS = (
-    ("Oracle", "KD w/o mask"), ("LeaF instr", "KD w/o mask"), ("LeaF instr", "Random mask"),
-    ("LeaF instr", "PPL mask"), ("LeaF instr", "Oracle"), ("LeaF instr+resp", "KD w/o mask"),
-    ("LeaF instr+resp", "LeaF instr"), ("LeaF collective", "LeaF instr"), ("Random mask", "KD w/o mask"),
-    ("KD 2x batch", "KD w/o mask"), ("LeaF instr", "KD 2x batch"), ("Oracle", "KD 2x batch"),
+    ("LeaF instr", "Random mask"), ("LeaF instr", "PPL mask"), ("LeaF instr", "Oracle"),
+    ("LeaF instr+resp", "LeaF instr"), ("LeaF collective", "LeaF instr"), ("KD 2x batch", "KD w/o mask"),
+    ("LeaF instr", "KD 2x batch"), ("LeaF instr+resp", "KD 2x batch"), ("Oracle", "KD 2x batch"),
 )
 TARGET_DIFFERENCE = 0.02  # the paired difference the experiment should detect (2 points)
 
@@ -39,7 +39,8 @@ def aggregate(per_seed: list[dict], outcomes: list[dict]) -> dict:
             row["focus_overall"] = _mean([f["overall"] for f in focus])
         table[name] = row
     comparisons = {}
-    for a, b in COMPARISONS:
+    against_kd = [(n, "KD w/o mask") for n in names if n not in ("Pre-KD", "KD w/o mask", "Teacher")]
+    for a, b in [*against_kd, *COMPARISONS]:
         if a in names and b in names:
             comparisons[f"{a} vs {b}"] = {
                 s: paired_interval([o[a][s] for o in outcomes], [o[b][s] for o in outcomes], seed=len(comparisons)
@@ -97,7 +98,13 @@ def verdict(comparisons: dict) -> str:
         lines.append(f"LeaF instr − random masks of the same size: {leaf_random.points()}: gradient masks "
                      f"{plural[leaf_random.verdict()]} random ones.")
     if matched is not None:
-        lines.append(f"Against KD with twice the batch (the same forward passes as LeaF): {matched.points()}.")
+        lines.append(f"LeaF instr against KD with twice the batch (as many forward passes as LeaF's two terms at "
+                     f"most): {matched.points()}.")
+    both = _interval(comparisons, "LeaF instr+resp vs KD w/o mask")
+    both_matched = _interval(comparisons, "LeaF instr+resp vs KD 2x batch")
+    if both is not None:
+        lines.append(f"LeaF instr+resp − KD: {both.points()}" + (
+            f"; against KD with twice the batch: {both_matched.points()}." if both_matched else "."))
     if leaf_kd is not None and leaf_random is not None:
         if leaf_kd.verdict() == "better" and leaf_random.verdict() == "better" and (
                 oracle is None or oracle.verdict() == "better"):
@@ -137,7 +144,7 @@ def results_markdown(results: dict) -> str:
     for name, row in table.items():
         vs_kd = _diff(comparisons, f"{name} vs KD w/o mask")
         vs_kd_clean = _diff(comparisons, f"{name} vs KD w/o mask", "clean")
-        vs_random = _diff(comparisons, f"{name} vs Random mask")
+        vs_random = _diff(comparisons, f"{name} vs Random mask") if name.startswith("LeaF") else "-"
         tokens = row.get("forward_tokens")
         compute = f"{tokens / kd_tokens:.2f}x" if tokens and kd_tokens else "-"
         cfs = f"{row['counterfactuals']:.0f}" if row.get("counterfactuals") else "-"

@@ -273,7 +273,8 @@ class SeedRun:
         from leaf.distill import DistillConfig, run_distill
 
         c = self.config
-        clean = [p for p in self.pool if not p.distractors][: round(c.clean_mix * len(self.kept))]
+        kept = {p.id for p in self.kept}
+        clean = [p for p in self.pool if not p.distractors and p.id not in kept][: round(c.clean_mix * len(kept))]
         data = write_jsonl(self.out / "originals.jsonl", originals(self.kept, clean))
         self.models = {"Pre-KD": str(self.student_path)}
         self.rows: dict[str, dict] = {}
