@@ -174,10 +174,10 @@ def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
             bar.advance(task)
     results["comparisons"] = comparisons(results["models"])
     config.output.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(config.output / "results.json", results)
     write_text_atomic(config.output / "generations.jsonl", "".join(json.dumps(g) + "\n" for g in generations))
     write_text_atomic(config.output / "results.md", markdown(results))
     plot(results, config.output / "results.png")
+    write_json_atomic(config.output / "results.json", results)  # last: a folder with results.json is complete
     return results
 
 

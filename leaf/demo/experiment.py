@@ -115,6 +115,24 @@ def originals(kept: list[Problem], clean: list[Problem]) -> list[dict]:
     return [{"id": p.id, "question": p.question, "solution": p.solution} for p in [*kept, *clean]]
 
 
+def person_removed(records: list[dict]) -> float | None:
+    """Share of the distractors that name a person (all but the off-topic ones) whose name the instruction-level
+    spans remove: with its number, what misleads the student."""
+    from leaf.demo.task import NAMES
+
+    removed = named = 0
+    for record in records:
+        spans = [(s["start"], s["end"]) for u in record["units"] if u["level"] == "instruction" for s in u["spans"]]
+        for a, b in record.get("gold_spans", []):
+            words = record["prompt"][a:b].split()
+            if not words or words[0] not in NAMES:
+                continue
+            named += 1
+            end = a + len(words[0])
+            removed += any(x <= a and end <= y for x, y in spans)
+    return removed / named if named else None
+
+
 def compute(log_path: Path) -> int:
     """Tokens through the student's forward passes over a distill run (originals and counterfactuals)."""
     return sum(json.loads(line)["tokens"] for line in log_path.read_text().splitlines() if line.strip())

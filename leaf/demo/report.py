@@ -172,8 +172,9 @@ def results_markdown(results: dict) -> str:
               f"{sel['counterfactuals_kept']} instruction counterfactuals kept, {sel['counterfactuals_dropped']} "
               f"dropped by verification. Detection rule used: {s0['variant']}. Attention head chosen on validation: "
               f"layer {head['layer']}, head {head['head']} (share on the distractors {head['wrong_share']:.3f} on "
-              f"problems the student got wrong vs {head['right_share']:.3f} on those it got right). Time: "
-              + ", ".join(f"{k} {v:.0f} s" for k, v in s0["timing"].items()) + f"; whole run {results['seconds']:.0f} s."]
+              f"problems the student got wrong vs {head['right_share']:.3f} on those it got right). Time per stage "
+              "(when it last ran): " + ", ".join(f"{k} {v:.0f} s" for k, v in s0["timing"].items())
+              + f"; this invocation {results['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
@@ -181,13 +182,16 @@ def _detection_tables(per_seed: list[dict]) -> list[str]:
     s0 = per_seed[0]
     lines = [f"Detection rules on the validation split (seed {s0['seed']}; selected problems, instruction level; "
              "token P/R/F1 of the flags and of what is pruned, against the true distractor tokens; per distractor: "
-             "touched, all its numbers removed, wholly removed; counterfactuals kept after verification):", "",
-             "| rule | flags P / R / F1 | pruned P / R / F1 | touched | numbers removed | removed | kept / dropped |",
-             "|---|---|---|---|---|---|---|"]
+             "touched, all its numbers removed, its person's name removed, wholly removed; span precision = share of "
+             "pruned spans that overlap a distractor; counterfactuals kept / dropped by verification):", "",
+             "| rule | flags P / R / F1 | pruned P / R / F1 | span P | touched | numbers removed | person removed "
+             "| removed | kept / dropped |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, m in s0["detection_validation"].items():
         used = " (used)" if name == s0["variant"] else ""
-        lines.append(f"| {name}: {m['label']}{used} | {_prf(m.get('token'))} | "
-                     f"{_prf(m.get('pruned'))} | {_share(m, 'touched')} | {_share(m, 'numbers_removed')} | "
+        span_p = f"{100 * m['span']['precision']:.1f}" if m.get("span") else "-"
+        lines.append(f"| {name}: {m['label']}{used} | {_prf(m.get('token'))} | {_prf(m.get('pruned'))} | {span_p} | "
+                     f"{_share(m, 'touched')} | {_share(m, 'numbers_removed')} | {_share(m, 'person_removed')} | "
                      f"{_share(m, 'removed')} | {m['counterfactuals_kept']} / {m['counterfactuals_dropped']} |")
     pool = s0.get("pool_detection") or {}
     if pool:

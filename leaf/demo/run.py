@@ -1,8 +1,8 @@
 """`leaf demo`: the whole method end to end on the embedded task, as a controlled experiment.
 
-    leaf demo                 # one seed, 1,000 test problems (~10 minutes on 2 CPU cores)
-    leaf demo --quick         # a smoke test of every stage and row (~3 minutes)
-    leaf demo --full          # the powered setting: 5 seeds x 2,000 test problems (see README for its table)
+    leaf demo                 # one seed, 1,000 test problems (~8 minutes on 2 CPU cores)
+    leaf demo --quick         # a smoke test of every stage and row (~2 minutes)
+    leaf demo --full          # the powered setting: 5 seeds x 2,000 test problems (~45 minutes; README table)
 
 Per seed:
 1. Problems from `leaf.demo.task` (seeded): a training pool, a validation split and a test set of distractor
@@ -46,9 +46,9 @@ BUDGETS = {"seeds": (1, 1, 5), "student_steps": (300, 1200, 1200), "distill_step
 @dataclass
 class DemoConfig:
     output: Path = field(default=Path("leaf-demo"), metadata=doc("Results folder."))
-    quick: bool = field(default=False, metadata=doc("Small budgets (~3 minutes): a smoke test of every stage and row."))
+    quick: bool = field(default=False, metadata=doc("Small budgets (~2 minutes): a smoke test of every stage and row."))
     full: bool = field(default=False, metadata=doc(
-        "The powered setting: 5 seeds x 2,000 test problems (about an hour on 2 CPU cores)."))
+        "The powered setting: 5 seeds x 2,000 test problems (about 45 minutes on 2 CPU cores)."))
     seeds: int | None = field(default=None, metadata=doc("Seeds 0..N-1 (default 1; --full 5)."))
     student_steps: int | None = field(default=None, metadata=doc("Student pre-training steps (default 1200)."))
     distill_steps: int | None = field(default=None, metadata=doc("Steps per distillation setting (default 300)."))
@@ -205,7 +205,7 @@ class SeedRun:
 
     def detection_variants(self) -> None:
         """Every detection rule on the validation split, with selection and verification; choose one."""
-        from leaf.demo.experiment import read_records
+        from leaf.demo.experiment import person_removed, read_records
 
         self.log(f"seed {self.seed}: detection rules on the validation split")
         self.detection: dict[str, dict] = {}
@@ -215,7 +215,8 @@ class SeedRun:
                                    select=self.config.select, verify=self.config.verify)
             records = read_records(folder)
             kept = sum(len(u["counterfactuals"]) for r in records for u in r["units"])
-            metrics = (summary.get("detection") or {}).get(variant.threshold) or {}
+            metrics = dict((summary.get("detection") or {}).get(variant.threshold) or {})
+            metrics["distractors"] = {**metrics.get("distractors", {}), "person_removed": person_removed(records)}
             self.detection[variant.name] = {**metrics, "label": variant.label, "counterfactuals_kept": kept,
                                             "counterfactuals_dropped": summary["counts"]["counterfactuals_dropped"],
                                             "analysed": summary["counts"]["analysed"],
@@ -314,13 +315,17 @@ class SeedRun:
 
         c = self.config
         serve_dir = self.out / "serve"
-        if serve_dir.exists():
-            shutil.rmtree(serve_dir)
-        self.log(f"seed {self.seed}: leaf serve on {len(self.models)} models")
-        served = run_serve(ServeConfig(models=list(self.models.values()), names=list(self.models),
-                                       data=self.out / "test.jsonl", output=serve_dir, backend=c.backend,
-                                       max_tokens=48, iterations=1, warmup=1, focus_samples=c.budget("focus_samples"),
-                                       device=c.device, batch_size=64, seed=self.seed), progress=True)
+        done = serve_dir / "results.json"
+        served = json.loads(done.read_text()) if done.exists() else None
+        if served is None or served["settings"]["models"] != list(self.models.values()):
+            if serve_dir.exists():
+                shutil.rmtree(serve_dir)
+            self.log(f"seed {self.seed}: leaf serve on {len(self.models)} models")
+            served = run_serve(ServeConfig(
+                models=list(self.models.values()), names=list(self.models), data=self.out / "test.jsonl",
+                output=serve_dir, backend=c.backend, max_tokens=48, iterations=1, warmup=1,
+                focus_samples=c.budget("focus_samples"), device=c.device, batch_size=64, seed=self.seed),
+                progress=True)
         answers = {p.id: p.answer for p in self.test}
         order = [p.id for p in self.test]
         texts: dict[tuple[str, str], dict[str, str]] = {}
@@ -371,6 +376,11 @@ class SeedRun:
         self.lap("focus")
         from leaf.io import write_json_atomic
 
+        # a rerun skips finished stages: keep the time each stage took when it last did its work
+        timing_file = self.out / "timing.json"
+        before = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+        self.timing = {k: max(v, before.get(k, 0.0)) for k, v in self.timing.items()}
+        write_json_atomic(timing_file, self.timing)
         write_json_atomic(self.out / "outcomes.json", self.outcomes)
         counts = self.pool_summary["counts"]
         return {"seed": self.seed, "rows": self.rows, "engine": self.engine, "timing": self.timing,

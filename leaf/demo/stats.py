@@ -12,7 +12,6 @@ of the mean paired difference. With one seed it is the ordinary paired bootstrap
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from statistics import NormalDist, fmean
 
@@ -45,25 +44,28 @@ def paired_interval(a: list[list[float]], b: list[list[float]], *, level: float 
                     seed: int = 0) -> Interval:
     """Hierarchical paired bootstrap of mean(a - b): a[s][i] and b[s][i] are the outcomes of test item i in seed s.
 
-    The interval is the percentile interval of `resamples` bootstrap means."""
+    The interval is the percentile interval of `resamples` bootstrap means (vectorised: one (resamples, items)
+    index draw per seed)."""
+    import torch
+
     if len(a) != len(b) or not a or any(len(x) != len(y) or not x for x, y in zip(a, b)):
         raise ValueError("paired_interval needs the same non-empty items per seed in both settings")
-    diffs = [[x - y for x, y in zip(xs, ys)] for xs, ys in zip(a, b)]
-    mean = fmean(fmean(d) for d in diffs)
-    rng = random.Random(seed)
+    diffs = [torch.tensor(x, dtype=torch.float64) - torch.tensor(y, dtype=torch.float64) for x, y in zip(a, b)]
+    mean = fmean(float(d.mean()) for d in diffs)
+    generator = torch.Generator().manual_seed(seed)
     seeds = len(diffs)
-    means = []
-    for _ in range(resamples):
-        total = 0.0
-        for _ in range(seeds):
-            d = diffs[rng.randrange(seeds)]
-            n = len(d)
-            total += sum(d[rng.randrange(n)] for _ in range(n)) / n
-        means.append(total / seeds)
-    means.sort()
+    picks = torch.randint(seeds, (resamples, seeds), generator=generator)      # the seeds drawn, per resample
+    total = torch.zeros(resamples, dtype=torch.float64)
+    for slot in range(seeds):  # each drawn seed gets its own resample of its items
+        for s, d in enumerate(diffs):
+            rows = (picks[:, slot] == s).nonzero().flatten()
+            if rows.numel():
+                draws = torch.randint(len(d), (rows.numel(), len(d)), generator=generator)
+                total[rows] += d[draws].mean(1)
+    means = (total / seeds).sort().values                                      # (resamples,)
     tail = (1 - level) / 2
-    low = means[min(int(math.floor(tail * resamples)), resamples - 1)]
-    high = means[min(int(math.ceil((1 - tail) * resamples)) - 1, resamples - 1)]
+    low = float(means[min(int(math.floor(tail * resamples)), resamples - 1)])
+    high = float(means[min(int(math.ceil((1 - tail) * resamples)) - 1, resamples - 1)])
     return Interval(mean, low, high, level, seeds, sum(len(d) for d in diffs))
 
 
