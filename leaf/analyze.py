@@ -431,9 +431,7 @@ class Analyzer:
                         cf["verified"] = False
                     else:  # response-level counterfactuals change the reference, not the question: not checked
                         cf["verified"] = None
-        if not jobs:
-            return 0
-        gens = self.answer_all([head for _, _, head in jobs])
+        gens = self.answer_all([head for _, _, head in jobs]) if jobs else []
         for k, (row, cf, _) in enumerate(jobs):
             reference = self.reference_answer(row)
             cf["verified"] = bool(reference) and all(is_correct(g[k], reference) for g in gens)

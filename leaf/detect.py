@@ -59,7 +59,7 @@ def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, 
     d = delta(t_on_s[idx], s_scores[idx])
     surprisal = s_surprisal[idx] if s_surprisal is not None else None
     # --aggregate clause|sentence: every mode decides over pieces (mean Δ / mean surprisal of their tokens)
-    owner = piece_index(s_enc.offsets, idx, pieces(text, unit.region, config.aggregate)) \
+    owner = piece_index(text, s_enc.offsets, idx, pieces(text, unit.region, config.aggregate)) \
         if config.aggregate != "token" and idx.numel() else None
     if owner is not None:
         owner = torch.unique(owner, return_inverse=True)[1]  # pieces that hold candidates, numbered 0..G-1

@@ -372,8 +372,8 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                                                          inputs["response_mask"]).mean()
             terms.append({"lambda": lam, "kd_original": float(original.detach().mean()),
                           "kd_counterfactual": float(counterfactual.detach()[has_cf].mean()) if has_cf.any() else None,
-                          "tokens": int(inputs["attention_mask"].sum()) + int(
-                              inputs.get("cf_attention_mask", torch.zeros(1)).sum())})
+                          "tokens": int(inputs["attention_mask"].sum()) + (  # the forward passes that ran
+                              int(inputs["cf_attention_mask"].sum()) if "cf_index" in inputs and lam < 1 else 0)})
             return loss
 
     log_path = out / "log.jsonl"

@@ -186,7 +186,9 @@ class PairedData:
     MAX_ROUNDS); on its r-th appearance it is paired, at each level it has, with that level's counterfactual
     perm[r mod n] (a seeded permutation per sample and level). So an instruction-level and a response-level
     counterfactual never compete for one slot, and over `rounds` appearances every counterfactual is used once
-    (the reference code adds every pruned span as its own row). Item index k is (appearance k // n, sample k % n).
+    (the reference code adds every pruned span as its own row); a sample with more than MAX_ROUNDS at one level
+    uses MAX_ROUNDS of them. Item index k is (appearance k // n, sample k % n), so one pass over the dataset is
+    `rounds` passes over the originals: train by --max-steps.
     """
 
     MAX_ROUNDS = 16

@@ -140,18 +140,31 @@ def grow_spans(spans: list[tuple[int, int, list[int]]], text: str, offsets: torc
             merged[-1][1] = max(merged[-1][1], end)
         else:
             merged.append([start, end])
+    begin = content_starts(text, offsets)
     out = []
     for start, end in merged:
-        inside = candidates & (offsets[:, 0] >= start) & (offsets[:, 1] <= end)
+        inside = candidates & (begin >= start) & (offsets[:, 1] <= end)
         out.append((start, end, inside.nonzero().flatten().tolist()))
     return out
 
 
-def piece_index(offsets: torch.Tensor, tokens: torch.Tensor, units: list[tuple[int, int]]) -> torch.Tensor:
-    """(N,) the index of the piece (clause / sentence) each of the tokens `tokens` (N indices) starts in."""
+def content_starts(text: str, offsets: torch.Tensor) -> torch.Tensor:
+    """(T,) where each token's text starts once its leading whitespace is skipped: byte-level BPE tokens such as
+    " Eva" begin with the space that ends the previous sentence, but belong to the next one."""
+    out = offsets[:, 0].clone()
+    for i in range(len(offsets)):
+        a, b = int(offsets[i, 0]), int(offsets[i, 1])
+        while a < b - 1 and text[a].isspace():
+            a += 1
+        out[i] = a
+    return out
+
+
+def piece_index(text: str, offsets: torch.Tensor, tokens: torch.Tensor, units: list[tuple[int, int]]) -> torch.Tensor:
+    """(N,) the index of the piece (clause / sentence) each of the tokens `tokens` (N indices) belongs to: the one
+    its text (leading whitespace skipped) starts in."""
     starts = torch.tensor([a for a, _ in units])
-    token_starts = offsets[tokens, 0]
-    return (torch.searchsorted(starts, token_starts, right=True) - 1).clamp(min=0)
+    return (torch.searchsorted(starts, content_starts(text, offsets)[tokens], right=True) - 1).clamp(min=0)
 
 
 def char_scores(scores: torch.Tensor, offsets: torch.Tensor, length: int, mask: torch.Tensor) -> torch.Tensor:

@@ -164,3 +164,30 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert "| setting | distractor acc | clean acc | distractor − KD |" in result.output
     assert "Oracle counterfactuals (the true distractors removed) − KD" in result.output
     assert "Qwen2.5-Math-1.5B" in result.output  # where to go next
+
+
+def test_a_gain_without_the_oracle_is_not_credited_to_focus():
+    import random
+
+    from leaf.demo.report import aggregate
+
+    rng = random.Random(2)
+    acc = {"KD w/o mask": 0.3, "LeaF instr": 0.5, "Random mask": 0.3, "Oracle": 0.3, "KD 2x batch": 0.5}
+    verdict = aggregate(*map(list, zip(*[_fake_seed(0, rng, acc, items=600)])))["verdict"]
+    assert "although the oracle does not beat KD" in verdict
+
+
+def test_a_demo_folder_continues_only_with_the_same_settings(tmp_path):
+    from leaf.demo.run import DemoConfig, SeedRun
+    from leaf.errors import LeafError
+
+    SeedRun(DemoConfig(output=tmp_path, quick=True), ASSET_TEACHER, 0, print)
+    SeedRun(DemoConfig(output=tmp_path, quick=True), ASSET_TEACHER, 0, print)   # same settings: fine
+    with pytest.raises(LeafError, match="lr differ"):
+        SeedRun(DemoConfig(output=tmp_path, quick=True, lr=3e-4), ASSET_TEACHER, 0, print)
+    with pytest.raises(LeafError, match="distill_steps, focus_samples"):
+        SeedRun(DemoConfig(output=tmp_path), ASSET_TEACHER, 0, print)
+    (tmp_path / "seed-1").mkdir()
+    (tmp_path / "seed-1" / "notes.txt").write_text("mine")
+    with pytest.raises(LeafError, match="not a leaf demo seed folder"):
+        SeedRun(DemoConfig(output=tmp_path, quick=True), ASSET_TEACHER, 1, print)

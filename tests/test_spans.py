@@ -162,5 +162,23 @@ def test_spans_grow_to_clauses_and_sentences():
     assert grow_spans(spans, text, enc.offsets, enc.prompt_mask, region, "token") == spans
     idx = enc.prompt_mask.nonzero().flatten()
     units = pieces(text, region, "sentence")
-    owner = piece_index(enc.offsets, idx, units)
+    owner = piece_index(text, enc.offsets, idx, units)
     assert owner[0] == 0 and owner[-1] == 2 and int(owner[idx.tolist().index(text.index("sunny"))]) == 1
+
+
+def test_leading_space_tokens_belong_to_the_next_sentence():
+    """Byte-level BPE puts the space before a word into its token (" Eva"): the token belongs to the sentence its
+    word starts, both for --aggregate and for the tokens of a grown span."""
+    from leaf.spans import grow_spans, piece_index, pieces
+
+    text = "Tom has 4 cards. Eva has 6 pens. How many?"
+    eva = text.index(" Eva")
+    offsets = torch.tensor([[0, 3], [3, 7], [7, 9], [9, 15], [15, 16], [eva, eva + 4], [20, 24], [24, 26],
+                            [26, 31], [31, 32], [32, 36], [36, 41], [41, 42]])
+    assert text[eva:eva + 4] == " Eva"
+    units = pieces(text, (0, len(text)), "sentence")
+    owner = piece_index(text, offsets, torch.arange(len(offsets)), units)
+    assert owner.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2]
+    candidates = torch.ones(len(offsets), dtype=torch.bool)
+    grown = grow_spans([(24, 26, [7])], text, offsets, candidates, (0, len(text)), "sentence")
+    assert [(text[a:b], tokens) for a, b, tokens in grown] == [("Eva has 6 pens.", [5, 6, 7, 8, 9])]

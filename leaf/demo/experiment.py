@@ -5,13 +5,15 @@ learning rate and seed; they differ only in the counterfactuals paired with the 
 KD row in its batch). The rows:
 
 - KD w/o mask: λ = 1, originals only (the paper's baseline).
-- KD 2x batch: λ = 1 with twice the batch, so that it runs as many forward passes as LeaF's two per step
-  (compute matched).
+- KD 2x batch: λ = 1 with twice the batch: at least as many tokens through the student as any LeaF row (an
+  original plus at most one counterfactual per level each; the report's compute column gives the measured ratio).
 - LeaF instr / LeaF instr+resp: gradient-detected counterfactuals (leaf analyze, the variant chosen on validation),
   instruction level / both levels; span pruning.
 - LeaF collective: all detected spans of a sample removed at once (the paper's ablation).
-- Random mask / PPL mask: as many tokens as the gradient mask flags per problem, at random / where the student is
-  most surprised (leaf analyze's baselines), pruned and verified the same way.
+- Random mask / PPL mask: as many flagged tokens per problem as the gradient mask, at random / where the student
+  is most surprised (leaf analyze's baselines, the paper's ablation), grown to spans, pruned and verified the same
+  way (so the pruned sizes can differ: random flags scatter over more clauses than clustered gradient flags; the
+  detection table gives both).
 - Oracle: the true distractors removed (the clean twin): what perfect detection would give.
 
 Counterfactuals pass the paper's verification (both models answer them correctly) in every setting.

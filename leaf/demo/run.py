@@ -13,7 +13,7 @@ Per seed:
    F1 (or named with --variant).
 3. `leaf analyze --select --verify` on the pool with the chosen rule (teacher right, student wrong; counterfactuals
    that both still answer correctly), then the controls on the same selected problems: random and perplexity masks
-   of the same size per problem, collective pruning, and the oracle (the clean twin, verified alike).
+   with as many flagged tokens per problem, collective pruning, and the oracle (the clean twin, verified alike).
 4. `leaf distill` in every setting (leaf.demo.experiment.SETTINGS) on the same originals (the selected problems
    plus clean problems mixed in), steps, batch, learning rate and seed.
 5. `leaf serve` on every student and the teacher: greedy accuracy per test problem (distractor and clean twin),
@@ -107,6 +107,12 @@ class DemoConfig:
     def chosen_settings(self) -> list[Setting]:
         return [s for s in SETTINGS if s.name in self.settings]
 
+    def seed_fingerprint(self, teacher: Path) -> dict:
+        """What one seed's results depend on: a rerun into the same folder continues only with the same values."""
+        skip = {"output", "seeds", "quick", "full", "retrain_teacher", "teacher_steps", "teacher", "device", "backend"}
+        values = {k: v for k, v in asdict(self).items() if k not in skip and k not in BUDGETS}
+        return {**values, **{k: self.budget(k) for k in BUDGETS if k != "seeds"}, "teacher": str(teacher)}
+
 
 def get_teacher(config: DemoConfig, log) -> Path:
     """The shipped teacher, a given one, or one trained now into OUTPUT/teacher."""
@@ -149,9 +155,22 @@ class SeedRun:
     """One seed of the experiment in OUTPUT/seed-N; every stage skips work a previous run finished."""
 
     def __init__(self, config: DemoConfig, teacher: Path, seed: int, log) -> None:
+        from leaf.io import write_json_atomic
+
         self.config, self.teacher, self.seed, self.log = config, teacher, seed, log
         self.out = config.output / f"seed-{seed}"
+        fingerprint, stored = config.seed_fingerprint(teacher), self.out / "settings.json"
+        if stored.exists():
+            before = json.loads(stored.read_text())
+            changed = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
+            if changed:
+                raise LeafError(f"{self.out} holds a demo run with other settings ({', '.join(changed)} differ), and "
+                                "its finished stages would be reused. Choose another --output (nothing was "
+                                "overwritten).")
+        elif self.out.exists() and any(self.out.iterdir()):
+            raise LeafError(f"{self.out} exists and is not a leaf demo seed folder. Choose another --output.")
         self.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(stored, fingerprint)
         self.timing: dict[str, float] = {}
         self.clock = time.perf_counter()
 
@@ -332,7 +351,12 @@ class SeedRun:
         for line in (serve_dir / "generations.jsonl").read_text().splitlines():
             g = json.loads(line)
             texts.setdefault((g["model"], g["set"]), {})[str(g["id"])] = g["text"]
-        self.outcomes = {name: {s: [int(is_correct(texts[(name, key)].get(i, ""), answers[i])) for i in order]
+        missing = [(name, key) for name in self.models for key in ("original", "clean")
+                   if set(texts.get((name, key), {})) != set(order)]
+        if missing:
+            raise LeafError(f"{serve_dir}/generations.jsonl lacks answers for {missing[0][0]} ({missing[0][1]}): the "
+                            "serve folder does not match this test set. Delete it and rerun.")
+        self.outcomes = {name: {s: [int(is_correct(texts[(name, key)][i], answers[i])) for i in order]
                                 for s, key in (("distractor", "original"), ("clean", "clean"))}
                          for name in self.models}
         self.engine = served["models"]["Pre-KD"]["engine"]["engine"]
