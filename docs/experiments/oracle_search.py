@@ -57,6 +57,9 @@ def main():
     p.add_argument("--settings", default="kd,oracle")
     p.add_argument("--select", action="store_true", help="distil on teacher-right/student-wrong only")
     p.add_argument("--leak", type=float, default=0.0)
+    p.add_argument("--max-problem-steps", type=int, default=3, help="problems take 1..N steps (teacher too)")
+    p.add_argument("--teacher", default=None, help="teacher folder (default: the shipped one)")
+    p.add_argument("--teacher-steps", type=int, default=0, help="train a teacher on 1..N-step problems first")
     a = p.parse_args()
     from leaf.tiny_models import TinySize
 
@@ -68,6 +71,17 @@ def main():
     ROOT.mkdir(parents=True, exist_ok=True)
     log = {"args": vars(a)}
     seed = a.seed
+    teacher = Path(a.teacher) if a.teacher else TEACHER
+    if a.teacher_steps:  # a teacher for 1..N-step problems, trained like the shipped one (leaf demo --retrain-teacher)
+        from leaf.demo.train import TEACHER_SIZE
+
+        teacher = ROOT / f"teacher-{a.max_problem_steps}-{a.teacher_steps}"
+        if not (teacher / "leaf_demo_training.json").exists():
+            new_model(teacher, TEACHER_SIZE, seed=1)
+            from transformers import AutoTokenizer
+            train(teacher, encode(AutoTokenizer.from_pretrained(teacher),
+                                  generate(40000, 11, prefix="train-", max_steps=a.max_problem_steps)),
+                  steps=a.teacher_steps, lr=2e-3, seed=0)
     student = ROOT / f"student-{a.student_steps}-{a.student_data}-{a.student_size}-{seed}"
     if not (student / "leaf_demo_training.json").exists():
         if student.exists():
@@ -83,9 +97,10 @@ def main():
             train(student, enc, steps=a.student_steps, seed=seed)
         else:
             (student / "leaf_demo_training.json").write_text("{}")
-    test = generate(a.test, 2000 + seed, distractors=(1, 2), prefix="test-")
+    # the student is pre-trained on 1..3-step problems; test and pool take 1..max-problem-steps
+    test = generate(a.test, 2000 + seed, distractors=(1, 2), prefix="test-", max_steps=a.max_problem_steps)
     pool = generate(a.pool, 1000 + seed, distractors=tuple(int(x) for x in a.pool_distractors.split(",")),
-                    prefix="pool-", leak=a.leak)
+                    prefix="pool-", leak=a.leak, max_steps=a.max_problem_steps)
     t0 = time.time()
     res = {}
 
@@ -95,9 +110,10 @@ def main():
         res[name] = {"d": d, "c": c}
         print(f"{a.name} {name}: distractor {sum(d)/len(d):.3f} clean {sum(c)/len(c):.3f}", flush=True)
 
+    ev("teacher", teacher)
     ev("pre", student)
     if a.select:
-        tr = evaluate(TEACHER, pool)
+        tr = evaluate(teacher, pool)
         sr = evaluate(student, pool)
         pool = [q for q, t, s in zip(pool, tr, sr) if t and not s]
         print("selected", len(pool))
@@ -108,7 +124,7 @@ def main():
         folder = out / setting
         if folder.exists():
             shutil.rmtree(folder)
-        common = dict(teacher=str(TEACHER), student=str(student), data=data, output=folder, max_steps=a.steps,
+        common = dict(teacher=str(teacher), student=str(student), data=data, output=folder, max_steps=a.steps,
                       batch_size=a.batch, lr=a.lr, warmup=0.05, save_steps=10**6, seed=seed,
                       temperature=a.temperature)
         if setting == "kd":

@@ -77,12 +77,12 @@ def _distractor(rng: random.Random, person: str, obj: str) -> str:
 
 
 def make_problem(rng: random.Random, index: int, *, distractors: int, steps: int | None = None,
-                 leak: float = 0.0) -> Problem:
+                 leak: float = 0.0, max_steps: int = 3) -> Problem:
     """leak: probability that a problem with distractors has its first one state the final answer ("Eva has 11
     cards ." when Tom ends with 11): a spurious correlation between a confounder and the answer (see generate)."""
     person, obj = rng.choice(NAMES), rng.choice(OBJECTS)
     start = rng.randint(1, 19)
-    steps = steps or rng.randint(1, 3)
+    steps = steps or rng.randint(1, max_steps)
     facts, lines, answer = _steps(rng, person, obj, start, steps)
     facts = [f"{person} has {start} {obj} ."] + facts
     extra = [_distractor(rng, person, obj) for _ in range(distractors)]
@@ -110,14 +110,14 @@ def make_problem(rng: random.Random, index: int, *, distractors: int, steps: int
 
 
 def generate(count: int, seed: int, *, distractors: tuple[int, ...] = (0, 1, 2), prefix: str = "",
-             leak: float = 0.0) -> list[Problem]:
+             leak: float = 0.0, max_steps: int = 3) -> list[Problem]:
     """`count` problems, the number of distractors drawn uniformly from `distractors`. leak > 0 plants a spurious
     correlation: in that share of the problems with distractors, a distractor states the answer (training data
-    only; test sets keep leak 0, so a student that learnt to copy it is caught)."""
+    only; test sets keep leak 0, so a student that learnt to copy it is caught). Problems take 1..max_steps steps."""
     rng = random.Random(seed)
     problems = []
     for i in range(count):
-        p = make_problem(rng, i, distractors=rng.choice(distractors), leak=leak)
+        p = make_problem(rng, i, distractors=rng.choice(distractors), leak=leak, max_steps=max_steps)
         p.id = f"{prefix}{i}"
         problems.append(p)
     return problems
