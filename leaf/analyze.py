@@ -17,7 +17,7 @@ import math
 import os
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 
@@ -32,7 +32,7 @@ LEVELS = ("instruction", "response", "both")
 PRUNING = ("span", "collective")
 SPAN_UNITS = ("token", "word", "clause", "sentence")  # leaf.spans.SPAN_UNITS, without torch
 AGGREGATES = ("token", "clause", "sentence")
-TEMPLATES = ("student", "teacher", "none")
+TEMPLATES = ("own", "student", "teacher", "none")  # leaf.rendering.TEMPLATES, without torch
 
 
 @dataclass
@@ -61,8 +61,9 @@ class AnalyzeConfig:
         "Field holding the ground truth: the distractor text, a list of texts, or a list of [start, end] spans."))
     gold_pair: str | None = field(default=None, metadata=doc(
         "FIELD_A,FIELD_B: the distractor is what FIELD_A (question) adds to FIELD_B (its clean twin)."))
-    template: str = field(default="student", metadata=doc(
-        "Whose chat template renders the text both models see: student, teacher, or none (plain)."))
+    template: str = field(default="own", metadata=doc(
+        "How the models see a sample: own (each its own chat template, BOS included; scores aligned through the "
+        "prompt and response text), student or teacher (that model's template for both), none (plain text)."))
     select: bool = field(default=False, metadata=doc(
         "Keep only samples the teacher answers correctly and the student does not (greedy generation)."))
     verify: bool = field(default=False, metadata=doc(
@@ -107,14 +108,14 @@ class AnalyzeConfig:
         self.data, self.output = Path(self.data), Path(self.output)
         if self.teacher_scores is not None:
             self.teacher_scores = Path(self.teacher_scores)
-        needs_student = not self.teacher_only or self.template == "student"
+        needs_student = not self.teacher_only or self.template == "student"  # own: the teacher's own template
         checks = [
             (self.teacher is not None or self.teacher_scores is not None,
              "--teacher is required (or --teacher-scores DIR from a --teacher-only run)."),
             (self.student is not None or not needs_student,
              "--student is required." if not self.teacher_only else
              "--teacher-only with --template student needs --student for its chat template (its weights are not "
-             "loaded), or use --template teacher or none."),
+             "loaded), or use --template own, teacher or none."),
             (not (self.teacher_only and self.teacher_scores), "Give --teacher-only or --teacher-scores, not both."),
             (not (self.teacher_only and (self.select or self.verify)),
              "--select/--verify compare the teacher's and the student's answers: not with --teacher-only."),
@@ -303,7 +304,7 @@ class Analyzer:
         for sample in samples:  # gold fields checked up front, not in the middle of the run
             self.gold_spans(sample)
         if isinstance(self.teacher, TeacherScores):
-            self.teacher.check_covers([text for text, _, _ in self.rendered], [s.id for s in samples])
+            self.teacher.check_covers([t.text for t in self.rendered_teacher], [s.id for s in samples])
         windows = [list(range(i, min(i + config.window, len(samples)))) for i in range(0, len(samples), config.window)]
         self.prepare_output(ranks, len(samples), len(windows))
         mine = [w for w in range(len(windows)) if w % ranks.num_processes == ranks.process_index]
@@ -325,26 +326,18 @@ class Analyzer:
         return merge_output(config.output, wall_seconds=time.perf_counter() - started)
 
     def render_all(self, samples) -> None:
-        """The one text both models see, rendered with the chosen template (noted when the two templates differ)."""
-        from leaf.hooks import render_prompt_response
+        """Each model's text of every sample (--template: own by default, BOS included), and the base rendering the
+        records and spans refer to: the student's (the teacher's in a teacher-only run)."""
+        from leaf.rendering import Renderer
 
-        config = self.config
-        use_template = config.template != "none"
-        tokenizers = {"teacher": self.teacher.tokenizer, "student": self.student_tokenizer}
-        self.renderer = tokenizers["teacher" if config.template == "teacher" else "student"] or tokenizers["teacher"]
-        self.rendered = [render_prompt_response(self.renderer, s.prompt, s.response, chat_template=use_template)
-                         for s in samples]
-        other = tokenizers["student" if config.template == "teacher" else "teacher"]
-        if use_template and samples and other is not None:
-            try:
-                other_text = render_prompt_response(other, samples[0].prompt, samples[0].response)[0]
-            except LeafError:
-                other_text = None
-            if other_text != self.rendered[0][0]:
-                self.notes.append(f"teacher and student chat templates render different text; both models see the "
-                                  f"{config.template}'s rendering (--template teacher|student|none to choose)")
+        self.renderer = Renderer(self.config.template, self.teacher.tokenizer, self.student_tokenizer)
+        self.rendered_teacher = [self.renderer.render("teacher", s.prompt, s.response) for s in samples]
+        self.rendered = ([self.renderer.render("student", s.prompt, s.response) for s in samples]
+                         if self.student_tokenizer is not None and not self.config.teacher_only
+                         else self.rendered_teacher)
+        if samples:
+            self.notes += self.renderer.notes(samples[0].prompt, samples[0].response)
         self.samples = samples
-
 
     # -- one window ----------------------------------------------------------------------------------------------
     def gold_spans(self, sample) -> list[tuple[int, int]] | None:
@@ -376,16 +369,19 @@ class Analyzer:
             return str(sample.record[field_name])
         return extract_answer(sample.response)
 
-    def answer_all(self, heads: list[str]) -> list[list[str]]:
-        """Greedy continuations of rendered prompt heads by the teacher and the student."""
+    def answer_all(self, heads: dict[str, list[str]]) -> list[list[str]]:
+        """Greedy continuations by the teacher and the student, each of its own rendered prompt heads
+        ({"teacher": [...], "student": [...]}); returns [teacher's, student's]."""
         from leaf.generation import VLLMGenerator, greedy_generate, resolve_backend
 
         config = self.config
         if resolve_backend(config.generator) == "vllm" and not self.engines:
             self.engines = [VLLMGenerator(model, seed=config.seed) for model in (self.generating_teacher, self.student)]
         engines = self.engines or [None, None]
-        return [greedy_generate(model, heads, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                                engine=engine) for model, engine in zip((self.generating_teacher, self.student), engines)]
+        return [greedy_generate(model, heads[who], max_new_tokens=config.max_new_tokens,
+                                batch_size=config.batch_size, engine=engine)
+                for who, model, engine in zip(("teacher", "student"), (self.generating_teacher, self.student),
+                                              engines)]
 
     def gold_exact(self, sample) -> bool:
         """Whether the gold spans are exact: a --gold text field, or a --gold-pair that is a pure insertion."""
@@ -399,11 +395,8 @@ class Analyzer:
         """--select: greedy answers of both models; keep rows where the teacher is right and the student wrong."""
         from leaf.answers import extract_answer, is_correct
 
-        from leaf.hooks.batching import render_head
-
-        chat = self.config.template != "none"
-        teacher, student = self.answer_all([render_head(self.renderer, self.samples[r].prompt, chat_template=chat)
-                                            for r in rows])
+        teacher, student = self.answer_all({who: [self.renderer.head(who, self.samples[r].prompt) for r in rows]
+                                            for who in ("teacher", "student")})
         out = {}
         for k, r in enumerate(rows):
             reference = self.reference_answer(r)
@@ -418,21 +411,20 @@ class Analyzer:
     def verify(self, records: list[dict]) -> int:
         """--verify: drop instruction-level counterfactuals that either model answers wrongly; returns how many."""
         from leaf.answers import is_correct
-        from leaf.hooks.batching import render_head
 
-        chat = self.config.template != "none"
-        jobs = []  # (row, counterfactual, rendered head)
+        jobs = []  # (row, counterfactual)
         for record in records:
             for unit in record["units"]:
                 for cf in unit["counterfactuals"]:
                     if cf["field"] == "prompt" and cf["prompt"].strip():
-                        jobs.append((record["row"], cf, render_head(self.renderer, cf["prompt"], chat_template=chat)))
+                        jobs.append((record["row"], cf))
                     elif cf["field"] == "prompt":  # everything pruned: nothing left to answer
                         cf["verified"] = False
                     else:  # response-level counterfactuals change the reference, not the question: not checked
                         cf["verified"] = None
-        gens = self.answer_all([head for _, _, head in jobs]) if jobs else []
-        for k, (row, cf, _) in enumerate(jobs):
+        gens = self.answer_all({who: [self.renderer.head(who, cf["prompt"]) for _, cf in jobs]
+                                for who in ("teacher", "student")}) if jobs else []
+        for k, (row, cf) in enumerate(jobs):
             reference = self.reference_answer(row)
             cf["verified"] = bool(reference) and all(is_correct(g[k], reference) for g in gens)
         dropped = 0
@@ -448,7 +440,8 @@ class Analyzer:
         from leaf.segments import split_response
 
         config = self.config
-        text, pspan, rspan = self.rendered[row]
+        base = self.rendered[row]
+        text, pspan, rspan = base.text, base.prompt, base.response
         units = []
         if config.level in ("instruction", "both"):
             units.append(Unit("instruction", None, target=rspan, region=pspan, base=pspan))
@@ -465,6 +458,7 @@ class Analyzer:
         from leaf.gold import DetectionCounts
         from leaf.hooks import HookPlan, encode_text, run
         from leaf.hooks.batching import tokens_in
+        from leaf.rendering import map_offsets, map_span
 
         clock = time.perf_counter()
         config, teacher_only = self.config, self.config.teacher_only
@@ -476,7 +470,8 @@ class Analyzer:
         selection = self.select(rows) if config.select else {}
         jobs = []  # (row, unit, student encoding, teacher encoding, student target mask, teacher target mask)
         for r in rows:
-            sample, (text, pspan, rspan) = self.samples[r], self.rendered[r]
+            sample, base, t_view = self.samples[r], self.rendered[r], self.rendered_teacher[r]
+            text, pspan, rspan = base.text, base.prompt, base.response
             record = {"row": r, "id": sample.id, "status": "ok", "text": text, "prompt": sample.prompt,
                       "response": sample.response, "prompt_span": list(pspan), "response_span": list(rspan)}
             if teacher_only:
@@ -489,7 +484,7 @@ class Analyzer:
                     record["status"] = "filtered_selection"
                     counts["filtered_selection"] += 1
                     continue
-            t_enc = encode_text(self.teacher.tokenizer, text, pspan, rspan)
+            t_enc = encode_text(self.teacher.tokenizer, t_view.text, t_view.prompt, t_view.response)
             s_enc = None if teacher_only else encode_text(self.student.tokenizer, text, pspan, rspan)
             limits = [(len(t_enc.input_ids), self.teacher.max_length)]
             if s_enc is not None:
@@ -504,7 +499,7 @@ class Analyzer:
                 record["gold_spans"] = [list(g) for g in gold]
                 record["gold_exact"] = self.gold_exact(sample)
             for unit in self.units_of(r):
-                t_target = tokens_in(t_enc.offsets, t_enc.special_mask, unit.target)
+                t_target = tokens_in(t_enc.offsets, t_enc.special_mask, map_span(unit.target, base, t_view))
                 s_target = t_target if s_enc is None else tokens_in(s_enc.offsets, s_enc.special_mask, unit.target)
                 s_target[0] = t_target[0] = False
                 if s_target.any() and t_target.any():
@@ -531,6 +526,9 @@ class Analyzer:
                             batch_size=config.batch_size)
                 for (r, unit, s_enc, t_enc, _, _), s, t in zip(jobs, s_res, t_res):
                     record = records[r]
+                    # the teacher's token offsets in the student's text (its own rendering may differ)
+                    t_enc = replace(t_enc, offsets=map_offsets(t_enc.offsets, self.rendered_teacher[r],
+                                                               self.rendered[r]))
                     gold = [tuple(g) for g in record["gold_spans"]] if "gold_spans" in record else None
                     unit_record, unit_tensors = detect(
                         config, unit, record["text"], s_enc, t_enc, s.saliency, t.saliency, s.token_nll,
@@ -559,7 +557,11 @@ class Analyzer:
         from leaf.hooks import HookPlan, run
 
         if isinstance(self.teacher, TeacherScores):
-            return [self.teacher.lookup(self.rendered[r][0], unit.target, len(t_enc.input_ids), self.samples[r].id)
+            from leaf.rendering import map_span
+
+            return [self.teacher.lookup(self.rendered_teacher[r].text,
+                                        map_span(unit.target, self.rendered[r], self.rendered_teacher[r]),
+                                        len(t_enc.input_ids), self.samples[r].id)
                     for r, unit, _, t_enc, _, _ in jobs]
         results = run(self.teacher, [j[3].input_ids for j in jobs],
                       HookPlan(saliency="grad", target_mask=[j[5] for j in jobs],

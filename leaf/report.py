@@ -68,10 +68,15 @@ def _unit_html(record: dict, unit: dict) -> str:
     tau = "" if unit["threshold"] is None else f"τ = {unit['threshold']:.3f}"
     rows = [f'<div class="meta">{html.escape(title)}; threshold {unit["threshold_mode"]} {tau}; '
             f'{sum(t["flag"] for t in unit["tokens"])} of {len(unit["tokens"])} tokens flagged</div>']
+    flat = len({t["delta"] for t in unit["tokens"]}) <= 1  # e.g. teacher = student: no contrast, nothing to shade
+    if flat:
+        rows.append('<div class="meta">Δ is the same for every token (teacher and student read this sample alike): '
+                    "nothing to flag, Δ left unshaded</div>")
     for label, key in (("teacher", "teacher"), ("student", "student"), ("Δ", "delta")):
         spans = unit["spans"] if key == "delta" else []
+        shade = None if (key == "delta" and flat) else key
         rows.append(f'<div class="row"><div class="label">{label}</div>'
-                    f'<div class="text">{_shaded(text, base, unit["tokens"], spans, key)}</div></div>')
+                    f'<div class="text">{_shaded(text, base, unit["tokens"], spans, shade)}</div></div>')
     shown = unit["counterfactuals"][:MAX_COUNTERFACTUALS]
     for cf in shown:
         rows.append(f'<div class="row"><div class="label">pruned</div><div class="cf">'

@@ -128,5 +128,12 @@ def get_threshold(name: str) -> Callable[[torch.Tensor, ThresholdContext], Flags
 
 
 def flag(mode: str, d: torch.Tensor, ctx: ThresholdContext) -> Flags:
-    """Apply threshold `mode` to Δ over the candidates."""
-    return get_threshold(mode)(d.float(), ctx)
+    """Apply threshold `mode` to Δ over the candidates. A constant Δ (e.g. teacher = student: no token is more
+    student-sensitive than the teacher's reading says) has no low tail, so no gradient mode flags anything (a fixed
+    ratio or an absolute τ would otherwise flag the first tokens or all of them), and the baselines, which copy a
+    gradient mode's count, flag nothing either."""
+    threshold = get_threshold(mode)
+    d = d.float()
+    if mode in GRADIENT_MODES and (d.numel() == 0 or bool(d.max() == d.min())):
+        return Flags(torch.zeros_like(d, dtype=torch.bool), None)
+    return threshold(d, ctx)

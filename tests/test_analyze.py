@@ -159,7 +159,7 @@ def test_different_chat_templates_are_noted_and_one_is_used(pair, data, tmp_path
     result = _analyze((str(teacher), pair[1]), data, out, "--limit", "2")
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert any("chat templates render different text" in note for note in summary["notes"])
+    assert any("each see their own chat template's rendering" in note for note in summary["notes"])
 
 
 def test_selection_and_verification_run_generation(pair, data, tmp_path):
@@ -252,3 +252,68 @@ def test_gold_field_with_the_distractor_text(pair, tmp_path):
     detection = json.loads((out / "summary.json").read_text())["detection"]
     gold_tokens = detection["quantile"]["counts"]["token_tp"] + detection["quantile"]["counts"]["token_fn"]
     assert gold_tokens == sum(len(r["distractor"].replace(" ", "")) for r in rows)  # byte tokens, spaces excluded
+
+
+def _without_bos_in_template(folder):
+    """The tiny model's tokenizer with a ChatML-like template that writes no BOS (as SmolLM2's)."""
+    template_file = folder / "chat_template.jinja"
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    template = template_file.read_text() if template_file.exists() else config["chat_template"]
+    template = template.replace("{{ bos_token }}", "")
+    if template_file.exists():
+        template_file.write_text(template)
+    else:
+        config["chat_template"] = template
+        config_path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("template", ["own", "student"])
+def test_a_teacher_that_needs_bos_is_scored_with_it(pair, data, tmp_path, template):
+    """The student's template writes no BOS, the teacher's does (as Gemma / Llama 3): the teacher is scored on a text
+    that starts with its BOS, and its scores equal plain autograd on exactly that text (its own rendering with
+    --template own; the student's rendering with the teacher's BOS first with --template student)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from leaf.rendering import own_rendering, with_bos
+    from tests.hooks.reference import eager_model, saliency
+
+    student = tmp_path / "student"
+    shutil.copytree(pair[1], student)
+    _without_bos_in_template(student)
+    out = tmp_path / "out"
+    result = _analyze((pair[0], str(student)), data, out, "--limit", "2", "--template", template)
+    assert result.exit_code == 0, result.output
+    t_tok, s_tok = AutoTokenizer.from_pretrained(pair[0]), AutoTokenizer.from_pretrained(student)
+    model = eager_model(pair[0])
+    scores = load_file(str(out / "scores.safetensors"))
+    for r, record in enumerate(json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()):
+        assert not record["text"].startswith(s_tok.bos_token)          # the student's own text has no BOS
+        view = own_rendering(t_tok, record["prompt"], record["response"]) if template == "own" else \
+            with_bos(t_tok, own_rendering(s_tok, record["prompt"], record["response"]))
+        assert view.text.startswith(t_tok.bos_token)
+        enc = t_tok(view.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = torch.tensor(enc.input_ids)
+        assert ids[0] == t_tok.bos_token_id
+        offsets = torch.tensor(enc.offset_mapping)
+        target = (offsets[:, 0] >= view.response[0]) & (offsets[:, 1] <= view.response[1]) & (
+            offsets[:, 1] > offsets[:, 0])
+        reference, loss = saliency(model, ids, target)
+        assert torch.allclose(scores[f"{r}.0.teacher"], reference, atol=1e-5)
+        assert record["nll"]["teacher"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_teacher_equal_to_student_flags_nothing(pair, data, tmp_path):
+    out = tmp_path / "same"
+    result = _analyze((pair[1], pair[1]), data, out, "--limit", "3", "--threshold", "quantile",
+                      "--gold-pair", "question,seed_question")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    for record in records:
+        for unit in record["units"]:
+            assert all(t["delta"] == 0 for t in unit["tokens"]) and not unit["spans"]
+    summary = json.loads((out / "summary.json").read_text())
+    for mode, metrics in summary["detection"].items():
+        assert metrics["counts"]["token_tp"] + metrics["counts"]["token_fp"] == 0, mode
+    assert "nothing to flag" in (out / "report.html").read_text()

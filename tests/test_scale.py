@@ -168,9 +168,12 @@ def test_teacher_score_options_are_checked(setup, tmp_path, args, message):
 
 
 def test_teacher_only_with_the_student_template_needs_the_student(setup, tmp_path):
-    result = runner.invoke(app, ["analyze", "--teacher", setup["teacher"], "--teacher-only", "--data",
-                                 str(setup["data"]), "--output", str(tmp_path / "o")])
+    result = runner.invoke(app, ["analyze", "--teacher", setup["teacher"], "--teacher-only", "--template",
+                                 "student", "--data", str(setup["data"]), "--output", str(tmp_path / "o")])
     assert result.exit_code == 1 and "needs --student" in result.output
+    own = runner.invoke(app, ["analyze", "--teacher", setup["teacher"], "--teacher-only", "--data",
+                              str(setup["data"]), "--output", str(tmp_path / "own")])   # own template: no student
+    assert own.exit_code == 0, own.output
     plain = runner.invoke(app, ["analyze", "--teacher", setup["teacher"], "--teacher-only", "--template", "none",
                                 "--data", str(setup["data"]), "--output", str(tmp_path / "p")])
     assert plain.exit_code == 0, plain.output

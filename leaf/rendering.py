@@ -1,0 +1,121 @@
+"""How each model of a teacher/student pair sees a sample, and how positions in one model's text map to the other's.
+
+`leaf analyze --template own` (the default) scores each model on exactly the text its own tokenizer and chat template
+produce, BOS included: Gemma's and Llama 3's templates start with `<bos>` / `<|begin_of_text|>`, SmolLM2's ChatML
+does not. `--template student|teacher` renders one model's template for both, and `none` plain text
+(BOS + prompt + newline + response); the other model then still gets its own BOS first when it uses one. The
+prompt and the response are the same strings in every rendering, so a character span inside either maps from one
+rendering to the other by a shift (`map_span`), and so do token offsets (`map_offsets`): that is how the teacher's
+scores reach the student's tokens when the two templates differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+TEMPLATES = ("own", "student", "teacher", "none")
+
+
+@dataclass(frozen=True)
+class Rendering:
+    text: str
+    prompt: tuple[int, int]     # character span of the prompt in text
+    response: tuple[int, int]   # character span of the response in text
+
+    @property
+    def head(self) -> str:
+        """The text a model continues to answer the prompt (up to the generation prompt)."""
+        return self.text[: self.response[0]]
+
+    def shifted(self, by: int) -> "Rendering":
+        return Rendering(self.text, (self.prompt[0] + by, self.prompt[1] + by),
+                         (self.response[0] + by, self.response[1] + by))
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def needs_bos(tokenizer) -> bool:
+    """Whether the model's own inputs start with its BOS token: the tokenizer adds it, or the chat template writes it
+    (Llama 3, Gemma: `{{ bos_token }}`). A template that merely starts with the same marker (SmolLM2's ChatML, whose
+    bos_token is `<|im_start|>`) does not count."""
+    if not getattr(tokenizer, "bos_token", None):
+        return False
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return bool(getattr(tokenizer, "add_bos_token", False)) or "bos_token" in template
+
+
+def own_rendering(tokenizer, prompt: str, response: str) -> Rendering:
+    """The model's own view: its chat template, or plain text (BOS + prompt + newline + response) without one."""
+    from leaf.hooks import render_prompt_response
+
+    text, p, r = render_prompt_response(tokenizer, prompt, response, chat_template=has_chat_template(tokenizer))
+    return Rendering(text, p, r)
+
+
+def with_bos(tokenizer, rendering: Rendering) -> Rendering:
+    """Another model's rendering with this model's BOS put first when it uses one and the text lacks it."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if not needs_bos(tokenizer) or rendering.text.startswith(bos):
+        return rendering
+    shifted = rendering.shifted(len(bos))
+    return Rendering(bos + rendering.text, shifted.prompt, shifted.response)
+
+
+class Renderer:
+    """The texts of one analyze run: `render(who, prompt, response)` for who in {"teacher", "student"}."""
+
+    def __init__(self, mode: str, teacher_tokenizer, student_tokenizer=None) -> None:
+        self.mode = mode
+        self.tokenizers = {"teacher": teacher_tokenizer, "student": student_tokenizer or teacher_tokenizer}
+
+    def render(self, who: str, prompt: str, response: str) -> Rendering:
+        from leaf.hooks import render_prompt_response
+
+        own = self.tokenizers[who]
+        if self.mode == "own":
+            return own_rendering(own, prompt, response)
+        if self.mode == "none":
+            text, p, r = render_prompt_response(own, prompt, response, chat_template=False)
+            return Rendering(text, p, r)
+        template = self.tokenizers[self.mode]
+        text, p, r = render_prompt_response(template, prompt, response)
+        return with_bos(own, Rendering(text, p, r)) if own is not template else Rendering(text, p, r)
+
+    def head(self, who: str, prompt: str) -> str:
+        return self.render(who, prompt, "").head
+
+    def notes(self, prompt: str, response: str) -> list[str]:
+        """What a user should know about how the two models see the data (from the first sample)."""
+        notes = []
+        for who, tokenizer in self.tokenizers.items():
+            if self.mode == "own" and not has_chat_template(tokenizer):
+                notes.append(f"the {who} has no chat template: it is scored on plain text (BOS + prompt + newline + "
+                             "response)")
+        if self.mode == "own" and self.tokenizers["teacher"] is not self.tokenizers["student"]:
+            texts = {who: self.render(who, prompt, response).text for who in self.tokenizers}
+            if texts["teacher"] != texts["student"]:
+                notes.append("teacher and student each see their own chat template's rendering; scores are aligned "
+                             "through the prompt and response text (--template student|teacher|none for one text)")
+        return notes
+
+
+def map_span(span: tuple[int, int], src: Rendering, dst: Rendering) -> tuple[int, int]:
+    """A character span inside src's prompt or response -> the same characters in dst."""
+    for a, b in ((src.prompt, dst.prompt), (src.response, dst.response)):
+        if a[0] <= span[0] and span[1] <= a[1]:
+            return span[0] - a[0] + b[0], span[1] - a[0] + b[0]
+    raise ValueError(f"span {span} lies neither inside the prompt {src.prompt} nor the response {src.response}")
+
+
+def map_offsets(offsets: torch.Tensor, src: Rendering, dst: Rendering) -> torch.Tensor:
+    """(T, 2) token offsets in src's text -> dst's text. Tokens inside the prompt or the response shift with it;
+    template tokens (outside both) become empty (0, 0): they have no counterpart in the other text."""
+    out = torch.zeros_like(offsets)
+    for a, b in ((src.prompt, dst.prompt), (src.response, dst.response)):
+        inside = (offsets[:, 0] >= a[0]) & (offsets[:, 1] <= a[1]) & (offsets[:, 1] > offsets[:, 0])
+        out[inside] = offsets[inside] - a[0] + b[0]
+    return out
