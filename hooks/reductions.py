@@ -26,6 +26,27 @@ def mean_nll(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.T
     return total / shifted.sum(-1).clamp(min=1)
 
 
+def logit_positions(target_mask: torch.Tensor) -> torch.Tensor:
+    """The logit positions a batch's loss needs: t where token t + 1 is a target in any row -> (U,) sorted.
+
+    Pass them to the model as `logits_to_keep` (every transformers causal LM takes it): the LM head then runs on U
+    positions instead of T, so neither the (B, T, V) logits nor their gradient is ever materialised."""
+    return target_mask[:, 1:].any(0).nonzero().flatten()
+
+
+def mean_nll_at(logits: torch.Tensor, input_ids: torch.Tensor, target_mask: torch.Tensor,
+                positions: torch.Tensor) -> torch.Tensor:
+    """mean_nll on logits kept at `positions` only: logits (B, U, V) with logits[:, j] the full logits at
+    positions[j]; input_ids, target_mask (B, T) -> (B,) float32. Equals mean_nll on the full logits."""
+    predicts = target_mask[:, positions + 1]                          # (B, U): the kept position's next token counts
+    rows = logits[predicts].float()                                   # (N, V)
+    targets = input_ids[:, positions + 1][predicts]                   # (N,)
+    nll = -rows.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    sample = torch.arange(logits.shape[0], device=logits.device)[:, None].expand_as(predicts)[predicts]
+    total = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device).index_add(0, sample, nll)
+    return total / predicts.sum(-1).clamp(min=1)
+
+
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor, chunk: int = 512) -> torch.Tensor:
     """Surprisal of every token given its prefix: (B, T, V), (B, T) -> (B, T) float32, 0 at position 0.
 

@@ -14,6 +14,7 @@ it is restored in `finally`, so the model is left exactly as it was even when a 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -163,11 +164,22 @@ def _trace_batch(model: HookedModel, batch: TokenBatch, plan: HookPlan, layers: 
         raise LeafError(f"Module(s) {', '.join(missing)} do not run in this model's forward pass (or do not exist). "
                         "Pick names from `[n for n, _ in model.hf_model.named_modules()]`.")
     reads = sorted(wanted, key=order.__getitem__)
-    loss_fn = plan.loss_fn or reductions.mean_nll
     ids = batch.input_ids
-    with model.nnsight.trace(input_ids=ids, attention_mask=batch.attention_mask):
+    extra = {}
+    if plan.loss_fn is None and not plan.token_nll and plan.needs_grad:
+        # the built-in NLL needs the logits at the target positions only: the LM head runs on those alone
+        positions = reductions.logit_positions(target)
+        extra["logits_to_keep"] = positions
+        loss_fn = functools.partial(_kept_nll, positions=positions)
+    else:
+        loss_fn = plan.loss_fn or reductions.mean_nll
+    with model.nnsight.trace(input_ids=ids, attention_mask=batch.attention_mask, **extra):
         got = nnsight.save(_intervene(model, plan, reads, attention_at, loss_fn, ids, target, query, keys))
     return got
+
+
+def _kept_nll(logits: torch.Tensor, ids: torch.Tensor, target: torch.Tensor, *, positions: torch.Tensor):
+    return reductions.mean_nll_at(logits, ids, target, positions)
 
 
 def _intervene(model: HookedModel, plan: HookPlan, reads: list[str], attention_at: dict[str, int],

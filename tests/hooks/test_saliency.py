@@ -97,3 +97,17 @@ def test_token_nll_chunks_agree():
     logits = torch.randn(2, 9, 13, generator=torch.Generator().manual_seed(0))
     ids = torch.randint(0, 13, (2, 9), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(token_nll(logits, ids, chunk=2), token_nll(logits, ids, chunk=100))
+
+
+def test_nll_on_kept_logit_positions_equals_the_full_computation():
+    """The LM head run only where the loss needs it (logits_to_keep) gives the same per-sample NLL."""
+    from leaf.hooks.reductions import logit_positions, mean_nll, mean_nll_at
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 9, 11, generator=g)
+    ids = torch.randint(0, 11, (3, 9), generator=g)
+    target = torch.zeros(3, 9, dtype=torch.bool)
+    target[0, 4:7], target[1, 2:3], target[2, 6:9] = True, True, True
+    positions = logit_positions(target)
+    assert positions.tolist() == [1, 3, 4, 5, 6, 7]
+    assert torch.allclose(mean_nll_at(logits[:, positions], ids, target, positions), mean_nll(logits, ids, target))
