@@ -232,10 +232,12 @@ class TeacherCache:
             for i in range(shard, min(shard + SHARD, len(examples))):
                 ex = examples[i]
                 for v, (ids, mask) in enumerate([(ex.input_ids, ex.response_mask), *ex.counterfactuals]):
-                    with torch.no_grad():
-                        logits = hf(input_ids=torch.tensor([ids], device=teacher.device)).logits
-                    logp, top = teacher_topk(logits, logit_mask(torch.tensor([mask], device=logits.device)),
-                                             config.top_k, temperature=config.temperature, vocab=vocab)
+                    selected = logit_mask(torch.tensor([mask], device=teacher.device))        # (1, T)
+                    keep = selected.any(0).nonzero().flatten()
+                    with torch.no_grad():  # the LM head only where the loss reads the teacher
+                        logits = hf(input_ids=torch.tensor([ids], device=teacher.device), logits_to_keep=keep).logits
+                    logp, top = teacher_topk(logits, selected[:, keep], config.top_k,
+                                             temperature=config.temperature, vocab=vocab)
                     tensors[f"{i}.{v}.logp"] = logp.cpu().contiguous()
                     tensors[f"{i}.{v}.ids"] = top.to(torch.int32).cpu().contiguous()
             save_safetensors_atomic(path, tensors)
@@ -255,7 +257,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from leaf.hooks import load_model
-    from leaf.hooks.reductions import mean_nll
+    from leaf.hooks.reductions import mean_nll_at
     from leaf.losses import (get_divergence, hybrid_loss, kd_loss, kd_loss_from_cache, lambda_at, logit_mask,
                              per_sample_mean)
 
@@ -339,9 +341,16 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
             lam = lambda_at(config.lam, self.state.global_step, self.state.max_steps)
             kd = dict(divergence=divergence, temperature=config.temperature, chunk_size=config.chunk_size)
 
-            def term(s_logits, ids, attention, response, keys):
+            def student(ids, attention, response):
+                """The student's logits at the positions the loss reads (logits_to_keep: the LM head never runs
+                on the prompt), with the logit mask over those positions: ((B, U, V), (B, U), (U,))."""
+                selected = logit_mask(response)
+                keep = selected.any(0).nonzero().flatten()
+                logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=keep).logits
+                return logits, selected[:, keep], keep
+
+            def term(s_logits, mask, keep, ids, attention, keys):
                 """Per-sample D(p_T || p_S) for one set of rows, the teacher online or from the cache."""
-                mask = logit_mask(response)
                 if cache is not None:
                     logp, top = cache.batch(keys)
                     return kd_loss_from_cache(s_logits, mask, logp.to(s_logits.device), top.to(s_logits.device),
@@ -349,27 +358,29 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                 if config.teacher_device_map is None and next(hf_teacher.parameters()).device != ids.device:
                     hf_teacher.to(ids.device)
                 with torch.no_grad():
-                    t_logits = hf_teacher(input_ids=ids, attention_mask=attention).logits.to(s_logits.device)
+                    t_logits = hf_teacher(input_ids=ids, attention_mask=attention,
+                                          logits_to_keep=keep.to(ids.device)).logits.to(s_logits.device)
                 return kd_loss(s_logits, t_logits, mask, **kd)
 
             index = inputs["index"].tolist()
-            s_logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            original = term(s_logits, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"],
+            s_logits, s_mask, s_keep = student(inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
+            original = term(s_logits, s_mask, s_keep, inputs["input_ids"], inputs["attention_mask"],
                             [(i, 0) for i in index])                                                   # (B,)
             counterfactual = torch.zeros_like(original)
             has_cf = torch.zeros_like(original, dtype=torch.bool)
             if "cf_index" in inputs and lam < 1:
-                cf_s = model(input_ids=inputs["cf_input_ids"], attention_mask=inputs["cf_attention_mask"]).logits
+                cf_logits, cf_mask, cf_keep = student(inputs["cf_input_ids"], inputs["cf_attention_mask"],
+                                                      inputs["cf_response_mask"])
                 keys = [(index[r], 1 + j) for r, j in zip(inputs["cf_index"].tolist(), inputs["cf_choice"].tolist())]
-                per_row = term(cf_s, inputs["cf_input_ids"], inputs["cf_attention_mask"], inputs["cf_response_mask"],
+                per_row = term(cf_logits, cf_mask, cf_keep, inputs["cf_input_ids"], inputs["cf_attention_mask"],
                                keys)                                                               # (R,)
                 # a sample with an instruction- and a response-level counterfactual: the mean of the two
                 counterfactual = per_sample_mean(per_row, inputs["cf_index"], len(index))
                 has_cf[inputs["cf_index"]] = True
             loss = hybrid_loss(original, counterfactual, has_cf, lam)
             if config.ce_weight:
-                loss = loss + config.ce_weight * mean_nll(s_logits, inputs["input_ids"],
-                                                         inputs["response_mask"]).mean()
+                loss = loss + config.ce_weight * mean_nll_at(s_logits, inputs["input_ids"], inputs["response_mask"],
+                                                             s_keep).mean()
             terms.append({"lambda": lam, "kd_original": float(original.detach().mean()),
                           "kd_counterfactual": float(counterfactual.detach()[has_cf].mean()) if has_cf.any() else None,
                           "tokens": int(inputs["attention_mask"].sum()) + (  # the forward passes that ran
