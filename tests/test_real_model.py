@@ -151,3 +151,91 @@ def test_smollm2_as_its_own_teacher_gives_zero_delta_and_no_flags(smollm2, gsm8,
     assert set(summary["detection"]) == {"iqr", "quantile", "random", "ppl"}
     for metrics in summary["detection"].values():
         assert metrics["counts"]["token_tp"] + metrics["counts"]["token_fp"] == 0
+
+
+@pytest.fixture(scope="session")
+def perturbed(smollm2, tmp_path_factory):
+    """A student with SmolLM2's vocabulary that does not yet match it: SmolLM2 with seeded noise on every weight
+    (5% of each tensor's spread), so the KL to the teacher starts above zero."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("student") / "smollm2-noisy"
+    model = AutoModelForCausalLM.from_pretrained(smollm2)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * p.float().std() * torch.randn(p.shape, generator=g))
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(smollm2).save_pretrained(folder)
+    return str(folder)
+
+
+def _mean_kl(teacher, student, data) -> float:
+    """KL(p_T || p_S) per response token over the data, with plain torch (each model's own rendering is the same
+    text here: one tokenizer)."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from leaf.hooks import encode_prompt_response
+
+    tok = AutoTokenizer.from_pretrained(teacher)
+    t, s = (AutoModelForCausalLM.from_pretrained(path) for path in (teacher, student))
+    total, count = 0.0, 0
+    for row in map(json.loads, data.read_text().splitlines()):
+        enc = encode_prompt_response(tok, row["question"], row["solution"])
+        positions = enc.response_mask[1:].nonzero().flatten()          # logit t predicts token t + 1
+        with torch.no_grad():
+            lt, ls = (m(enc.input_ids[None]).logits[0, positions].log_softmax(-1) for m in (t, s))
+        total += float(F.kl_div(ls, lt, log_target=True, reduction="sum"))
+        count += len(positions)
+    return total / count
+
+
+def test_distill_smollm2_into_a_noisy_copy_and_resume(smollm2, perturbed, gsm8, tmp_path):
+    """4 steps of KD on real weights: the KL falls; a run cut after step 2 and resumed ends with the same weights."""
+    args = ["distill", "--teacher", smollm2, "--student", perturbed, "--data", str(gsm8), "--mode", "kd",
+            "--max-steps", "4", "--batch-size", "2", "--lr", "1e-5", "--save-steps", "2"]
+    full = tmp_path / "full"
+    result = runner.invoke(app, [*args, "--output", str(full)])
+    assert result.exit_code == 0, result.output
+    log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in log] == [1, 2, 3, 4]
+    before, after = (_mean_kl(smollm2, student, gsm8) for student in (perturbed, full / "final"))
+    assert after < 0.9 * before, (before, after)
+    cut = tmp_path / "cut"  # what a kill after step 2 leaves
+    shutil.copytree(full, cut)
+    shutil.rmtree(cut / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(cut / "final")
+    result = runner.invoke(app, [*args, "--output", str(cut), "--resume"])
+    assert result.exit_code == 0, result.output
+    a, b = (load_file(str(folder / "final" / "model.safetensors")) for folder in (full, cut))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-5)
+
+
+def test_serve_smollm2_on_vllm_matches_hf_greedy(smollm2, gsm8, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from leaf.generation import stop_ids
+    from leaf.hooks.batching import render_head
+
+    out = tmp_path / "serve"
+    result = runner.invoke(app, ["serve", "--model", smollm2, "--data", str(gsm8), "--output", str(out),
+                                 "--backend", "vllm", "--max-tokens", "24", "--iterations", "1", "--limit", "4",
+                                 "--focus-samples", "2"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    entry = next(iter(results["models"].values()))
+    assert entry["engine"]["engine"] == "vllm" and entry["attention_focus"]["samples"] == 2
+    generations = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    original = [g for g in generations if g["set"] == "original"]
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    model = AutoModelForCausalLM.from_pretrained(smollm2)
+    rows = [json.loads(line) for line in gsm8.read_text().splitlines()][:4]
+    for g, row in zip(original, rows):
+        ids = tok(render_head(tok, row["question"]), add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out_ids = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=stop_ids(tok),
+                                     pad_token_id=tok.pad_token_id)
+        assert g["text"] == tok.decode(out_ids[0, ids.shape[1]:], skip_special_tokens=True)
