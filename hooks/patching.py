@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 import nnsight
 import torch
 
+from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress
+
 from leaf.errors import LeafError
 from leaf.hooks import reductions
 from leaf.hooks.alignment import Alignment
@@ -192,7 +195,7 @@ def patching_sweep(model: HookedModel, target, source, alignment: Alignment, tar
                    component: str = "resid", layers: Sequence[int] | None = None,
                    positions: Sequence[int] | None = None, heads: Sequence[int] | None = None,
                    batch_size: int = 32, metric: Metric | None = None, source_mask=None,
-                   reuse_prefix: bool = True) -> PatchingResult:
+                   reuse_prefix: bool = True, progress: bool = False) -> PatchingResult:
     """Patch `source`'s activations into the `target` run, one (layer, position) or (layer, head) at a time.
 
     target, source: token ids (T_t,), (T_s,). alignment.pairs: (target position, source position). target_mask:
@@ -202,7 +205,7 @@ def patching_sweep(model: HookedModel, target, source, alignment: Alignment, tar
     source_mask: the source's own target tokens, for the reported source metric (default: none reported).
     reuse_prefix: for position components with the default metric, each batch runs only the positions from its
     first patched one on, on top of the clean run's KV cache (a patch at position p changes nothing before p in
-    a causal model); the numbers are those of full runs.
+    a causal model); the numbers are those of full runs. progress: a progress bar over the patched runs (stderr).
     """
     if batch_size < 1:
         raise LeafError("batch_size must be at least 1.")
@@ -234,27 +237,32 @@ def patching_sweep(model: HookedModel, target, source, alignment: Alignment, tar
                           key=lambda job: (job[1], job[0]))
             effect = torch.full((len(layers), len(target)), float("nan"))
         row_of = {layer: k for k, layer in enumerate(layers)}
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start: start + batch_size]
-            # with a KV cache, positions before the first patched one (and before the first target's predictor)
-            # are the clean run's: run only the suffix on top of the cached prefix
-            skip = min(min(job[2][0] for job in chunk), first_target - 1) if cache is not None else 0
-            plan: dict[int, list] = {}
-            for row, (layer, _, tp, sp, h) in enumerate(chunk):
-                plan.setdefault(layer, []).append((row, torch.tensor(tp, device=device) - skip,
-                                                   torch.tensor(sp, device=device), h))
-            ids = target[None, skip:].expand(len(chunk), -1)
-            kwargs = {}
-            if skip:
-                prefix = copy.deepcopy(cache)
-                prefix.crop(skip - len(target))          # keep the first `skip` positions
-                prefix.batch_repeat_interleave(len(chunk))
-                kwargs = {"past_key_values": prefix, "use_cache": True}
-            with model.nnsight.trace(input_ids=ids, **kwargs):
-                values = nnsight.save(_patch(model, component, sorted(plan.items()), acts, ids, metric,
-                                             mask[None, skip:].expand(len(chunk), -1), head_dim))
-            for row, (layer, column, *_rest) in enumerate(chunk):
-                effect[row_of[layer], column] = float(values[row]) - float(clean["metric"][0])
+        bar = Progress(*Progress.get_default_columns(), MofNCompleteColumn(), disable=not progress, transient=True,
+                       console=Console(stderr=True))
+        task = bar.add_task(f"patching {component}: {len(layers)} layers", total=len(jobs))
+        with bar:
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start: start + batch_size]
+                # with a KV cache, positions before the first patched one (and before the first target's predictor)
+                # are the clean run's: run only the suffix on top of the cached prefix
+                skip = min(min(job[2][0] for job in chunk), first_target - 1) if cache is not None else 0
+                plan: dict[int, list] = {}
+                for row, (layer, _, tp, sp, h) in enumerate(chunk):
+                    plan.setdefault(layer, []).append((row, torch.tensor(tp, device=device) - skip,
+                                                       torch.tensor(sp, device=device), h))
+                ids = target[None, skip:].expand(len(chunk), -1)
+                kwargs = {}
+                if skip:
+                    prefix = copy.deepcopy(cache)
+                    prefix.crop(skip - len(target))          # keep the first `skip` positions
+                    prefix.batch_repeat_interleave(len(chunk))
+                    kwargs = {"past_key_values": prefix, "use_cache": True}
+                with model.nnsight.trace(input_ids=ids, **kwargs):
+                    values = nnsight.save(_patch(model, component, sorted(plan.items()), acts, ids, metric,
+                                                 mask[None, skip:].expand(len(chunk), -1), head_dim))
+                for row, (layer, column, *_rest) in enumerate(chunk):
+                    effect[row_of[layer], column] = float(values[row]) - float(clean["metric"][0])
+                bar.advance(task, len(chunk))
     notes = []
     if alignment.pruned or alignment.changed:
         notes.append(f"{len(alignment.pruned)} target position(s) inside pruned spans and {len(alignment.changed)} "

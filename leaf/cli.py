@@ -419,6 +419,7 @@ def inspect(analyze: Annotated[Path, _i("analyze", "--analyze")],
             count: Annotated[int, _i("count")] = 3,
             components: Annotated[list[Component] | None, _i("components", "--component")] = None,
             methods: Annotated[list[AttributionMethod] | None, _i("methods", "--method")] = None,
+            layers: Annotated[list[int] | None, _i("layers", "--layer")] = None,
             ig_steps: Annotated[int, _i("ig_steps")] = 32,
             batch_size: BatchSize = 32, device: Device = "cpu", dtype: Dtype = "float32",
             allow_pickle: AllowPickle = False,
@@ -428,7 +429,8 @@ def inspect(analyze: Annotated[Path, _i("analyze", "--analyze")],
 
     config = InspectConfig(analyze=analyze, output=output, model=model, samples=samples or [], count=count,
                            components=[c.value for c in components] if components else list(DEFAULT_COMPONENTS),
-                           methods=[m.value for m in methods] if methods else [], ig_steps=ig_steps,
+                           methods=[m.value for m in methods] if methods else [], layers=layers or [],
+                           ig_steps=ig_steps,
                            batch_size=batch_size, device=device, dtype=dtype, allow_pickle=allow_pickle,
                            trust_remote_code=trust_remote_code)
     index = run_inspect(config, log=lambda message: typer.secho(message, fg=typer.colors.CYAN, err=True))

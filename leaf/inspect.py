@@ -24,6 +24,14 @@ from leaf.io import write_json_atomic
 from leaf.options import doc
 
 DEFAULT_COMPONENTS = ("resid", "attn", "mlp", "head")
+DEFAULT_MAX_LAYERS = 8
+
+
+def default_layers(num_layers: int, most: int = DEFAULT_MAX_LAYERS) -> list[int]:
+    """Every layer, or `most` evenly spaced ones with the first and the last."""
+    if num_layers <= most:
+        return list(range(num_layers))
+    return sorted({round(k * (num_layers - 1) / (most - 1)) for k in range(most)})
 
 
 @dataclass
@@ -39,6 +47,9 @@ class InspectConfig:
         "Patching components: resid, attn, mlp, head."))
     methods: list[str] = field(default_factory=list, metadata=doc(
         "Attribution methods (default: all of leaf.hooks.list_methods())."))
+    layers: list[int] = field(default_factory=list, metadata=doc(
+        "Layers to patch (default: every layer of a model with at most 8, else 8 evenly spaced ones, first and last "
+        "included: a 30-layer model's full sweep takes hours on a CPU)."))
     ig_steps: int = field(default=32, metadata=doc("Integrated-gradients steps."))
     batch_size: int = field(default=32, metadata=doc("Patched copies per forward pass."))
     device: str = field(default="cpu", metadata=doc("torch device."))
@@ -108,6 +119,13 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
     model = load_model(name, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
                        trust_remote_code=config.trust_remote_code)
     chat = summary["config"].get("template", "student") != "none"
+    num_layers = model.arch.num_layers
+    bad = [layer for layer in config.layers if not -num_layers <= layer < num_layers]
+    if bad:
+        raise LeafError(f"--layer {bad[0]} does not exist: {name} has {num_layers} layers (0..{num_layers - 1}).")
+    layers = sorted({layer % num_layers for layer in config.layers}) or default_layers(num_layers)
+    if len(layers) < num_layers:
+        log(f"patching {len(layers)} of {num_layers} layers ({', '.join(map(str, layers))}); --layer N to choose")
     methods = config.methods or list_methods()
     index = {"model": name, "analyze": str(config.analyze), "samples": []}
     for record in chosen:
@@ -132,7 +150,7 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
                 run_ids, src_ids = (xs.input_ids, x.input_ids) if reverse else (x.input_ids, xs.input_ids)
                 result = patching_sweep(model, run_ids, src_ids, alignment.reversed() if reverse else alignment,
                                         cf_target if reverse else target, component=component,
-                                        batch_size=config.batch_size,
+                                        batch_size=config.batch_size, layers=layers, progress=True,
                                         source_mask=target if reverse else cf_target)
                 stem = f"patching_{component}" + ("_reverse" if reverse else "")
                 into = "X into X\\A" if reverse else "X\\A into X"

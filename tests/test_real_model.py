@@ -239,3 +239,30 @@ def test_serve_smollm2_on_vllm_matches_hf_greedy(smollm2, gsm8, tmp_path):
             out_ids = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=stop_ids(tok),
                                      pad_token_id=tok.pad_token_id)
         assert g["text"] == tok.decode(out_ids[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_inspect_one_sample_of_smollm2(smollm2, bos_teacher, gsm8, tmp_path):
+    """leaf inspect on a 30-layer model: by default 8 evenly spaced layers are patched (a full sweep would take
+    hours on a CPU), and every file is written."""
+    from leaf.inspect import default_layers
+
+    assert default_layers(30) == [0, 4, 8, 12, 17, 21, 25, 29]
+    analyze = tmp_path / "analyze"
+    result = runner.invoke(app, ["analyze", "--teacher", bos_teacher, "--student", smollm2, "--data", str(gsm8),
+                                 "--output", str(analyze), "--limit", "3", "--threshold", "quantile",
+                                 "--quantile", "0.1"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "inspect"
+    result = runner.invoke(app, ["inspect", "--analyze", str(analyze), "--output", str(out), "--count", "1",
+                                 "--component", "head", "--component", "resid", "--method", "grad_norm",
+                                 "--ig-steps", "4"])
+    assert result.exit_code == 0, result.output
+    index = json.loads((out / "index.json").read_text())
+    [sample] = index["samples"]
+    folder = out / f"sample-{sample['row']}"
+    resid = json.loads((folder / "patching_resid.json").read_text())
+    assert resid["layers"] == [0, 4, 8, 12, 17, 21, 25, 29]
+    for name in sample["files"]:
+        assert (folder / name).stat().st_size > 0
+    focus = json.loads((folder / "head_focus.json").read_text())
+    assert len(focus["share_on_confounders"]) == 30 and len(focus["share_on_confounders"][0]) == 9
