@@ -157,6 +157,28 @@ def load_records_for(config: DistillConfig) -> tuple[list[dict], int]:
                         response_field=config.response_field, id_field=config.id_field)
 
 
+def check_vocabularies_before_loading(config: DistillConfig) -> None:
+    """The vocabulary check on tokenizers and configs alone, so that a mismatched pair fails in seconds instead of
+    after both models load (the check on the loaded models, check_vocabularies, still runs)."""
+    from transformers import AutoConfig
+
+    from leaf.hooks.loading import load_tokenizer
+
+    t_tok, s_tok = load_tokenizer(config.teacher), load_tokenizer(config.student)
+    sizes = []
+    for path in (config.teacher, config.student):
+        try:
+            sizes.append(getattr(AutoConfig.from_pretrained(path), "vocab_size", None))
+        except (OSError, ValueError):
+            sizes.append(None)  # load_model gives the full error
+    t_size, s_size = sizes
+    if t_tok.get_vocab() != s_tok.get_vocab() or (t_size and s_size and t_size < s_size):
+        raise LeafError(
+            f"Teacher and student vocabularies differ (teacher tokenizer {len(t_tok.get_vocab())} tokens / logits "
+            f"{t_size}, student tokenizer {len(s_tok.get_vocab())} tokens / logits {s_size}). Logit distillation "
+            "needs the same token ids: pick a teacher from the student's model family.")
+
+
 def check_vocabularies(teacher, student) -> None:
     """Same token ids for both; a teacher whose logit matrix is only padded larger is fine (cut in the loss)."""
     t_vocab, s_vocab = teacher.tokenizer.get_vocab(), student.tokenizer.get_vocab()
@@ -283,6 +305,8 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
         raise LeafError(f"{out} exists and is not empty. Choose a new --output (nothing was overwritten).")
 
     records, identical = load_records_for(config)
+    if not (config.cache_teacher and (out / "teacher_cache" / "meta.json").exists()):
+        check_vocabularies_before_loading(config)
     student = load_model(config.student, device=config.device, dtype="float32", allow_pickle=config.allow_pickle)
     vocab = student.hf_model.get_output_embeddings().weight.shape[0]
     examples, dropped = build_examples(records, student.tokenizer, config.mode,

@@ -158,6 +158,14 @@ def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
                        gpu_memory_utilization=config.gpu_memory_utilization, batch_size=config.batch_size,
                        allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     names = config.model_names()
+    if config.chat_template and problems:  # before any model loads: each model's chat template
+        from leaf.hooks.loading import load_tokenizer
+
+        for path in config.models:
+            if not getattr(load_tokenizer(path, trust_remote_code=config.trust_remote_code), "chat_template", None):
+                raise LeafError(f"{path} has no chat template, so its prompts cannot be rendered as a chat. Pass "
+                                "--no-chat-template to send every model the plain prompt text, or use an instruct "
+                                "model.")
     focus_items = [FocusSample(p.prompt, p.response, p.confounders) for p in problems
                    if p.confounders and p.response][: config.focus_samples]
     results: dict = {"models": {}, "settings": {k: str(v) if isinstance(v, Path) else v

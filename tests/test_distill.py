@@ -102,7 +102,9 @@ def test_bad_input(setup, tmp_path):
     other = build_tiny_model("qwen2", tmp_path / "bpe-teacher", tokenizer="bpe")
     with pytest.raises(LeafError, match=r"vocabularies differ \(teacher tokenizer 401 tokens / logits 408, student "
                                         r"tokenizer 264 tokens / logits 264\)"):
-        run_distill(_config(setup, tmp_path / "a", teacher=str(other)), progress=False)
+        with pytest.MonkeyPatch.context() as patch:  # the check runs before any model loads
+            patch.setattr("leaf.hooks.load_model", lambda *a, **k: pytest.fail("a model was loaded first"))
+            run_distill(_config(setup, tmp_path / "a", teacher=str(other)), progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "samples.jsonl").write_text(json.dumps({"prompt": "p", "response": "r", "status": "skipped_too_long"})

@@ -3,6 +3,7 @@ plain `output_attentions` references, the results folder, bad input."""
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -240,6 +241,19 @@ def test_bad_input(pair, tmp_path):
     with pytest.raises(LeafError, match="is empty"):
         run_serve(ServeConfig(models=[student], data=empty, output=tmp_path / "o"), progress=False)
     assert not (tmp_path / "o").exists()
+    plain = tmp_path / "plain"  # a model without a chat template: the CLI flag is named, before any model loads
+    shutil.copytree(student, plain)
+    for name in ("chat_template.jinja",):
+        (plain / name).unlink(missing_ok=True)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"question": "1 + 1?", "answer": "2"}) + "\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("leaf.serve.engines.make_engine", lambda *a, **k: pytest.fail("a model was loaded first"))
+        with pytest.raises(LeafError, match="has no chat template.*--no-chat-template"):
+            run_serve(ServeConfig(models=[str(plain)], data=data, output=tmp_path / "p"), progress=False)
 
 
 def test_openai_server_answers_like_hf_greedy(pair, tmp_path):
