@@ -239,6 +239,8 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
             top_k: Annotated[int, _d("top_k")] = 64,
             cache_only: Annotated[bool, _d("cache_only")] = False,
             teacher_device_map: Annotated[str | None, _d("teacher_device_map")] = None,
+            cross_tokenizer: Annotated[bool, _d("cross_tokenizer")] = False,
+            uld_weight: Annotated[float, _d("uld_weight")] = 1.0,
             counterfactuals: Annotated[Path | None, _d("counterfactuals")] = None,
             prompt_field: Annotated[str | None, _d("prompt_field")] = None,
             response_field: Annotated[str | None, _d("response_field")] = None,
@@ -255,7 +257,8 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
         max_length=max_length, chunk_size=chunk_size, seed=seed, device=device, dtype=dtype,
         gradient_checkpointing=gradient_checkpointing,
         cache_teacher=cache_teacher, top_k=top_k, cache_only=cache_only, teacher_device_map=teacher_device_map,
-        counterfactuals=counterfactuals, prompt_field=prompt_field,
+        cross_tokenizer=cross_tokenizer, uld_weight=uld_weight, counterfactuals=counterfactuals,
+        prompt_field=prompt_field,
         response_field=response_field, id_field=id_field, allow_pickle=allow_pickle, resume=resume)
     summary = run_distill(config)
     if summary.get("rank", 0) != 0:  # under accelerate launch / torchrun only the main process reports

@@ -101,3 +101,71 @@ def cross_tokenizer_loss(t_logq: torch.Tensor, s_logq: torch.Tensor, t_matched: 
     t_sorted = torch.nn.functional.pad(t_sorted, (0, width - t_sorted.shape[-1]))
     s_sorted = torch.nn.functional.pad(s_sorted, (0, width - s_sorted.shape[-1]))
     return matched + uld_weight * (t_sorted - s_sorted).abs().sum(-1)
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token that ends an assistant turn in the tokenizer's template (the first known end-of-turn marker, else
+    EOS): the pair of these is matched across tokenizers, so the student learns where to stop."""
+    from leaf.generation import END_OF_TURN
+
+    vocab = tokenizer.get_vocab()
+    return next((vocab[t] for t in END_OF_TURN if t in vocab), tokenizer.eos_token_id)
+
+
+def cross_view(s_enc, t_enc, s_stops: set[int], t_stops: set[int]) -> dict:
+    """How one rendered sample's response lines up in the two tokenizations (each model's own encoding, see
+    leaf.hooks.encode_text): the teacher's token ids and, per group, the predictor position of its first token and
+    (predictor position, token id) of its later tokens, on each side. The end-of-turn tokens form a last group."""
+    sides = []
+    for enc, stops in ((s_enc, s_stops), (t_enc, t_stops)):
+        positions = enc.response_mask.nonzero().flatten().tolist()
+        start = enc.response_span[0]
+        offsets = [(int(enc.offsets[i, 0]) - start, int(enc.offsets[i, 1]) - start) for i in positions]
+        ids = enc.input_ids.tolist()
+        last = positions[-1] if positions else None
+        end = next((j for j in range(last + 1, len(ids)) if ids[j] in stops), None) if last is not None else None
+        sides.append((positions, offsets, ids, list(range(last + 1, end + 1)) if end is not None else []))
+    (s_pos, s_off, s_ids, s_tail), (t_pos, t_off, t_ids, t_tail) = sides
+    groups = [([s_pos[i] for i in a], [t_pos[j] for j in b]) for a, b in align_groups(s_off, t_off)]
+    if s_tail and t_tail:
+        groups.append((s_tail, t_tail))
+    view = {"t_ids": t_ids, "s_first": [], "s_later": [], "t_first": [], "t_later": []}
+    for g, (s_group, t_group) in enumerate(groups):
+        for side, group, ids in (("s", s_group, s_ids), ("t", t_group, t_ids)):
+            view[f"{side}_first"].append(group[0] - 1)                       # logit t predicts token t + 1
+            view[f"{side}_later"] += [(p - 1, ids[p], g) for p in group[1:]]
+    return view
+
+
+def log_probs_at(forward, ids: torch.Tensor, attention: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """(N, V) float32 log-probabilities of a model at the given (row, position) pairs, the LM head run only at the
+    positions needed. forward(input_ids, attention_mask, logits_to_keep) -> logits."""
+    keep, index = torch.unique(positions, return_inverse=True)
+    logits = forward(ids, attention, keep)                                 # (B, U, V)
+    return (logits[rows, index].float() / temperature).log_softmax(-1)
+
+
+def batch_term(student_forward, teacher_forward, batch: dict, prefix: str, s_ids: torch.Tensor,
+               s_attention: torch.Tensor, rows: int, t_matched: torch.Tensor, s_matched: torch.Tensor, *,
+               divergence: Divergence = forward_kl, temperature: float = 1.0, uld_weight: float = 1.0
+               ) -> torch.Tensor:
+    """Per-row cross-tokenizer loss (rows,) for one set of rows of a batch (originals, prefix "", or
+    counterfactuals, prefix "cf_"), from the alignment leaf.distill_data's collator flattened into `batch`."""
+    from leaf.losses import per_sample_mean
+
+    x = {k[len(prefix) + 2:]: v for k, v in batch.items() if k.startswith(f"{prefix}x_")}
+    logq = {}
+    for side, forward, ids, attention in (("s", student_forward, s_ids, s_attention),
+                                          ("t", teacher_forward, batch[f"{prefix}t_input_ids"],
+                                           batch[f"{prefix}t_attention_mask"])):
+        b = torch.cat([x[f"{side}_first_b"], x[f"{side}_later_b"]])
+        p = torch.cat([x[f"{side}_first_p"], x[f"{side}_later_p"]])
+        logp = log_probs_at(forward, ids, attention, b, p, temperature)
+        groups = x[f"{side}_first_b"].shape[0]
+        later = torch.arange(groups, groups + x[f"{side}_later_b"].shape[0], device=logp.device)
+        logq[side] = group_log_probs(logp, torch.arange(groups, device=logp.device), later,
+                                     x[f"{side}_later_tok"], x[f"{side}_later_g"])
+    per_group = cross_tokenizer_loss(logq["t"].detach(), logq["s"], t_matched, s_matched, divergence=divergence,
+                                     uld_weight=uld_weight) * temperature ** 2
+    return per_sample_mean(per_group, x["group_row"], rows)

@@ -62,6 +62,12 @@ class DistillConfig:
         "Write the teacher cache (--cache-teacher) and stop; a later run on the same --output trains from it "
         "without loading the teacher (e.g. the cache in one process with --teacher-device-map auto, training "
         "under accelerate launch)."))
+    cross_tokenizer: bool = field(default=False, metadata=doc(
+        "Distil a teacher whose tokenizer differs from the student's: responses aligned through character offsets, "
+        "the divergence over the vocabulary entries both spell the same plus the rest of the mass, and ULD's "
+        "sorted-probability distance on the rest (see leaf/cross_tokenizer.py). Same tokenizer: plain KD."))
+    uld_weight: float = field(default=1.0, metadata=doc(
+        "--cross-tokenizer: weight of the sorted-probability (ULD) term on the entries that do not correspond."))
     teacher_device_map: str | None = field(default=None, metadata=doc(
         "Spread the teacher over all visible GPUs (transformers device_map, e.g. auto); one process only."))
     counterfactuals: Path | None = field(default=None, metadata=doc(
@@ -88,6 +94,9 @@ class DistillConfig:
             (self.temperature > 0, f"--temperature must be positive, got {self.temperature}."),
             (0 <= self.warmup < 1, f"--warmup is a fraction in [0, 1), got {self.warmup}."),
             (self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}."),
+            (not (self.cross_tokenizer and self.cache_teacher),
+             "--cross-tokenizer needs the teacher's full distributions online: drop --cache-teacher."),
+            (self.uld_weight >= 0, f"--uld-weight must be 0 or more, got {self.uld_weight}."),
         ]
         for ok, message in checks:
             if not ok:
@@ -176,7 +185,7 @@ def check_vocabularies_before_loading(config: DistillConfig) -> None:
         raise LeafError(
             f"Teacher and student vocabularies differ (teacher tokenizer {len(t_tok.get_vocab())} tokens / logits "
             f"{t_size}, student tokenizer {len(s_tok.get_vocab())} tokens / logits {s_size}). Logit distillation "
-            "needs the same token ids: pick a teacher from the student's model family.")
+            "needs the same token ids: pick a teacher from the student's model family, or pass --cross-tokenizer.")
 
 
 def check_vocabularies(teacher, student) -> None:
@@ -188,7 +197,7 @@ def check_vocabularies(teacher, student) -> None:
         raise LeafError(
             f"Teacher and student vocabularies differ (teacher tokenizer {len(t_vocab)} tokens / logits {t_size}, "
             f"student tokenizer {len(s_vocab)} tokens / logits {s_size}). Logit distillation needs the same token "
-            "ids: pick a teacher from the student's model family.")
+            "ids: pick a teacher from the student's model family, or pass --cross-tokenizer.")
 
 
 SHARD = 256  # examples per teacher-cache shard
@@ -305,12 +314,18 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
         raise LeafError(f"{out} exists and is not empty. Choose a new --output (nothing was overwritten).")
 
     records, identical = load_records_for(config)
-    if not (config.cache_teacher and (out / "teacher_cache" / "meta.json").exists()):
+    if not config.cross_tokenizer and not (config.cache_teacher and (out / "teacher_cache" / "meta.json").exists()):
         check_vocabularies_before_loading(config)
     student = load_model(config.student, device=config.device, dtype="float32", allow_pickle=config.allow_pickle)
     vocab = student.hf_model.get_output_embeddings().weight.shape[0]
+    teacher = None
+    if config.cross_tokenizer:  # the teacher's own encoding is part of every example
+        teacher = load_model(config.teacher, device=config.device, dtype=config.dtype,
+                             allow_pickle=config.allow_pickle, device_map=config.teacher_device_map)
     examples, dropped = build_examples(records, student.tokenizer, config.mode,
-                                       config.max_length or student.max_length)
+                                       config.max_length or student.max_length,
+                                       teacher_tokenizer=teacher.tokenizer if teacher else None,
+                                       teacher_max_length=teacher.max_length if teacher else None)
     if not examples:
         raise LeafError(f"No sample of {config.data} fits (all {dropped} longer than the context).")
     with_cf = sum(bool(e.counterfactuals) for e in examples)
@@ -320,8 +335,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     cache_dir = out / "teacher_cache"
     cache_meta = TeacherCache.meta(config, examples, config.fingerprint(), vocab)
     cached = config.cache_teacher and TeacherCache.complete(cache_dir, cache_meta)
-    teacher = None
-    if not cached:  # the teacher in the run's dtype (bf16 halves a big teacher); never trained
+    if not cached and teacher is None:  # the teacher in the run's dtype (bf16 halves a big teacher); never trained
         if config.teacher_device_map and ranks.num_processes > 1:
             raise LeafError("--teacher-device-map spreads the teacher over every GPU, so it needs one process: "
                             "write the cache first (`leaf distill ... --cache-only --teacher-device-map auto`), then "
@@ -329,6 +343,12 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
         teacher = load_model(config.teacher, device=config.device, dtype=config.dtype,
                              allow_pickle=config.allow_pickle, device_map=config.teacher_device_map)
         check_vocabularies(teacher, student)
+    matched = None
+    if config.cross_tokenizer:
+        from leaf.cross_tokenizer import end_of_turn_id, vocabulary_map
+
+        matched = vocabulary_map(teacher.tokenizer, student.tokenizer,
+                                 pairs=[(end_of_turn_id(teacher.tokenizer), end_of_turn_id(student.tokenizer))])
     ranks.wait_for_everyone()  # every process has checked the folder before the main one claims it
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -345,7 +365,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                 TeacherCache.finish(cache_dir, cache_meta)
             ranks.wait_for_everyone()
         cache = TeacherCache(cache_dir)
-        del teacher  # training from the cache: the teacher leaves memory
+        teacher = None  # training from the cache: the teacher leaves memory
         hf_teacher = None
         if config.cache_only:
             summary = {"teacher_cache": str(cache_dir), "samples": len(examples), "with_counterfactual": with_cf,
@@ -387,22 +407,54 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                 return kd_loss(s_logits, t_logits, mask, **kd)
 
             index = inputs["index"].tolist()
-            s_logits, s_mask, s_keep = student(inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"])
-            original = term(s_logits, s_mask, s_keep, inputs["input_ids"], inputs["attention_mask"],
-                            [(i, 0) for i in index])                                                   # (B,)
-            counterfactual = torch.zeros_like(original)
+            counterfactual = None
+            if matched is not None:  # --cross-tokenizer: the teacher reads its own tokens
+                from leaf.cross_tokenizer import batch_term
+
+                device = inputs["input_ids"].device
+                if config.teacher_device_map is None and next(hf_teacher.parameters()).device != device:
+                    hf_teacher.to(device)
+
+                def s_forward(ids, attention, keep):
+                    return model(input_ids=ids, attention_mask=attention, logits_to_keep=keep).logits
+
+                def t_forward(ids, attention, keep):
+                    with torch.no_grad():
+                        return hf_teacher(input_ids=ids, attention_mask=attention,
+                                          logits_to_keep=keep).logits.to(device)
+
+                cross = dict(t_matched=matched[0].to(device), s_matched=matched[1].to(device), divergence=divergence,
+                             temperature=config.temperature, uld_weight=config.uld_weight)
+                original = batch_term(s_forward, t_forward, inputs, "", inputs["input_ids"],
+                                      inputs["attention_mask"], len(index), **cross)                       # (B,)
+                if "cf_index" in inputs and lam < 1:
+                    per_row = batch_term(s_forward, t_forward, inputs, "cf_", inputs["cf_input_ids"],
+                                         inputs["cf_attention_mask"], len(inputs["cf_index"]), **cross)   # (R,)
+                    counterfactual = per_sample_mean(per_row, inputs["cf_index"], len(index))
+            else:
+                s_logits, s_mask, s_keep = student(inputs["input_ids"], inputs["attention_mask"],
+                                                   inputs["response_mask"])
+                original = term(s_logits, s_mask, s_keep, inputs["input_ids"], inputs["attention_mask"],
+                                [(i, 0) for i in index])                                               # (B,)
+                if "cf_index" in inputs and lam < 1:
+                    cf_logits, cf_mask, cf_keep = student(inputs["cf_input_ids"], inputs["cf_attention_mask"],
+                                                          inputs["cf_response_mask"])
+                    keys = [(index[r], 1 + j) for r, j in zip(inputs["cf_index"].tolist(),
+                                                              inputs["cf_choice"].tolist())]
+                    per_row = term(cf_logits, cf_mask, cf_keep, inputs["cf_input_ids"], inputs["cf_attention_mask"],
+                                   keys)                                                               # (R,)
+                    # a sample with an instruction- and a response-level counterfactual: the mean of the two
+                    counterfactual = per_sample_mean(per_row, inputs["cf_index"], len(index))
             has_cf = torch.zeros_like(original, dtype=torch.bool)
-            if "cf_index" in inputs and lam < 1:
-                cf_logits, cf_mask, cf_keep = student(inputs["cf_input_ids"], inputs["cf_attention_mask"],
-                                                      inputs["cf_response_mask"])
-                keys = [(index[r], 1 + j) for r, j in zip(inputs["cf_index"].tolist(), inputs["cf_choice"].tolist())]
-                per_row = term(cf_logits, cf_mask, cf_keep, inputs["cf_input_ids"], inputs["cf_attention_mask"],
-                               keys)                                                               # (R,)
-                # a sample with an instruction- and a response-level counterfactual: the mean of the two
-                counterfactual = per_sample_mean(per_row, inputs["cf_index"], len(index))
+            if counterfactual is None:
+                counterfactual = torch.zeros_like(original)
+            else:
                 has_cf[inputs["cf_index"]] = True
             loss = hybrid_loss(original, counterfactual, has_cf, lam)
             if config.ce_weight:
+                if matched is not None:  # (the cross-tokenizer path ran the student on the aligned positions only)
+                    s_logits, _, s_keep = student(inputs["input_ids"], inputs["attention_mask"],
+                                                  inputs["response_mask"])
                 loss = loss + config.ce_weight * mean_nll_at(s_logits, inputs["input_ids"], inputs["response_mask"],
                                                              s_keep).mean()
             terms.append({"lambda": lam, "kd_original": float(original.detach().mean()),
@@ -463,7 +515,9 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
         use_cpu=config.device == "cpu", bf16=config.dtype in ("bfloat16", "bf16"),
         gradient_checkpointing=config.gradient_checkpointing, disable_tqdm=not progress)
     trainer = DistillTrainer(model=student.hf_model, args=args, train_dataset=PairedData(examples, config.seed),
-                             data_collator=make_collator(student.pad_token_id), callbacks=[JsonlLog()])
+                             data_collator=make_collator(student.pad_token_id,
+                                                         teacher.pad_token_id if teacher is not None else None),
+                             callbacks=[JsonlLog()])
     trainer.train(resume_from_checkpoint=last if config.resume and last else None)
     final = out / "final"
     trainer.save_model(str(final))

@@ -32,6 +32,7 @@ class Example:
     response_mask: list[bool]
     counterfactuals: list[tuple[list[int], list[bool]]]
     levels: list[str] = field(default_factory=list)
+    cross: list[dict] | None = None   # --cross-tokenizer: the teacher's view of the original (0) and cf j (1 + j)
 
     def by_level(self) -> dict[str, list[int]]:
         """Indices of the counterfactuals of each level present, in order."""
@@ -132,27 +133,40 @@ def with_end_of_turn(ids: list[int], mask: list[bool], stops: set[int]) -> list[
     return [m or last < i <= end for i, m in enumerate(mask)]
 
 
-def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | None) -> tuple[list[Example], int]:
+def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | None,
+                   teacher_tokenizer=None, teacher_max_length: int | None = None) -> tuple[list[Example], int]:
     """Render and tokenize originals and their counterfactuals with the student's tokenizer; returns the examples
-    and how many samples were dropped as too long."""
+    and how many samples were dropped as too long. With a teacher tokenizer (--cross-tokenizer), each also gets
+    the teacher's own rendering and the alignment of the two (leaf.cross_tokenizer.cross_view)."""
+    from leaf.cross_tokenizer import cross_view
     from leaf.generation import stop_ids
-    from leaf.hooks import encode_text, render_prompt_response
+    from leaf.hooks import encode_text
+    from leaf.rendering import own_rendering
 
     stops = set(stop_ids(tokenizer))
+    t_stops = set(stop_ids(teacher_tokenizer)) if teacher_tokenizer is not None else set()
 
-    def encode(prompt: str, response: str) -> tuple[list[int], list[bool]]:
-        text, pspan, rspan = render_prompt_response(tokenizer, prompt, response)
-        enc = encode_text(tokenizer, text, pspan, rspan)
-        return enc.input_ids.tolist(), with_end_of_turn(enc.input_ids.tolist(), enc.response_mask.tolist(), stops)
+    def encode(prompt: str, response: str):
+        """(ids, response mask) for the student, and the cross view (or None; False when the teacher's is too long)."""
+        view = own_rendering(tokenizer, prompt, response)
+        enc = encode_text(tokenizer, view.text, view.prompt, view.response)
+        ids = enc.input_ids.tolist()
+        cross = None
+        if teacher_tokenizer is not None:
+            t_view = own_rendering(teacher_tokenizer, prompt, response)
+            t_enc = encode_text(teacher_tokenizer, t_view.text, t_view.prompt, t_view.response)
+            too_long = teacher_max_length and len(t_enc.input_ids) > teacher_max_length
+            cross = False if too_long else cross_view(enc, t_enc, stops, t_stops)
+        return ids, with_end_of_turn(ids, enc.response_mask.tolist(), stops), cross
 
     levels = LEVELS[mode]
     examples, dropped = [], 0
     for record in records:
-        ids, mask = encode(record["prompt"], record["response"])
-        if max_length and len(ids) > max_length:
+        ids, mask, cross = encode(record["prompt"], record["response"])
+        if (max_length and len(ids) > max_length) or cross is False:
             dropped += 1
             continue
-        cfs, cf_levels = [], []
+        cfs, cf_levels, crosses = [], [], [cross]
         for unit in record.get("units", []):
             if unit["level"] not in levels:
                 continue
@@ -160,11 +174,12 @@ def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | 
                 prompt, response = cf.get("prompt", record["prompt"]), cf.get("response", record["response"])
                 if not prompt.strip() or not response.strip():
                     continue
-                cf_ids, cf_mask = encode(prompt, response)
-                if any(cf_mask) and not (max_length and len(cf_ids) > max_length):
+                cf_ids, cf_mask, cf_cross = encode(prompt, response)
+                if any(cf_mask) and not (max_length and len(cf_ids) > max_length) and cf_cross is not False:
                     cfs.append((cf_ids, cf_mask))
                     cf_levels.append(unit["level"])
-        examples.append(Example(ids, mask, cfs, cf_levels))
+                    crosses.append(cf_cross)
+        examples.append(Example(ids, mask, cfs, cf_levels, crosses if teacher_tokenizer is not None else None))
     return examples, dropped
 
 
@@ -213,11 +228,41 @@ class PairedData:
     def __getitem__(self, item: int) -> dict:
         index, appearance = item % len(self.examples), item // len(self.examples)
         ex, chosen = self.examples[index], self.choices(index, appearance)
-        return {"index": index, "choices": chosen, "ids": ex.input_ids, "mask": ex.response_mask,
+        item = {"index": index, "choices": chosen, "ids": ex.input_ids, "mask": ex.response_mask,
                 "cfs": [ex.counterfactuals[j] for j in chosen]}
+        if ex.cross is not None:
+            item["cross"], item["cf_cross"] = ex.cross[0], [ex.cross[1 + j] for j in chosen]
+        return item
 
 
-def make_collator(pad_id: int):
+def _cross_batch(views: list[dict], pad_id: int, prefix: str) -> dict:
+    """The teacher's ids of a batch of cross views and their alignment, flattened over the batch: per group its
+    row; per side the (row, position) predicting each group's first token and each later token (with its id and
+    group). Groups are numbered across the batch."""
+    import torch
+
+    out: dict[str, list] = {k: [] for k in ("group_row", "s_first_b", "s_first_p", "t_first_b", "t_first_p",
+                                            "s_later_b", "s_later_p", "s_later_tok", "s_later_g",
+                                            "t_later_b", "t_later_p", "t_later_tok", "t_later_g")}
+    offset = 0
+    for row, view in enumerate(views):
+        out["group_row"] += [row] * len(view["s_first"])
+        for side in ("s", "t"):
+            out[f"{side}_first_b"] += [row] * len(view[f"{side}_first"])
+            out[f"{side}_first_p"] += view[f"{side}_first"]
+            for p, tok, g in view[f"{side}_later"]:
+                out[f"{side}_later_b"].append(row)
+                out[f"{side}_later_p"].append(p)
+                out[f"{side}_later_tok"].append(tok)
+                out[f"{side}_later_g"].append(g + offset)
+        offset += len(view["s_first"])
+    batch = {f"{prefix}x_{k}": torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+    batch[f"{prefix}t_input_ids"] = _pad([v["t_ids"] for v in views], pad_id, torch.long)
+    batch[f"{prefix}t_attention_mask"] = _pad([[1] * len(v["t_ids"]) for v in views], 0, torch.long)
+    return batch
+
+
+def make_collator(pad_id: int, teacher_pad_id: int | None = None):
     import torch
 
     def collate(items: list[dict]) -> dict:
@@ -233,6 +278,12 @@ def make_collator(pad_id: int):
             batch["cf_input_ids"] = _pad([cf[0] for _, _, cf in rows], pad_id, torch.long)
             batch["cf_attention_mask"] = _pad([[1] * len(cf[0]) for _, _, cf in rows], 0, torch.long)
             batch["cf_response_mask"] = _pad([cf[1] for _, _, cf in rows], False, torch.bool)
+        if "cross" in items[0]:
+            t_pad = pad_id if teacher_pad_id is None else teacher_pad_id
+            batch.update(_cross_batch([it["cross"] for it in items], t_pad, ""))
+            views = [view for it in items for view in it["cf_cross"]]
+            if views:
+                batch.update(_cross_batch(views, t_pad, "cf_"))
         return batch
 
     return collate

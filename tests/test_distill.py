@@ -389,3 +389,30 @@ def test_every_counterfactual_is_used_and_levels_do_not_compete():
     assert batch["cf_index"].tolist() == [0, 0, 2]
     assert batch["cf_input_ids"][:, 0].tolist() == [seen[0][0], 20, 30]
     assert PairedData(examples, seed=3).choices(0, 1) == data.choices(0, 1)   # deterministic for a seed
+
+
+def test_cross_tokenizer_identity_and_a_teacher_with_another_tokenizer(setup, tmp_path):
+    """--cross-tokenizer with the same tokenizer computes plain KD (same first-step loss, same weights after 2
+    steps); with a BPE teacher and the byte-level student it trains, and the KL-like term falls."""
+    teacher, student, analyze = setup
+    plain = run_distill(_config(setup, tmp_path / "plain", max_steps=2, save_steps=100), progress=False)
+    cross = run_distill(_config(setup, tmp_path / "cross", max_steps=2, save_steps=100, cross_tokenizer=True),
+                        progress=False)
+    logs = [[json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+            for name in ("plain", "cross")]
+    for a, b in zip(*logs):
+        assert b["kd_original"] == pytest.approx(a["kd_original"], rel=1e-4)
+        assert b["kd_counterfactual"] == pytest.approx(a["kd_counterfactual"], rel=1e-4)
+    a, b = (load_file(str(tmp_path / name / "final" / "model.safetensors")) for name in ("plain", "cross"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
+    assert plain["steps"] == cross["steps"] == 2
+    other = build_tiny_model("llama", tmp_path / "bpe-teacher", seed=9, tokenizer="bpe")
+    with pytest.raises(LeafError, match="or pass --cross-tokenizer"):
+        run_distill(_config(setup, tmp_path / "refused", teacher=str(other)), progress=False)
+    run_distill(_config(setup, tmp_path / "bpe", teacher=str(other), cross_tokenizer=True, max_steps=12, lam="1.0",
+                        save_steps=100), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "bpe" / "log.jsonl").read_text().splitlines()]
+    first = sum(line["kd_original"] for line in log[:3]) / 3
+    last = sum(line["kd_original"] for line in log[-3:]) / 3
+    assert last < 0.8 * first, (first, last)
