@@ -13,7 +13,9 @@ Every measurement runs in a process of its own (peak resident memory is per proc
 - floor distill: teacher and student weights, AdamW state, one step of forward KL at the response positions
 - leaf distill:  `leaf distill --mode kd --max-steps 1` on the same batch (Trainer, data, checkpoint-free)
 
-It prints peak RSS per row and the ratios leaf / floor (target <= 1.5), both raw and above the imports row, as JSON.
+Peak RSS varies by a few hundred MB from run to run (allocator arenas, thread pools), so each row runs --repeats times
+(default 3) and the median is used. It prints peak RSS per row (median, min, max) and the ratios leaf / floor
+(target <= 1.5), both raw and above the imports row, as JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,6 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="HF folder (default: SmolLM2-135M-Instruct, leaf.pretrained)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="Runs per row; the median peak is used.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -133,14 +137,19 @@ def main() -> None:
         from leaf.pretrained import smollm2
 
         args.model = str(smollm2())
-    rows = {}
+    rows, spread = {}, {}
     for kind in KINDS:
-        with tempfile.TemporaryDirectory() as workdir:
-            out = subprocess.run([sys.executable, __file__, "--child", kind, "--model", args.model, "--batch-size",
-                                  str(args.batch_size), "--workdir", workdir], capture_output=True, text=True,
-                                 check=True)
-        rows[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{kind:<28} peak {rows[kind]['peak_mb']:8.0f} MB", file=sys.stderr)
+        peaks = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as workdir:
+                out = subprocess.run([sys.executable, __file__, "--child", kind, "--model", args.model,
+                                      "--batch-size", str(args.batch_size), "--workdir", workdir],
+                                     capture_output=True, text=True, check=True)
+            peaks.append(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
+        rows[kind] = {"peak_mb": statistics.median(peaks)}
+        spread[kind] = [round(min(peaks)), round(max(peaks))]
+        print(f"{kind:<28} peak {rows[kind]['peak_mb']:8.0f} MB (min {min(peaks):.0f}, max {max(peaks):.0f})",
+              file=sys.stderr)
     base = rows["imports"]["peak_mb"]
 
     def ratio(a: str, b: str) -> dict:
@@ -148,7 +157,8 @@ def main() -> None:
         return {"raw": round(x / y, 3), "above_imports": round((x - base) / max(y - base, 1e-9), 3)}
 
     print(json.dumps({"model": args.model, "batch_size": args.batch_size,
-                      "peak_mb": {k: round(v["peak_mb"]) for k, v in rows.items()},
+                      "peak_mb": {k: round(v["peak_mb"]) for k, v in rows.items()}, "min_max_mb": spread,
+                      "repeats": args.repeats,
                       "analyze_vs_floor": ratio("leaf analyze", "floor analyze"),
                       "full_logits_vs_floor": ratio("floor analyze, full logits", "floor analyze"),
                       "distill_vs_floor": ratio("leaf distill", "floor distill"), "target": 1.5}, indent=2))
