@@ -1,15 +1,16 @@
 """Peak memory of one `leaf analyze` batch and one `leaf distill` step on a real model, against plain-PyTorch floors.
 
-    python benchmarks/memory.py                      # SmolLM2-135M-Instruct (leaf.pretrained), 8 GSM-Plus rows
+    python benchmarks/memory.py                      # SmolLM2-135M-Instruct (leaf.pretrained), first 8 GSM-Plus rows
     python benchmarks/memory.py --model PATH --batch-size 4
 
 Every measurement runs in a process of its own (peak resident memory is per process) on the same rendered batch:
 
 - imports:       python + torch + transformers + nnsight + leaf imported, no model: the fixed cost in every row
-- floor analyze: the model's weights + one forward with the LM head at the response positions only
-                 (logits_to_keep) + one backward to the input embeddings: the least a gradient-saliency pass needs
+- floor analyze: teacher and student weights + per model one forward with the LM head at the response positions only
+                 (logits_to_keep) and one backward to the input embeddings: the least gradient saliency needs
 - floor analyze, full logits: the same with the (B, T, V) logits of every position (what a naive loss does)
-- leaf analyze:  leaf.hooks.run with the saliency plan analyze uses (nnsight trace, one batch)
+- leaf analyze:  `leaf analyze` (run_analyze, defaults) on the same rows as one batch: both models, nnsight traces,
+                 detection, pruning, every output file
 - floor distill: teacher and student weights, AdamW state, one step of forward KL at the response positions
 - leaf distill:  `leaf distill --mode kd --max-steps 1` on the same batch (Trainer, data, checkpoint-free)
 
@@ -38,15 +39,14 @@ def peak_mb() -> float:
 
 
 def batch(model_path: str, rows: int):
-    """The first `rows` GSM-Plus rows (shortest first) rendered with the model's chat template."""
+    """The first `rows` GSM-Plus rows rendered with the model's chat template."""
     import torch
     from transformers import AutoTokenizer
 
     from leaf.hooks import encode_prompt_response
 
     tok = AutoTokenizer.from_pretrained(model_path)
-    records = sorted((json.loads(line) for line in DATA.read_text().splitlines()),
-                     key=lambda r: len(r["question"]) + len(r["solution"]))[:rows]
+    records = [json.loads(line) for line in DATA.read_text().splitlines()[:rows]]
     encs = [encode_prompt_response(tok, r["question"], r["solution"]) for r in records]
     width = max(len(e.input_ids) for e in encs)
     ids = torch.full((len(encs), width), tok.pad_token_id or 0, dtype=torch.long)
@@ -71,27 +71,32 @@ def child(kind: str, model_path: str, rows: int, workdir: str) -> dict:
     if kind == "imports":
         return {"peak_mb": peak_mb()}
     if kind.startswith("floor analyze"):
-        model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
-        predictors = target[:, 1:].any(0).nonzero().flatten()               # logit t predicts token t + 1
-        keep = None if kind.endswith("full logits") else predictors
-        logits = model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep if keep is not None else 0).logits
-        if keep is None:
-            logits = logits[:, predictors]
-        chosen = target[:, predictors + 1]
-        loss = F.cross_entropy(logits[chosen].float(), ids[:, predictors + 1][chosen])
-        loss.backward()
-        return {"peak_mb": peak_mb(), "loss": float(loss)}
+        # both models resident (analyze holds teacher and student), one saliency pass each, one after the other
+        full = kind.endswith("full logits")
+        models = [AutoModelForCausalLM.from_pretrained(model_path).eval() for _ in range(2)]
+        losses = []
+        for model in models:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+            predictors = target[:, 1:].any(0).nonzero().flatten()           # logit t predicts token t + 1
+            logits = model(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=0 if full else predictors).logits
+            if full:
+                logits = logits[:, predictors]
+            chosen = target[:, predictors + 1]
+            loss = F.cross_entropy(logits[chosen].float(), ids[:, predictors + 1][chosen])
+            loss.backward()
+            losses.append(float(loss))
+            del logits, loss, embeds
+        return {"peak_mb": peak_mb(), "loss": losses[0]}
     if kind == "leaf analyze":
-        from leaf.hooks import HookPlan, load_model, run
+        from leaf.analyze import AnalyzeConfig, run_analyze
 
-        model = load_model(model_path)
-        results = run(model, [e.input_ids for e in encs], HookPlan(saliency="grad",
-                                                                  target_mask=[e.response_mask for e in encs]),
-                      batch_size=rows)
-        return {"peak_mb": peak_mb(), "loss": sum(r.loss for r in results) / len(results)}
+        data = Path(workdir) / "rows.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records))
+        run_analyze(AnalyzeConfig(teacher=model_path, student=model_path, data=data, output=Path(workdir) / "out",
+                                  batch_size=rows), progress=False)
+        return {"peak_mb": peak_mb()}
     if kind == "floor distill":
         teacher = AutoModelForCausalLM.from_pretrained(model_path).eval()
         student = AutoModelForCausalLM.from_pretrained(model_path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -264,6 +265,8 @@ def run(model: HookedModel, samples: Sequence[Sequence[int] | torch.Tensor], pla
                 query=batch.pad_masks([query[i] for i in rows]) if query is not None else None,
                 keys=key_stack)
             _unbatch(got, batch, plan, layers, key_names, results)
+            del got
+            gc.collect()  # a trace's graph holds reference cycles: free its activations before the next batch
             bar.advance(task, len(rows))
     return results
 
