@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,8 @@ def wrap_model(hf_model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: st
                        nnsight=nnsight.NNsight(hf_model))
 
 
-def _check_local_folder(path: Path, allow_pickle: bool) -> None:
+def check_local_folder(path: Path, allow_pickle: bool) -> None:
+    """A local model folder leaf may load: config.json and safetensors weights (pickle ones only if allowed)."""
     if not path.is_dir():
         raise LeafError(f"Model path {str(path)!r} is a file, not a folder. Pass the folder that holds config.json "
                         "and the weights.")
@@ -100,8 +102,36 @@ def _check_local_folder(path: Path, allow_pickle: bool) -> None:
                         "the folder, or point to the folder that has them.")
 
 
-def _check_causal(config, source: str) -> None:
+def resolve_source(name_or_path: str | Path) -> str:
+    """What a model argument names: an existing local folder, else a hub id, else an error naming the path.
+
+    The rule: a path that exists is local. A missing one is taken for a hub id only when it has the hub's shape
+    (`org/name`) and nothing suggests a folder was meant: it does not start with `.`, `/` or `~`, has no second `/`,
+    and its first part (`org`) is not a folder here (`runs/teacher` with a `runs/` folder present is a missing
+    folder, not a hub repository to download). Anything else that does not exist is an error."""
+    source = str(name_or_path)
+    path = Path(source).expanduser()
+    if path.exists():
+        return str(path)
+    first = source.split("/", 1)[0]
+    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")) and not Path(first).is_dir():
+        return source
+    where = f" ({first}/ exists, so a folder was meant)" if "/" in source and Path(first).is_dir() else ""
+    raise LeafError(f"Model path {source!r} does not exist{where}. Pass a local folder written by save_pretrained, "
+                    "or a hub id such as 'Qwen/Qwen2.5-0.5B-Instruct' (used only when no local folder is meant).")
+
+
+def _refuse_remote_code(source: str, exc: Exception) -> None:
+    """transformers' refusal to run a checkpoint's own code, as leaf's message with the flag to pass."""
+    if "trust_remote_code" in str(exc):
+        raise LeafError(f"{source!r} runs its own model code (a custom architecture). leaf never runs it unless "
+                        "asked: pass --trust-remote-code (trust_remote_code=True) only if you trust that code.") from None
+
+
+def _check_causal(config, source: str, trust_remote_code: bool = False) -> None:
     model_type = getattr(config, "model_type", "?")
+    if trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
+        return  # the checkpoint's own code declares a causal LM class (loaded only because the caller trusts it)
     archs = list(getattr(config, "architectures", None) or [])
     causal_arch = not archs or any(a in _CAUSAL_CLASSES or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "is_encoder_decoder", False) \
@@ -125,14 +155,10 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
     inputs then go to the device of the input embeddings, and gradients flow back through every device;
     max_memory ({gpu index: bytes}) limits it to some GPUs.
     """
-    source = str(name_or_path)
-    path = Path(source).expanduser()
+    source = resolve_source(name_or_path)
+    path = Path(source)
     if path.exists():
-        _check_local_folder(path, allow_pickle)
-        source = str(path)
-    elif not _HUB_ID.match(source) or source.startswith((".", "/", "~")):
-        raise LeafError(f"Model path {source!r} does not exist. Pass a local folder written by save_pretrained or a "
-                        "hub id such as 'Qwen/Qwen2.5-0.5B-Instruct'.")
+        check_local_folder(path, allow_pickle)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise LeafError(f"Unknown dtype {dtype!r}. Available: {', '.join(DTYPES)}.")
@@ -140,9 +166,10 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as exc:
+        _refuse_remote_code(source, exc)
         raise LeafError(f"Could not read the config of {source!r}: {exc}\nFor a hub id, check the name and that the "
                         "hub is reachable (or download the model and pass its folder).") from None
-    _check_causal(config, source)
+    _check_causal(config, source, trust_remote_code)
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, revision=revision,
                   use_safetensors=None if allow_pickle else True)
     if attn_implementation:
@@ -154,7 +181,7 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
-    except OSError as exc:
+    except (OSError, pickle.UnpicklingError, EOFError, RuntimeError) as exc:  # torch.load raises the last three
         hint = (" The hub checkpoint may have only pickle weights: pass allow_pickle=True (--allow-pickle) if you "
                 "trust it." if not path.exists() and not allow_pickle else "")
         raise LeafError(f"Could not load {source!r}: {exc}.{hint}") from None
@@ -181,10 +208,11 @@ def model_summary(model: HookedModel) -> dict:
 
 def load_tokenizer(name_or_path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A model's (fast) tokenizer alone, e.g. for its chat template, without loading weights."""
-    source = str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().exists() else str(name_or_path)
+    source = resolve_source(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
+        _refuse_remote_code(source, exc)
         raise LeafError(f"Could not load the tokenizer of {source!r}: {exc}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise LeafError(f"The tokenizer of {source!r} is a slow (Python) tokenizer; leaf needs a fast one.")

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from leaf.errors import LeafError
 from leaf.options import doc
-from leaf.io import check_same_settings, save_safetensors_atomic, write_json_atomic, write_text_atomic
+from leaf.io import (FolderLock, check_output_folder, check_same_settings, save_safetensors_atomic,
+                     write_json_atomic, write_text_atomic)
 from leaf.teacher_scores import (INDEX, KIND, SCORES, TOKENIZER, TeacherScore, TeacherScores, score_key,
                                  text_digest)
 
@@ -106,6 +107,7 @@ class AnalyzeConfig:
             if getattr(self, name) is None:
                 raise LeafError(f"--{name} is required.")
         self.data, self.output = Path(self.data), Path(self.output)
+        check_output_folder(self.output, allow_nonempty=True)  # a file there: say so before loading models
         if self.teacher_scores is not None:
             self.teacher_scores = Path(self.teacher_scores)
         needs_student = not self.teacher_only or self.template == "student"  # own: the teacher's own template
@@ -187,7 +189,11 @@ def run_analyze(config: AnalyzeConfig, *, command: list[str] | None = None, prog
     Under `accelerate launch` (or torchrun) every process runs this: the windows are dealt out round-robin by
     index, each process writes its own windows' part files, and the main process merges them once all are done, so
     the output equals a one-process run's. Other processes return {"rank": N}."""
-    return Analyzer(config, command=command or sys.argv, progress=progress).run()
+    analyzer = Analyzer(config, command=command or sys.argv, progress=progress)
+    try:
+        return analyzer.run()
+    finally:
+        analyzer.lock.release()
 
 
 def part_path(output: Path, window: int, suffix: str) -> Path:
@@ -195,15 +201,18 @@ def part_path(output: Path, window: int, suffix: str) -> Path:
 
 
 def window_done(output: Path, window: int) -> bool:
-    """A window counts as done only when all three of its part files exist and read back."""
+    """A window counts as done only when its three part files exist, read back and agree with the counts file:
+    as many records as samples, the records' digest, as many tensors (a file that lost lines is redone)."""
     from safetensors import safe_open
 
     try:
-        json.loads(part_path(output, window, ".counts.json").read_text())
-        with safe_open(str(part_path(output, window, ".safetensors")), "pt"):
-            pass
-        lines = part_path(output, window, ".jsonl").read_text(encoding="utf-8").splitlines()
-        return all(json.loads(line) for line in lines)
+        counts = json.loads(part_path(output, window, ".counts.json").read_text())
+        with safe_open(str(part_path(output, window, ".safetensors")), "pt") as handle:
+            tensors = len(list(handle.keys()))
+        text = part_path(output, window, ".jsonl").read_text(encoding="utf-8")
+        lines = text.splitlines()
+        return (all(json.loads(line) for line in lines) and len(lines) == counts["samples"]
+                and tensors == counts["tensors"] and hashlib.sha256(text.encode()).hexdigest() == counts["sha256"])
     except Exception:  # missing, truncated or unreadable (safetensors raises its own types): redo the window
         return False
 
@@ -215,6 +224,12 @@ class Analyzer:
         self.config, self.command, self.progress = config, command, progress
         self.parts = config.output / "parts"
         self.engines: list = []  # vLLM engines (teacher, student), started on first use
+        self.lock = FolderLock(self.parts, "analyze")  # held by the main process from the first look at the folder
+
+    def take_lock(self, ranks) -> None:
+        """Refuse a second run on this folder; early (before loading models) when the folder is already a run's."""
+        if ranks.is_main_process and self.parts.is_dir():
+            self.lock.acquire()
 
     # -- output folder and resume -------------------------------------------------------------------------------
     def prepare_output(self, ranks, n_samples: int, n_windows: int) -> None:
@@ -237,6 +252,10 @@ class Analyzer:
         ranks.wait_for_everyone()
         if ranks.is_main_process:
             self.parts.mkdir(parents=True, exist_ok=True)
+            self.take_lock(ranks)
+            if not started and manifest.exists():  # another run claimed the folder while this one loaded models
+                raise LeafError(f"{config.output} was claimed by another leaf analyze run while this one started. "
+                                "Choose another --output, or pass --resume once that run is done.")
             write_json_atomic(manifest, fingerprint)
             # what the merge needs besides the parts, so that `leaf analyze --merge DIR` runs without the models
             write_json_atomic(self.parts / "run.json", {
@@ -293,6 +312,7 @@ class Analyzer:
         started = time.perf_counter()
         config = self.config
         ranks = processes(config.device)
+        self.take_lock(ranks)
         samples = to_samples(load_records(config.data), prompt_field=config.prompt_field,
                              response_field=config.response_field, id_field=config.id_field)
         if config.limit:
@@ -376,7 +396,9 @@ class Analyzer:
 
         config = self.config
         if resolve_backend(config.generator) == "vllm" and not self.engines:
-            self.engines = [VLLMGenerator(model, seed=config.seed) for model in (self.generating_teacher, self.student)]
+            self.engines = [VLLMGenerator(model, seed=config.seed, allow_pickle=config.allow_pickle,
+                                          trust_remote_code=config.trust_remote_code)
+                            for model in (self.generating_teacher, self.student)]
         engines = self.engines or [None, None]
         return [greedy_generate(model, heads[who], max_new_tokens=config.max_new_tokens,
                                 batch_size=config.batch_size, engine=engine)
@@ -544,12 +566,14 @@ class Analyzer:
         if config.verify:
             counts["counterfactuals_dropped"] = self.verify([rec for rec in records.values() if "units" in rec])
         # parts: tensors, then counts, then the jsonl that marks the window done (each file atomic)
+        lines = "".join(json.dumps(records[r], ensure_ascii=False) + "\n" for r in rows)
         save_safetensors_atomic(self.part_path(window, ".safetensors"), tensors)
         write_json_atomic(self.part_path(window, ".counts.json"),
                           {"counts": counts, "detection": {m: c.__dict__ for m, c in detection.items()},
                            "detection_exact": {m: c.__dict__ for m, c in exact.items()},
-                           "samples": len(rows), "seconds": time.perf_counter() - clock, "finished": time.time()})
-        lines = "".join(json.dumps(records[r], ensure_ascii=False) + "\n" for r in rows)
+                           "samples": len(rows), "tensors": len(tensors),
+                           "sha256": hashlib.sha256(lines.encode()).hexdigest(),
+                           "seconds": time.perf_counter() - clock, "finished": time.time()})
         write_text_atomic(self.part_path(window, ".jsonl"), lines)
 
     def teacher_scores_of(self, jobs) -> list:
@@ -670,10 +694,13 @@ def _merge_analysis(output: Path, config: dict, run_info: dict, parts: list, tim
     if counts["skipped_too_long"]:
         notes.append(f"{counts['skipped_too_long']} sample(s) longer than a model's context were skipped, "
                      "not truncated (status skipped_too_long in samples.jsonl)")
-    write_text_atomic(output / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_text_atomic(output / "samples.jsonl", text)
     save_safetensors_atomic(output / "scores.safetensors", tensors)
-    summary = {
+    summary = {  # written after the files it describes: its presence marks a finished run (leaf.analyze_output)
         "output": str(output), "counts": counts,
+        "files": {"samples.jsonl": {"records": len(records), "sha256": hashlib.sha256(text.encode()).hexdigest()},
+                  "scores.safetensors": {"tensors": len(tensors)}},
         "threshold": {"mode": config["threshold"], "tau": config["tau"], "quantile": config["quantile"],
                       "baseline_count": config["baseline_count"],
                       "mean_applied": sum(thresholds) / len(thresholds) if thresholds else None},

@@ -10,6 +10,7 @@ Flags mean the same in every command: --teacher, --student, --model, --data, --o
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Annotated
 import typer
 
 from leaf.errors import LeafError
+from leaf.io import check_output_folder
 from leaf.options import field_help
 from leaf.analyze import AGGREGATES, LEVELS, PRUNING, SPAN_UNITS, TEMPLATES, THRESHOLD_MODES, AnalyzeConfig
 from leaf.demo.run import DemoConfig
@@ -73,6 +75,15 @@ def user_errors(command):
         except LeafError as exc:
             typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" while writing {exc.filename}" if exc.filename else ""
+            typer.secho(f"Error: no space left on the device{where} ({exc.strerror}). Free space and rerun the same "
+                        "command (with --resume where it has one): outputs are written atomically, so every file "
+                        "already there is whole and a resumable run keeps its finished work.",
+                        fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
     return wrapper
 
 
@@ -87,7 +98,7 @@ Pruning = choices("Pruning", PRUNING)
 SpanUnit = choices("SpanUnit", SPAN_UNITS)
 Aggregate = choices("Aggregate", AGGREGATES)
 Template = choices("Template", TEMPLATES)
-Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2"))  # leaf.tiny_models.FAMILIES
+Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2", "gpt_neox"))  # leaf.tiny_models.FAMILIES
 Size = choices("Size", ("tiny", "small"))
 Method = choices("Method", ("grad", "grad_x_input"))
 Norm = choices("Norm", ("l2", "l1"))
@@ -246,6 +257,7 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
             response_field: Annotated[str | None, _d("response_field")] = None,
             id_field: Annotated[str, _d("id_field")] = "id",
             allow_pickle: AllowPickle = False,
+            trust_remote_code: Annotated[bool, _d("trust_remote_code")] = False,
             resume: Annotated[bool, _d("resume")] = False) -> None:
     """Distil the teacher into the student on originals and counterfactuals (the hybrid LeaF loss)."""
     from leaf.distill import run_distill
@@ -259,7 +271,8 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
         cache_teacher=cache_teacher, top_k=top_k, cache_only=cache_only, teacher_device_map=teacher_device_map,
         cross_tokenizer=cross_tokenizer, uld_weight=uld_weight, counterfactuals=counterfactuals,
         prompt_field=prompt_field,
-        response_field=response_field, id_field=id_field, allow_pickle=allow_pickle, resume=resume)
+        response_field=response_field, id_field=id_field, allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code, resume=resume)
     summary = run_distill(config)
     if summary.get("rank", 0) != 0:  # under accelerate launch / torchrun only the main process reports
         return
@@ -308,20 +321,29 @@ def serve(models: Annotated[list[str], typer.Option("--model", help=field_help(S
           openai: Annotated[bool, typer.Option("--openai", help="Instead of benchmarking: start vLLM's "
                                                "OpenAI-compatible server for the (first) model on 127.0.0.1 and "
                                                "keep it running until Ctrl-C.")] = False,
-          port: Annotated[int, typer.Option("--port", help="Port of the --openai server.")] = 8000) -> None:
+          port: Annotated[int, typer.Option("--port", help="Port of the --openai server.")] = 8000,
+          api_key: Annotated[str | None, typer.Option(
+              "--api-key", envvar="LEAF_API_KEY", help="--openai: require this bearer key on /v1 requests (vLLM's "
+              "--api-key; any local user can reach an open port). Or set LEAF_API_KEY.")] = None) -> None:
     """Benchmark models in vLLM (throughput, latency, accuracy) and measure their attention focus."""
     if openai:
         from leaf.serve import openai_server
 
-        process = openai_server.start(models[0], port, dtype=dtype, device=device, max_model_len=max_model_len,
-                                      tensor_parallel_size=tensor_parallel_size, seed=seed,
-                                      gpu_memory_utilization=gpu_memory_utilization)
+        log = output / "openai_server.log" if output is not None else None
+        if output is not None:
+            check_output_folder(output, allow_nonempty=True)
+            output.mkdir(parents=True, exist_ok=True)
+        process = openai_server.start(models[0], port, log=log, api_key=api_key, dtype=dtype, device=device,
+                                      max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+                                      seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         typer.echo(f"OpenAI-compatible server for {models[0]} at http://{openai_server.HOST}:{port}/v1 "
-                   "(model name: the path above). Ctrl-C stops it.")
-        try:
-            process.wait()
-        except KeyboardInterrupt:
-            openai_server.stop(process)
+                   f"(model name: the path above; log: {process.log}). Ctrl-C or SIGTERM stops it.")
+        code = openai_server.serve_until_stopped(process)
+        if code is not None:
+            raise LeafError(f"vLLM's OpenAI server exited on its own with code {code} (log: {process.log}):\n"
+                            f"{openai_server.log_tail(process.log)}")
+        typer.echo("stopped the server")
         return
     from leaf.serve.run import run_serve
 
@@ -483,13 +505,15 @@ def saliency(model: Model,
              output: Annotated[Path | None, typer.Option(
                  "--output", help=field_help(SaliencyReportConfig, "output"))] = None,
              device: Device = "cpu", dtype: Dtype = "float32", allow_pickle: AllowPickle = False,
+             trust_remote_code: Annotated[bool, typer.Option(
+                 help=field_help(SaliencyReportConfig, "trust_remote_code"))] = False,
              json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
     """Per-token gradient saliency and attention share of one prompt/response on one model."""
     from leaf.saliency_report import format_report, saliency_report
 
     config = SaliencyReportConfig(model=model, prompt=prompt, response=response, method=method.value,
                                   norm=norm.value, chat_template=chat_template, device=device, dtype=dtype,
-                                  allow_pickle=allow_pickle, output=output)
+                                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, output=output)
     report = saliency_report(config)
     typer.echo(json.dumps(report, indent=2) if json_out else format_report(report, top=top))
 

@@ -25,6 +25,26 @@ class Sample:
     record: dict  # the raw row, for gold fields and reference answers
 
 
+def check_utf8(path: Path) -> None:
+    """Text data must be UTF-8: name the file and the byte where it is not (datasets' own error does not)."""
+    import codecs
+
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                raise LeafError(f"{path} is not UTF-8 text (byte {offset + exc.start}: "
+                                f"{block[exc.start:exc.start + 1]!r}). Convert it, e.g. "
+                                f"`iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`.") from None
+            offset += len(block)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise LeafError(f"{path} is not UTF-8 text: it ends inside a multi-byte character.") from None
+
+
 def _check_jsonl(path: Path) -> None:
     """datasets' JSON errors do not name the line; find a malformed line ourselves first."""
     with open(path, encoding="utf-8") as handle:
@@ -64,6 +84,8 @@ def load_records(path: str | Path) -> list[dict]:
                             f"{', '.join(SUFFIXES)} or a saved dataset folder.")
         if path.stat().st_size == 0:
             raise LeafError(f"{str(path)!r} is empty: there are no samples to analyse.")
+        if kind in ("json", "csv"):
+            check_utf8(path)
         if path.suffix.lower() == ".jsonl":
             _check_jsonl(path)
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from leaf.distill_data import (Example, PairedData, build_examples, is_analyze_output, make_collator,
                                read_analyze_output, read_dataset)
 from leaf.errors import LeafError
-from leaf.io import check_same_settings, write_json_atomic, write_text_atomic
+from leaf.io import check_output_folder, check_same_settings, write_json_atomic, write_text_atomic
 from leaf.options import doc
 
 MODES = ("kd", "instr", "instr+resp")
@@ -77,12 +77,14 @@ class DistillConfig:
     response_field: str | None = field(default=None, metadata=doc("Response field of a plain dataset."))
     id_field: str = field(default="id", metadata=doc("Id field matching counterfactual rows to originals."))
     allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights."))
+    trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoints (only if trusted)."))
     resume: bool = field(default=False, metadata=doc("Continue from the last checkpoint in --output."))
 
     def __post_init__(self) -> None:
         from leaf.losses import get_divergence, lambda_at
 
         self.data, self.output = Path(self.data), Path(self.output)
+        check_output_folder(self.output, allow_nonempty=True)
         if self.cache_only:
             self.cache_teacher = True
         if self.counterfactuals is not None:
@@ -108,7 +110,7 @@ class DistillConfig:
                 raise LeafError(f"λ must stay in [0, 1]; {self.lam!r} gives {value} at step {step}.")
 
     def fingerprint(self) -> dict:
-        skip = {"output", "resume", "save_steps", "cache_only", "teacher_device_map"}
+        skip = {"output", "resume", "save_steps", "cache_only", "teacher_device_map", "trust_remote_code"}
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -166,6 +168,28 @@ def load_records_for(config: DistillConfig) -> tuple[list[dict], int]:
                         response_field=config.response_field, id_field=config.id_field)
 
 
+def load_checkpoint_weights(model, checkpoint: str | Path) -> None:
+    """Copy a saved checkpoint's weights into `model` in place, read the way from_pretrained reads them (key renames
+    and conversions applied, tied weights tied); LeafError if any key is missing, unexpected or of another shape."""
+    import torch
+    from accelerate.utils import extract_model_from_parallel
+
+    target = extract_model_from_parallel(model)
+    loaded, info = type(target).from_pretrained(str(checkpoint), dtype=next(target.parameters()).dtype,
+                                                output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    ours, theirs = target.state_dict(), loaded.state_dict()
+    if ours.keys() != theirs.keys():
+        problems["keys_differ"] = sorted(set(ours) ^ set(theirs))[:10]
+    if problems:
+        raise LeafError(f"Checkpoint {checkpoint} does not fit the student ({problems}). Resuming would train "
+                        "from partly random weights; start a new run (another --output) instead.")
+    with torch.no_grad():
+        for name, tensor in ours.items():
+            tensor.copy_(theirs[name])
+    del loaded
+
+
 def check_vocabularies_before_loading(config: DistillConfig) -> None:
     """The vocabulary check on tokenizers and configs alone, so that a mismatched pair fails in seconds instead of
     after both models load (the check on the loaded models, check_vocabularies, still runs)."""
@@ -173,11 +197,17 @@ def check_vocabularies_before_loading(config: DistillConfig) -> None:
 
     from leaf.hooks.loading import load_tokenizer
 
-    t_tok, s_tok = load_tokenizer(config.teacher), load_tokenizer(config.student)
+    from leaf.hooks.loading import resolve_source
+
+    trust = config.trust_remote_code
+    t_tok, s_tok = (load_tokenizer(config.teacher, trust_remote_code=trust),
+                    load_tokenizer(config.student, trust_remote_code=trust))
     sizes = []
     for path in (config.teacher, config.student):
         try:
-            sizes.append(getattr(AutoConfig.from_pretrained(path), "vocab_size", None))
+            config_ = AutoConfig.from_pretrained(resolve_source(path), trust_remote_code=trust)
+            config_ = config_.get_text_config() if hasattr(config_, "get_text_config") else config_
+            sizes.append(getattr(config_, "vocab_size", None))
         except (OSError, ValueError):
             sizes.append(None)  # load_model gives the full error
     t_size, s_size = sizes
@@ -316,12 +346,12 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     records, identical = load_records_for(config)
     if not config.cross_tokenizer and not (config.cache_teacher and (out / "teacher_cache" / "meta.json").exists()):
         check_vocabularies_before_loading(config)
-    student = load_model(config.student, device=config.device, dtype="float32", allow_pickle=config.allow_pickle)
+    student = load_model(config.student, device=config.device, dtype="float32", allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     vocab = student.hf_model.get_output_embeddings().weight.shape[0]
     teacher = None
     if config.cross_tokenizer:  # the teacher's own encoding is part of every example
         teacher = load_model(config.teacher, device=config.device, dtype=config.dtype,
-                             allow_pickle=config.allow_pickle, device_map=config.teacher_device_map)
+                             allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code, device_map=config.teacher_device_map)
     examples, dropped = build_examples(records, student.tokenizer, config.mode,
                                        config.max_length or student.max_length,
                                        teacher_tokenizer=teacher.tokenizer if teacher else None,
@@ -341,7 +371,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                             "write the cache first (`leaf distill ... --cache-only --teacher-device-map auto`), then "
                             "train under accelerate launch on the same --output.")
         teacher = load_model(config.teacher, device=config.device, dtype=config.dtype,
-                             allow_pickle=config.allow_pickle, device_map=config.teacher_device_map)
+                             allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code, device_map=config.teacher_device_map)
         check_vocabularies(teacher, student)
     matched = None
     if config.cross_tokenizer:
@@ -381,6 +411,15 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     terms: list[dict] = []
 
     class DistillTrainer(Trainer):
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            """The student's weights from a checkpoint through from_pretrained, which applies the key renames
+            transformers makes on load (GPT-NeoX's embed_out -> lm_head, ...); the Trainer's own loader reads the
+            file's keys as saved and silently skips a renamed one. Every key must match: a missing or unexpected
+            one is an error, never a warning. FSDP / DeepSpeed checkpoints keep the Trainer's loader."""
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            load_checkpoint_weights(model if model is not None else self.model, resume_from_checkpoint)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             lam = lambda_at(config.lam, self.state.global_step, self.state.max_steps)
             kd = dict(divergence=divergence, temperature=config.temperature, chunk_size=config.chunk_size)

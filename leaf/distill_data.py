@@ -43,27 +43,19 @@ class Example:
 
 
 def read_analyze_output(path: Path) -> list[dict]:
-    """The analysed samples of a `leaf analyze` folder (or its samples.jsonl)."""
-    file = path / "samples.jsonl" if path.is_dir() else path
-    if not file.exists():
-        raise LeafError(f"{str(path)!r} is not a `leaf analyze` output: no samples.jsonl. Run leaf analyze first, or "
-                        "pass its output folder.")
+    """The analysed samples of a finished `leaf analyze` folder (or its samples.jsonl)."""
+    from leaf.analyze_output import read_records, samples_file
+
     records = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LeafError(f"{file}: line {number} is not valid JSON ({exc.msg}).") from None
+    for number, record in enumerate(read_records(path), 1):
         missing = [k for k in ("prompt", "response", "status") if k not in record]
         if missing:
-            raise LeafError(f"{file}: line {number} lacks {', '.join(missing)}: not a leaf analyze record. For a "
-                            "plain dataset, pass --counterfactuals FILE (or --mode kd).")
+            raise LeafError(f"{samples_file(path)}: record {number} lacks {', '.join(missing)}: not a leaf analyze "
+                            "record. For a plain dataset, pass --counterfactuals FILE (or --mode kd).")
         if record["status"] == "ok":
             records.append(record)
     if not records:
-        raise LeafError(f"{file} holds no analysed samples (status ok): nothing to distil on.")
+        raise LeafError(f"{samples_file(path)} holds no analysed samples (status ok): nothing to distil on.")
     return records
 
 
@@ -72,8 +64,14 @@ def is_analyze_output(path: Path) -> bool:
         return (path / "samples.jsonl").exists()
     if path.name != "samples.jsonl" and path.suffix != ".jsonl":
         return False
-    with open(path, encoding="utf-8") as handle:
-        first = next((line for line in handle if line.strip()), "")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = next((line for line in handle if line.strip()), "")
+    except UnicodeDecodeError:
+        from leaf.data import check_utf8
+
+        check_utf8(path)  # raises, naming the byte
+        raise
     try:
         return isinstance(row := json.loads(first), dict) and {"row", "status", "prompt", "response"} <= set(row)
     except json.JSONDecodeError:

@@ -82,7 +82,8 @@ def hf_generate(model, texts: list[str], *, max_new_tokens: int = 256, batch_siz
 class VLLMGenerator:
     """One in-process vLLM engine for one model folder, reused across calls."""
 
-    def __init__(self, model, *, seed: int = 0, gpu_memory_utilization: float = 0.4) -> None:
+    def __init__(self, model, *, seed: int = 0, gpu_memory_utilization: float = 0.4, allow_pickle: bool = False,
+                 trust_remote_code: bool = False) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         on_cpu = model.device.type == "cpu"
         if on_cpu:
@@ -93,7 +94,8 @@ class VLLMGenerator:
         # the KV cache must hold one full sequence: cap the context (Llama 3's 131k would not fit 1 GiB on CPU)
         self.max_len = min(model.max_length or MAX_MODEL_LEN, MAX_MODEL_LEN)
         kwargs = dict(model=model.name, tokenizer=model.name, dtype=dtype, seed=seed, max_model_len=self.max_len,
-                      enforce_eager=on_cpu)
+                      enforce_eager=on_cpu, trust_remote_code=trust_remote_code,
+                      load_format="auto" if allow_pickle else "safetensors")  # leaf's loading policy in vLLM too
         if not on_cpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.model = model

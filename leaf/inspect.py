@@ -19,8 +19,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from leaf.analyze_output import read_records
 from leaf.errors import LeafError
-from leaf.io import write_json_atomic
+from leaf.io import check_output_folder, write_json_atomic
 from leaf.options import doc
 
 DEFAULT_COMPONENTS = ("resid", "attn", "mlp", "head")
@@ -62,6 +63,7 @@ class InspectConfig:
         from leaf.hooks.patching import COMPONENTS
 
         self.analyze, self.output = Path(self.analyze), Path(self.output)
+        check_output_folder(self.output, allow_nonempty=True)
         for component in self.components:
             if component not in COMPONENTS:
                 raise LeafError(f"Unknown --component {component!r}: use {', '.join(COMPONENTS)}.")
@@ -69,8 +71,9 @@ class InspectConfig:
             get_method(method)
         if self.count < 1 or self.ig_steps < 1 or self.batch_size < 1:
             raise LeafError("--count, --ig-steps and --batch-size must be at least 1.")
-        if not (self.analyze / "samples.jsonl").exists():
-            raise LeafError(f"{self.analyze} is not a finished `leaf analyze` folder (no samples.jsonl).")
+        from leaf.analyze_output import check_finished
+
+        check_finished(self.analyze)
 
 
 def _short(token: str) -> str:
@@ -110,7 +113,12 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
     from leaf.gold import token_gold
     from leaf.spans import remove_spans
 
-    records = [json.loads(line) for line in (config.analyze / "samples.jsonl").read_text().splitlines()]
+    records = read_records(config.analyze)
+    for number, record in enumerate(records, 1):  # rows become folder names: never a path from a file
+        row = record.get("row")
+        if not (isinstance(row, int) and not isinstance(row, bool) and row >= 0):
+            raise LeafError(f"{config.analyze}/samples.jsonl record {number}: 'row' must be a non-negative integer, "
+                            f"got {row!r}. The file is not as leaf analyze wrote it; rerun leaf analyze.")
     summary = json.loads((config.analyze / "summary.json").read_text())
     chosen = choose_samples(records, config.samples, config.count)
     if not chosen:

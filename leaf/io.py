@@ -10,6 +10,63 @@ from pathlib import Path
 from leaf.errors import LeafError
 
 
+def check_output_folder(path: str | Path, *, flag: str = "--output", allow_nonempty: bool = False) -> Path:
+    """A folder a command may create and fill: not a file, not under a file, and (unless allow_nonempty) absent or
+    empty. Raises LeafError naming the problem; nothing is created or changed."""
+    path = Path(path)
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == path else f"lies under {parent}, which is a file"
+            raise LeafError(f"{flag} {path} {where}. Give a folder path (nothing was overwritten).")
+    if path.exists() and not allow_nonempty and any(path.iterdir()):
+        raise LeafError(f"{path} exists and is not empty. Choose a new {flag} (nothing was overwritten).")
+    return path
+
+
+def read_text(file: str | Path) -> str:
+    """A text file as UTF-8; LeafError naming the file and the byte where decoding failed."""
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LeafError(f"{file} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}). "
+                        "Convert it, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`.") from None
+
+
+class FolderLock:
+    """An exclusive lock on a run's folder (flock on FOLDER/.lock, which holds the owner's PID and host): a second run
+    on the same folder is refused instead of redoing the same work. The kernel drops the lock when its process dies,
+    however it dies, so a lock left by a dead run never blocks (the file may stay; it is not the lock)."""
+
+    def __init__(self, folder: str | Path, what: str) -> None:
+        self.path, self.what, self.fd = Path(folder) / ".lock", what, None
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+        import socket
+
+        if self.fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LeafError(f"{self.path.parent.parent if self.path.parent.name == 'parts' else self.path.parent} is "
+                            f"in use by another running leaf {self.what} (PID, host: {owner}). Wait for it to finish "
+                            "or stop it, then rerun; two runs on one folder would redo the same work.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
 def write_bytes_atomic(path: str | Path, write) -> Path:
     """Call write(tmp_path) for a temporary file in the same folder, fsync it, rename it over `path`, fsync the
     folder: after a crash the file is either the old one or the complete new one."""

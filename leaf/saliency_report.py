@@ -27,6 +27,7 @@ class SaliencyReportConfig:
     device: str = field(default="cpu", metadata=doc("torch device, e.g. cpu, cuda, cuda:1."))
     dtype: str = field(default="float32", metadata=doc("float32, bfloat16, float16 or auto."))
     allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights. Only for trusted files."))
+    trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoint (only if trusted)."))
     output: Path | None = field(default=None, metadata=doc("Write the report as JSON here."))
 
     def __post_init__(self) -> None:
@@ -38,7 +39,8 @@ def saliency_report(config: SaliencyReportConfig) -> dict:
     """Tokens of the prompt with their min-max normalised saliency and the response's attention share on each."""
     from leaf.hooks import HookPlan, encode_prompt_response, load_model, model_summary, run  # heavy: nnsight
 
-    model = load_model(config.model, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle)
+    model = load_model(config.model, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
+                       trust_remote_code=config.trust_remote_code)
     enc = encode_prompt_response(model.tokenizer, config.prompt, config.response, chat_template=config.chat_template)
     n = len(enc.input_ids)
     key_masks = {"prompt": [enc.prompt_mask]}

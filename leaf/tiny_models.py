@@ -24,6 +24,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GPT2Config,
+    GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
     PreTrainedTokenizerFast,
@@ -31,6 +32,7 @@ from transformers import (
 )
 
 from leaf.errors import LeafError
+from leaf.io import check_output_folder
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -65,7 +67,7 @@ SIZES: dict[str, TinySize] = {
                       max_positions=2048),
 }
 
-FAMILIES = ("llama", "qwen2", "mistral", "gpt2")
+FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "gpt_neox")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -147,13 +149,19 @@ def _config(family: str, size: TinySize, vocab_size: int, tok: PreTrainedTokeniz
         return Qwen2Config(tie_word_embeddings=True, use_sliding_window=False, **common)
     if family == "mistral":
         return MistralConfig(tie_word_embeddings=False, sliding_window=size.max_positions, **common)
+    if family == "gpt_neox":  # Pythia's layout: untied `embed_out` (renamed to lm_head on load), partial rotary
+        return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
+                             num_attention_heads=size.num_heads, intermediate_size=size.intermediate_size,
+                             max_position_embeddings=size.max_positions, tie_word_embeddings=False, **ids)
     raise LeafError(f"Unknown tiny model family {family!r}. Available: {', '.join(FAMILIES)}.")
 
 
 def build_tiny_model(family: str, output_dir: str | Path, *, seed: int = 0, size: str | TinySize = "tiny",
                      vocab_size: int | None = None, dtype: torch.dtype = torch.float32,
-                     tokenizer: str = "byte") -> Path:
+                     tokenizer: str = "byte", overwrite: bool = False) -> Path:
     """Build a random `family` causal LM with the byte tokenizer and save it as a HF folder; returns the folder.
+
+    A non-empty `output_dir` is refused (it may hold trained weights) unless overwrite=True.
 
     Deterministic: the same (family, size, seed, vocab_size) gives bit-identical weights. `vocab_size` defaults to
     the tokenizer's size rounded up to a multiple of 8 (the logit matrix is padded, as in real checkpoints).
@@ -168,8 +176,8 @@ def build_tiny_model(family: str, output_dir: str | Path, *, seed: int = 0, size
                         "Use hidden_size >= 32 * num_heads.")
     if tokenizer not in TOKENIZERS:
         raise LeafError(f"Unknown tokenizer {tokenizer!r}. Available: {', '.join(TOKENIZERS)}.")
+    output_dir = check_output_folder(output_dir, allow_nonempty=overwrite)
     tok = TOKENIZERS[tokenizer]()
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # AutoTokenizer may load a family's own class that adds tokens (Qwen2Tokenizer adds <|endoftext|>): size the
     # logit matrix from what a user will actually load, so that every token id has a row.

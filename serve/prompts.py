@@ -94,11 +94,10 @@ def from_analyze(folder: Path, *, limit: int | None = None) -> list[Problem]:
     from leaf.answers import extract_answer
     from leaf.spans import remove_spans
 
+    from leaf.analyze_output import read_records
+
     problems = []
-    for line in (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    for record in read_records(folder):
         if record.get("status") != "ok":
             continue
         prompt, response = record["prompt"], record["response"]

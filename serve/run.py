@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from leaf.errors import LeafError
+from leaf.io import check_output_folder
 from leaf.options import doc
 
 BACKENDS = ("auto", "vllm", "hf")
@@ -59,7 +60,7 @@ class ServeConfig:
     trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoint (only if trusted)."))
 
     def __post_init__(self) -> None:
-        self.output = Path(self.output)
+        self.output = check_output_folder(self.output, allow_nonempty=True)
         self.data = Path(self.data) if self.data is not None else None
         checks = [
             (bool(self.models), "Give at least one --model."),
@@ -158,6 +159,12 @@ def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
                        gpu_memory_utilization=config.gpu_memory_utilization, batch_size=config.batch_size,
                        allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
     names = config.model_names()
+    from leaf.hooks.loading import check_local_folder, resolve_source
+
+    for path in config.models:  # before any model loads, for every backend: paths and the loading policy
+        source = resolve_source(path)
+        if Path(source).exists():
+            check_local_folder(Path(source), config.allow_pickle)
     if config.chat_template and problems:  # before any model loads: each model's chat template
         from leaf.hooks.loading import load_tokenizer
 

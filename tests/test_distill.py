@@ -109,6 +109,7 @@ def test_bad_input(setup, tmp_path):
     empty.mkdir()
     (empty / "samples.jsonl").write_text(json.dumps({"prompt": "p", "response": "r", "status": "skipped_too_long"})
                                          + "\n")
+    (empty / "summary.json").write_text("{}")  # a finished run (one written before summaries held a digest)
     with pytest.raises(LeafError, match="holds no analysed samples"):
         run_distill(_config(setup, tmp_path / "b", data=empty), progress=False)
     with pytest.raises(LeafError, match="no samples.jsonl"):

@@ -88,9 +88,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def read_records(folder: Path) -> list[dict]:
-    """The analysed samples (status ok) of a leaf analyze folder."""
-    lines = (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-    return [r for r in map(json.loads, filter(None, lines)) if r.get("status") == "ok"]
+    """The analysed samples (status ok) of a finished leaf analyze folder."""
+    from leaf.analyze_output import read_records as read_all
+
+    return [r for r in read_all(folder) if r.get("status") == "ok"]
 
 
 def counterfactual_rows(records: list[dict]) -> list[dict]:

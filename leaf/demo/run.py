@@ -34,6 +34,7 @@ from pathlib import Path
 
 from leaf.demo.experiment import SETTING_NAMES, SETTINGS, VARIANT_NAMES, VARIANTS, Setting, Variant
 from leaf.errors import LeafError
+from leaf.io import check_output_folder
 from leaf.options import doc
 
 ASSET_TEACHER = Path(__file__).parent / "assets" / "teacher"
@@ -79,7 +80,7 @@ class DemoConfig:
     device: str = field(default="cpu", metadata=doc("cpu or cuda."))
 
     def __post_init__(self) -> None:
-        self.output = Path(self.output)
+        self.output = check_output_folder(self.output, allow_nonempty=True)
         unknown = [s for s in self.settings if s not in SETTING_NAMES]
         checks = [
             (not (self.quick and self.full), "Give --quick or --full, not both."),
