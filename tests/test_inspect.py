@@ -70,6 +70,6 @@ def test_inspect_defaults_and_errors(analyzed, tmp_path):
                                               "patching_resid_reverse.png", "head_focus.json", "head_focus.png",
                                               "attributions.json", "attributions.png"])
     missing = runner.invoke(app, ["inspect", "--analyze", str(tmp_path), "--output", str(out)])
-    assert missing.exit_code == 1 and "not a finished `leaf analyze` folder" in missing.output
+    assert missing.exit_code == 1 and "is not a `leaf analyze` output: no samples.jsonl" in missing.output
     bad_row = runner.invoke(app, ["inspect", "--analyze", str(folder), "--output", str(out), "--sample", "99"])
     assert bad_row.exit_code == 1 and "No row 99" in bad_row.output

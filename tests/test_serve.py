@@ -232,8 +232,8 @@ def test_bad_input(pair, tmp_path):
         (broken / name).write_bytes((tmp_path / "odd" / name).read_bytes())
     (broken / "config.json").write_text((tmp_path / "odd" / "config.json").read_text().replace(
         '"hidden_size": 96', '"hidden_size": 64').replace('"head_dim": 48', '"head_dim": 32'))
-    with pytest.raises(LeafError, match="vLLM could not load"):
-        VLLMEngine(str(broken))  # no weights
+    with pytest.raises(LeafError, match=r"has a config.json but no weights \(\*.safetensors\)"):
+        VLLMEngine(str(broken))  # no weights: refused before vLLM starts
     with pytest.raises(LeafError, match="No prompts"):
         ServeConfig(models=[student], output=tmp_path / "o")
     empty = tmp_path / "empty.jsonl"
