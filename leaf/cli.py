@@ -33,8 +33,25 @@ from leaf.serve.run import BACKENDS as SERVE_BACKENDS, ServeConfig
 
 app = typer.Typer(
     name="leaf", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="LeaF: find the confounding tokens a student leans on but its teacher ignores, prune them into "
          "counterfactuals, and distil the teacher's focus into the student.")
+
+def _version(value: bool) -> None:
+    if value:
+        from leaf import __version__
+
+        typer.echo(f"leaf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print leaf's version and exit.")] = False) -> None:
+    """LeaF: find the confounding tokens a student leans on but its teacher ignores, prune them into
+    counterfactuals, and distil the teacher's focus into the student."""
+
+
 
 # The shared flags: one meaning everywhere.
 Teacher = Annotated[str, typer.Option("--teacher", help="Teacher model: local HF folder or hub id.")]
@@ -122,7 +139,7 @@ def ConfigOption(section: str):
             ctx.default_map = {**(ctx.default_map or {}), **values}
         return value
     return typer.Option("--config", is_eager=True, callback=load, help=f"A recipe file (TOML or YAML, see recipes/) "
-                        f"whose [{section}] section sets these flags; flags given on the command line override it.")
+                        f"whose \\[{section}] section sets these flags; flags given on the command line override it.")
 
 
 def _a(name: str, *flags: str, **kwargs):

@@ -9,5 +9,8 @@ def doc(text: str) -> dict:
 
 
 def field_help(config_class, name: str) -> str:
-    """The help text a config dataclass carries for one field."""
-    return config_class.__dataclass_fields__[name].metadata["help"]
+    """The help text a config dataclass carries for one field, escaped for typer's rich help ("[start, end]" would
+    otherwise be read as markup and vanish)."""
+    from rich.markup import escape
+
+    return escape(config_class.__dataclass_fields__[name].metadata["help"])

@@ -19,6 +19,17 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
+def test_version_short_help_and_brackets_in_help():
+    from leaf import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"leaf {__version__}"
+    short = runner.invoke(app, ["analyze", "-h"], env={"COLUMNS": "250"})
+    assert short.exit_code == 0 and "--teacher" in short.output
+    # rich markup used to swallow bracketed text ("whose  section", "a list of  spans")
+    assert "whose [analyze] section" in short.output and "list of [start, end]" in short.output
+
+
 def test_serve_without_prompts_is_a_clear_error():
     result = runner.invoke(app, ["serve", "--model", "x", "--output", "y"])
     assert result.exit_code == 1 and "No prompts" in result.output and "Traceback" not in result.output

@@ -1,0 +1,53 @@
+"""The README's CLI tour runs as written: the first command block of "A tour of the CLI" and of the analyze, distill
+and serve sections, executed in order in a clean folder. Only sizes shrink (tiny models, 4 samples, 2 steps, 8 new
+tokens); optional flags shown in [brackets] are left out."""
+
+import re
+import shlex
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from leaf.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("## A tour of the CLI", "## `leaf analyze`", "## `leaf distill`", "## `leaf serve`")
+SMALLER = [(r"--size small", ""), (r"--limit \d+", "--limit 4"), (r"--max-steps \d+", "--max-steps 2")]
+SERVE_LIMITS = ["--limit", "4", "--max-tokens", "8", "--iterations", "1", "--warmup", "0", "--focus-samples", "1"]
+
+
+def tour_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    commands = []
+    for heading in SECTIONS:
+        start = readme.index(heading)
+        block = readme[readme.index("```bash\n", start) + 8: readme.index("```", readme.index("```bash\n", start) + 8)]
+        text = re.sub(r"\\\n\s*", " ", block)                      # join continued lines
+        for line in text.splitlines():
+            line = re.sub(r"\s+#.*$", "", line)                      # trailing comments
+            line = re.sub(r"\[[^\]]*\]", "", line).strip()            # optional flags
+            if line.startswith("leaf ") and "--openai" not in line:
+                for pattern, replacement in SMALLER:
+                    line = re.sub(pattern, replacement, line)
+                commands.append(line)
+    return commands
+
+
+def test_the_tour_blocks_are_found():
+    names = [shlex.split(c)[1] for c in tour_commands()]
+    assert names == ["tiny-model", "saliency", "tiny-model", "tiny-model", "analyze", "distill", "serve"], names
+
+
+def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "data").symlink_to(ROOT / "tests" / "data")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for command in tour_commands():
+        args = shlex.split(command)[1:]
+        if args[0] == "serve":
+            args += SERVE_LIMITS
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, f"{command}\n{result.output}"
+    assert (tmp_path / "runs" / "serve" / "results.json").exists()
+    assert (tmp_path / "runs" / "distill" / "final" / "model.safetensors").exists()
