@@ -232,14 +232,10 @@ class Analyzer:
             self.lock.acquire()
 
     # -- output folder and resume -------------------------------------------------------------------------------
-    def prepare_output(self, ranks, n_samples: int, n_windows: int) -> None:
-        """Check the folder (never overwrite another run; --resume only with the same settings), then claim it.
-        Called after models and data loaded, so a typo in an argument leaves nothing behind. Every process
-        checks before the main one writes."""
-        import time
-
+    def check_output(self, fingerprint: dict) -> bool:
+        """Never overwrite another run; --resume only with the same settings and data. Needs no model, so it runs
+        before any loads (and again when the folder is claimed). Returns whether the folder holds this run."""
         config, manifest = self.config, self.parts / "manifest.json"
-        fingerprint = config.fingerprint()
         started = manifest.exists()  # claimed: even before its first window (a teacher-only run has tokenizer/)
         if started:
             if not config.resume:
@@ -249,6 +245,17 @@ class Analyzer:
         elif config.output.exists() and any(p for p in config.output.iterdir() if p != self.parts):
             raise LeafError(f"{config.output} exists and is not empty. Choose a new --output (nothing was "
                             "overwritten).")
+        return started
+
+    def prepare_output(self, ranks, n_samples: int, n_windows: int) -> None:
+        """Check the folder (never overwrite another run; --resume only with the same settings), then claim it.
+        Called after models and data loaded, so a typo in an argument leaves nothing behind. Every process
+        checks before the main one writes."""
+        import time
+
+        config, manifest = self.config, self.parts / "manifest.json"
+        fingerprint = config.fingerprint()
+        started = self.check_output(fingerprint)  # again: the folder may have changed while models loaded
         ranks.wait_for_everyone()
         if ranks.is_main_process:
             self.parts.mkdir(parents=True, exist_ok=True)
@@ -317,12 +324,13 @@ class Analyzer:
                              response_field=config.response_field, id_field=config.id_field)
         if config.limit:
             samples = samples[: config.limit]
+        for sample in samples:  # gold fields checked up front, before any model loads
+            self.gold_spans(sample)
+        self.check_output(config.fingerprint())  # an existing folder or other settings: said before loading
         share = gpu_share(ranks) if config.device_map == "auto" and ranks.num_processes > 1 else None
         self.load_models(process_device(config.device, ranks, share), share)
         self.notes: list[str] = []
         self.render_all(samples)
-        for sample in samples:  # gold fields checked up front, not in the middle of the run
-            self.gold_spans(sample)
         if isinstance(self.teacher, TeacherScores):
             self.teacher.check_covers([t.text for t in self.rendered_teacher], [s.id for s in samples])
         windows = [list(range(i, min(i + config.window, len(samples)))) for i in range(0, len(samples), config.window)]

@@ -414,3 +414,29 @@ def test_a_server_that_dies_is_reported_with_its_code_and_log(analyzed, tmp_path
     result = runner.invoke(app, ["serve", "--openai", "--model", analyzed[1], "--port", str(_free_port())])
     assert result.exit_code == 1, result.output
     assert "exited on its own with code 3" in result.output and "the last words of the server" in result.output
+
+
+def test_checks_that_need_no_model_run_before_any_model_loads(analyzed, rows, tmp_path):
+    """An existing output folder, --resume with other settings, a typo in --gold-pair or --prompt-field: each is
+    said before a model loads (with a 70B teacher each used to cost minutes)."""
+    teacher, student, out = analyzed
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    cases = [
+        (dict(output=taken), "exists and is not empty"),
+        (dict(output=resumed), "already holds an analyze run. Pass --resume"),
+        (dict(output=resumed, resume=True, quantile=0.2), "differs in: quantile"),
+        (dict(output=tmp_path / "a", gold_pair="question,seed_questoin"), "no field 'seed_questoin'"),
+        (dict(output=tmp_path / "b", prompt_field="questoin"), "no field 'questoin'"),
+    ]
+    for overrides, message in cases:
+        settings = dict(teacher=teacher, student=student, data=rows, window=3, threshold="quantile", quantile=0.1)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("leaf.hooks.load_model", lambda *a, **k: pytest.fail("a model was loaded first"))
+            patch.setattr("leaf.hooks.loading.load_model", lambda *a, **k: pytest.fail("a model was loaded first"))
+            with pytest.raises(LeafError, match=message):
+                run_analyze(AnalyzeConfig(**{**settings, **overrides}), progress=False)
+    assert (taken / "notes.txt").read_text() == "mine" and not (tmp_path / "a").exists()
