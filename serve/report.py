@@ -13,20 +13,30 @@ def _f(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _pm(figures: dict, key: str, std_key: str | None = None) -> str:
+    """A figure with its spread: `mean ± std` (throughputs: `KEY_std`; latencies: `std_NAME_ms`)."""
+    value, std = figures.get(key), figures.get(std_key or f"{key}_std")
+    return _f(value) + (f" ± {_f(std, 2)}" if value is not None and std is not None else "")
+
+
 def markdown(results: dict) -> str:
     models = results["models"]
     lines = ["# leaf serve results", ""]
     engines = {m["engine"]["engine"] for m in models.values()}
     lines += [f"Engine: {', '.join(sorted(engines))}. Baseline of the ratios: `{results['comparisons']['baseline']}`.",
               ""]
-    lines += ["| model | prompts | req/s | output tok/s | mean TTFT ms | p99 TPOT ms | mean E2E ms | accuracy |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["↑ higher is better, ↓ lower is better; ± is the run-to-run std over --iterations (throughputs) or "
+              "over requests (latencies).", "",
+              "| model | prompts | req/s ↑ | output tok/s ↑ | output tokens | mean TTFT ms ↓ | p99 TPOT ms ↓ | "
+              "mean E2E ms ↓ | accuracy ↑ |", "|---|---|---|---|---|---|---|---|---|"]
     for name, entry in models.items():
         for set_name, m in entry["sets"].items():
             acc = f"{m['accuracy']:.3f} ({m['correct']}/{m['scored']})" if "accuracy" in m else "-"
-            lines.append(f"| {name} | {set_name} ({m['completed'] // m.get('iterations', 1)}) | "
-                         f"{_f(m['requests_per_second'])} | {_f(m['output_throughput'])} | {_f(m.get('mean_ttft_ms'))} |"
-                         f" {_f(m.get('p99_tpot_ms'))} | {_f(m.get('mean_e2el_ms'))} | {acc} |")
+            runs = m.get("iterations", 1)
+            lines.append(f"| {name} | {set_name} ({m['completed'] // runs}) | "
+                         f"{_pm(m, 'requests_per_second')} | {_pm(m, 'output_throughput')} | "
+                         f"{m['total_output_tokens'] // runs} | {_pm(m, 'mean_ttft_ms', 'std_ttft_ms')} |"
+                         f" {_f(m.get('p99_tpot_ms'))} | {_pm(m, 'mean_e2el_ms', 'std_e2el_ms')} | {acc} |")
     focus = {n: e["attention_focus"] for n, e in models.items() if e.get("attention_focus")}
     if focus:
         lines += ["", "Attention focus: share of the response's attention to the instruction that lands off the "
@@ -36,8 +46,9 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {f['focus']:.4f} | {f['wasted']:.4f} | {f['token_share']:.4f} | {f['samples']} |")
     comp = results["comparisons"]
     if comp["vs_baseline"]:
-        lines += ["", f"Against `{comp['baseline']}` (ratio model / baseline):", "",
-                  "| model | prompts | req/s | output tok/s | mean E2E | accuracy Δ |", "|---|---|---|---|---|---|"]
+        lines += ["", f"Against `{comp['baseline']}` (ratio model / baseline; ↑: above 1 is better, ↓: below 1 is "
+                  "better):", "", "| model | prompts | req/s ↑ | output tok/s ↑ | mean E2E ↓ | accuracy Δ ↑ |",
+                  "|---|---|---|---|---|---|"]
         for name, row in comp["vs_baseline"].items():
             for set_name, r in row.items():
                 if set_name == "attention_focus":
@@ -49,11 +60,18 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {name} | attention focus | {a['baseline']:.4f} → {a['model']:.4f} "
                              f"({a['relative_change']:+.2%}) | | | |")
     if comp["pruned_vs_original"]:
-        lines += ["", "Pruned vs original prompts (detected confounders removed):", "",
-                  "| model | req/s speedup | E2E speedup | input-token ratio |", "|---|---|---|---|"]
+        lines += ["", "Pruned vs original prompts (detected confounders removed; speedups ↑, above 1 is faster; "
+                  "± the run-to-run spread; output tokens per run, since shorter answers are faster too):", "",
+                  "| model | req/s speedup ↑ | E2E speedup ↑ | input-token ratio | output tokens original → pruned |",
+                  "|---|---|---|---|---|"]
         for name, r in comp["pruned_vs_original"].items():
-            lines.append(f"| {name} | {_f(r['speedup_requests_per_second'])} | {_f(r['speedup_mean_e2el'])} | "
-                         f"{_f(r['input_token_ratio'])} |")
+            speedup, spread = r["speedup_requests_per_second"], r.get("speedup_requests_per_second_std")
+            shown = _f(speedup) + (f" ± {_f(spread)}" if spread is not None else "")
+            if r.get("speedup_distinct_from_1") is False:
+                shown += " (within noise of 1.0)"
+            tokens = r.get("output_tokens") or {}
+            lines.append(f"| {name} | {shown} | {_f(r['speedup_mean_e2el'])} | {_f(r['input_token_ratio'])} | "
+                         f"{_f(tokens.get('original'))} → {_f(tokens.get('pruned'))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -223,6 +223,16 @@ def _serve_one(name, path, problems, focus_items, config, engine_args, generatio
     return entry
 
 
+def speedup_spread(speedup: float | None, new: dict, old: dict, key: str = "requests_per_second") -> float | None:
+    """Std of a throughput ratio new/old from each side's run-to-run std (first-order error propagation)."""
+    import math
+
+    if speedup is None or not new.get(key) or not old.get(key):
+        return None
+    relative = math.hypot(new.get(f"{key}_std", 0.0) / new[key], old.get(f"{key}_std", 0.0) / old[key])
+    return speedup * relative
+
+
 def comparisons(models: dict) -> dict:
     """Ratios: every model against the first (per prompt set), pruned vs original per model, focus changes."""
     from leaf.serve.metrics import ratio
@@ -250,9 +260,20 @@ def comparisons(models: dict) -> dict:
     for name, entry in models.items():
         original, pruned = entry["sets"].get("original"), entry["sets"].get("pruned")
         if original and pruned:
+            speedup = ratio(pruned["requests_per_second"], original["requests_per_second"])
+            spread = speedup_spread(speedup, pruned, original)
             out["pruned_vs_original"][name] = {
-                "speedup_requests_per_second": ratio(pruned["requests_per_second"], original["requests_per_second"]),
+                "speedup_requests_per_second": speedup,
+                # run-to-run spread of the speedup (the two throughputs' relative std combined): a speedup whose
+                # spread reaches 1.0 is not told apart from noise
+                "speedup_requests_per_second_std": spread,
+                "speedup_distinct_from_1": (None if speedup is None or spread is None
+                                            else abs(speedup - 1) > spread),
                 "speedup_mean_e2el": ratio(original["mean_e2el_ms"], pruned["mean_e2el_ms"]),
                 "input_token_ratio": ratio(original["total_input_tokens"], pruned["total_input_tokens"]),
+                # fewer output tokens also speeds a set up: the speedup is only about pruning at equal output
+                "output_tokens": {"original": original["total_output_tokens"],
+                                  "pruned": pruned["total_output_tokens"]},
+                "output_token_ratio": ratio(original["total_output_tokens"], pruned["total_output_tokens"]),
             }
     return out

@@ -70,6 +70,17 @@ def _sane(figures: dict) -> None:
     assert figures["mean_ttft_ms"] <= figures["mean_e2el_ms"]
 
 
+def test_the_speedup_spread_combines_both_sides():
+    from leaf.serve.run import speedup_spread
+
+    new = {"requests_per_second": 8.58, "requests_per_second_std": 5.15}
+    old = {"requests_per_second": 5.1, "requests_per_second_std": 0.5}
+    speedup = 8.58 / 5.1
+    spread = speedup_spread(speedup, new, old)
+    assert spread == pytest.approx(speedup * ((5.15 / 8.58) ** 2 + (0.5 / 5.1) ** 2) ** 0.5)
+    assert abs(speedup - 1) < spread  # the 1.68x: within noise of 1.0
+
+
 def test_vllm_greedy_equals_hf_greedy_and_metrics_are_sane(pair):
     student = pair[0]
     hf = HFEngine(student, batch_size=3)
@@ -190,6 +201,12 @@ def test_leaf_serve_writes_the_results_folder(pair, tmp_path):
         / results["models"]["student"]["sets"]["original"]["output_throughput"])
     pruned = comp["pruned_vs_original"]["student"]
     assert pruned["input_token_ratio"] > 1  # the detected spans were removed
+    sets = results["models"]["student"]["sets"]
+    assert pruned["output_tokens"] == {"original": sets["original"]["total_output_tokens"],
+                                       "pruned": sets["pruned"]["total_output_tokens"]}
+    assert pruned["speedup_requests_per_second_std"] is not None and pruned["speedup_requests_per_second_std"] >= 0
+    text = (out / "results.md").read_text()
+    assert "req/s ↑" in text and "mean E2E ms ↓" in text and "output tokens original → pruned" in text
     generations = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert {g["set"] for g in generations} == {"original", "clean", "pruned", "random"}
     import matplotlib.image
