@@ -275,6 +275,7 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
             id_field: Annotated[str, _d("id_field")] = "id",
             allow_pickle: AllowPickle = False,
             trust_remote_code: Annotated[bool, _d("trust_remote_code")] = False,
+            logging_steps: Annotated[int, _d("logging_steps")] = 10,
             resume: Annotated[bool, _d("resume")] = False) -> None:
     """Distil the teacher into the student on originals and counterfactuals (the hybrid LeaF loss)."""
     from leaf.distill import run_distill
@@ -289,7 +290,7 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
         cross_tokenizer=cross_tokenizer, uld_weight=uld_weight, counterfactuals=counterfactuals,
         prompt_field=prompt_field,
         response_field=response_field, id_field=id_field, allow_pickle=allow_pickle,
-        trust_remote_code=trust_remote_code, resume=resume)
+        trust_remote_code=trust_remote_code, logging_steps=logging_steps, resume=resume)
     summary = run_distill(config)
     if summary.get("rank", 0) != 0:  # under accelerate launch / torchrun only the main process reports
         return

@@ -78,6 +78,8 @@ class DistillConfig:
     id_field: str = field(default="id", metadata=doc("Id field matching counterfactual rows to originals."))
     allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights."))
     trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoints (only if trusted)."))
+    logging_steps: int = field(default=10, metadata=doc(
+        "Print step, losses, λ, lr and tokens/s on stderr every N steps (and at the last); 0: never."))
     resume: bool = field(default=False, metadata=doc("Continue from the last checkpoint in --output."))
 
     def __post_init__(self) -> None:
@@ -91,6 +93,7 @@ class DistillConfig:
             self.counterfactuals = Path(self.counterfactuals)
         checks = [
             (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}."),
+            (self.logging_steps >= 0, f"--logging-steps must be 0 or more, got {self.logging_steps}."),
             (self.max_steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
              "--max-steps, --batch-size and --grad-accum must be at least 1."),
             (self.temperature > 0, f"--temperature must be positive, got {self.temperature}."),
@@ -110,7 +113,8 @@ class DistillConfig:
                 raise LeafError(f"λ must stay in [0, 1]; {self.lam!r} gives {value} at step {step}.")
 
     def fingerprint(self) -> dict:
-        skip = {"output", "resume", "save_steps", "cache_only", "teacher_device_map", "trust_remote_code"}
+        skip = {"output", "resume", "save_steps", "cache_only", "teacher_device_map", "trust_remote_code",
+                "logging_steps"}
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -166,6 +170,21 @@ def load_records_for(config: DistillConfig) -> tuple[list[dict], int]:
                         "nothing to prune: pass --counterfactuals FILE, run leaf analyze on it first, or use --mode kd.")
     return read_dataset(config.data, config.counterfactuals, prompt_field=config.prompt_field,
                         response_field=config.response_field, id_field=config.id_field)
+
+
+def print_progress_line(line: dict, max_steps: int) -> None:
+    """One human line per --logging-steps on stderr, above the progress bar (stdout stays machine-readable)."""
+    import sys
+
+    from tqdm import tqdm
+
+    cf = line["kd_counterfactual"]
+    text = (f"step {line['step']}/{max_steps}  kd_original {line['kd_original']:.4f}"
+            + (f"  kd_counterfactual {cf:.4f}" if cf is not None else "")
+            + (f"  λ {line['lambda']:.2f}" if line["lambda"] is not None else "")
+            + (f"  lr {line['lr']:.2e}" if line["lr"] is not None else "")
+            + f"  {line['tokens_per_second']:.0f} tok/s")
+    tqdm.write(text, file=sys.stderr)
 
 
 def load_checkpoint_weights(model, checkpoint: str | Path) -> None:
@@ -533,6 +552,9 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                 for key, value in line.items():
                     if key != "step" and value is not None:
                         self.board.add_scalar(f"leaf/{key}", value, state.global_step)
+            every = config.logging_steps
+            if every and (state.global_step % every == 0 or state.global_step == state.max_steps):
+                print_progress_line(line, state.max_steps)
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.board is not None:
@@ -557,6 +579,15 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
                              data_collator=make_collator(student.pad_token_id,
                                                          teacher.pad_token_id if teacher is not None else None),
                              callbacks=[JsonlLog()])
+    if progress:  # the bar on stderr; its on_log printed the Trainer's final dict to stdout, which carries only JSON
+        from transformers.trainer_callback import ProgressCallback
+
+        class BarOnly(ProgressCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                pass
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(BarOnly())
     trainer.train(resume_from_checkpoint=last if config.resume and last else None)
     final = out / "final"
     trainer.save_model(str(final))

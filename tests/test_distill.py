@@ -417,3 +417,22 @@ def test_cross_tokenizer_identity_and_a_teacher_with_another_tokenizer(setup, tm
     first = sum(line["kd_original"] for line in log[:3]) / 3
     last = sum(line["kd_original"] for line in log[-3:]) / 3
     assert last < 0.8 * first, (first, last)
+
+
+def test_the_console_shows_losses_on_stderr_and_stdout_is_only_json(setup, tmp_path):
+    """stdout carries the JSON summary alone (the Trainer's final dict used to precede it); a line with the
+    losses goes to stderr every --logging-steps and at the last step."""
+    from typer.testing import CliRunner
+
+    from leaf.cli import app
+
+    teacher, student, analyze = setup
+    result = CliRunner().invoke(app, ["distill", "--teacher", teacher, "--student", student, "--data", str(analyze),
+                                      "--output", str(tmp_path / "out"), "--mode", "instr", "--max-steps", "3",
+                                      "--batch-size", "2", "--logging-steps", "2"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["steps"] == 3
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["2/3", "3/3"], result.stderr
+    assert "kd_original" in lines[0] and "kd_counterfactual" in lines[0] and "λ" in lines[0]
