@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import nnsight
 import torch
+from rich.console import Console
 from rich.progress import Progress
 
 from leaf.errors import LeafError
@@ -250,7 +251,7 @@ def run(model: HookedModel, samples: Sequence[Sequence[int] | torch.Tensor], pla
     results: list[SampleResult | None] = [None] * len(ids)
     batches = list(iter_batches(ids, batch_size, model.pad_token_id, model.device))
     prepared = _prepared(model, eager=plan.needs_attention, checkpointing=plan.gradient_checkpointing)
-    with prepared, Progress(disable=not progress, transient=True) as bar:
+    with prepared, Progress(disable=not progress, transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(f"hooks on {model.name}", total=len(ids))
         for batch in batches:
             rows = batch.index

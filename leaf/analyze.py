@@ -310,6 +310,7 @@ class Analyzer:
             self.student_tokenizer = self.student.tokenizer
 
     def run(self) -> dict:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from leaf.data import load_records, to_samples
@@ -328,7 +329,11 @@ class Analyzer:
             self.gold_spans(sample)
         self.check_output(config.fingerprint())  # an existing folder or other settings: said before loading
         share = gpu_share(ranks) if config.device_map == "auto" and ranks.num_processes > 1 else None
+        say = self.say if ranks.is_main_process else (lambda message: None)
+        say(f"{len(samples)} samples from {config.data}; loading the models (teacher "
+            f"{config.teacher_scores or config.teacher}, student {config.student})")
         self.load_models(process_device(config.device, ranks, share), share)
+        say("models loaded; rendering and analysing")
         self.notes: list[str] = []
         self.render_all(samples)
         if isinstance(self.teacher, TeacherScores):
@@ -340,7 +345,8 @@ class Analyzer:
                                                  if ranks.num_processes > 1 else "")),
                    BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} samples/s"),
                    TimeRemainingColumn()]
-        with Progress(*columns, disable=not (self.progress and ranks.is_main_process)) as bar:
+        with Progress(*columns, disable=not (self.progress and ranks.is_main_process),
+                      console=Console(stderr=True)) as bar:
             task = bar.add_task("analyze", total=sum(len(windows[w]) for w in mine), rate="-")
             for w in mine:
                 if not window_done(config.output, w):
@@ -351,7 +357,13 @@ class Analyzer:
         ranks.wait_for_everyone()
         if not ranks.is_main_process:
             return {"rank": ranks.process_index}
+        say("merging the windows; writing samples.jsonl, scores.safetensors, summary.json and report.html")
         return merge_output(config.output, wall_seconds=time.perf_counter() - started)
+
+    def say(self, message: str) -> None:
+        """A stage line on stderr (stdout carries only the final summary)."""
+        if self.progress:
+            print(message, file=sys.stderr, flush=True)
 
     def render_all(self, samples) -> None:
         """Each model's text of every sample (--template: own by default, BOS included), and the base rendering the

@@ -180,9 +180,10 @@ def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
                      "problems": len(problems),
                      "confounder_source": sorted({p.confounder_source for p in problems if p.confounder_source})}
     generations = []
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(disable=not progress) as bar:
+    with Progress(disable=not progress, console=Console(stderr=True)) as bar:
         task = bar.add_task("serving models", total=len(names))
         for name, path in zip(names, config.models):
             results["models"][name] = _serve_one(name, path, problems, focus_items, config, engine_args, generations)

@@ -137,9 +137,10 @@ def get_teacher(config: DemoConfig, log) -> Path:
 
 
 def _bar(name: str, total: int):
+    from rich.console import Console
     from rich.progress import Progress
 
-    progress = Progress(transient=True)
+    progress = Progress(transient=True, console=Console(stderr=True))
     task = progress.add_task(f"training {name}", total=total)
 
     def step(done: int, loss: float) -> None:
