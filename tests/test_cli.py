@@ -28,6 +28,7 @@ def test_version_short_help_and_brackets_in_help():
     assert short.exit_code == 0 and "--teacher" in short.output
     # rich markup used to swallow bracketed text ("whose  section", "a list of  spans")
     assert "whose [analyze] section" in short.output and "list of [start, end]" in short.output
+    assert "--max-tokens" in short.output  # vLLM's name, as in leaf serve; --max-new-tokens stays an alias
 
 
 def test_serve_without_prompts_is_a_clear_error():
