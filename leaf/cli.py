@@ -53,17 +53,46 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 
+# Help panels: the flags of each command grouped by what they are for.
+INPUTS, DETECTION, TRAINING, BENCHMARK, SCALE, SAFETY = (
+    "Inputs and output", "Detection", "Training", "Benchmark", "Performance and scale", "Safety and reproducibility")
+PANELS = {
+    **dict.fromkeys(("teacher", "student", "data", "output", "models", "names", "prompt_field", "response_field",
+                     "id_field", "answer_field", "clean_field", "gold_field", "limit", "counterfactuals", "template",
+                     "chat_template", "resume", "analyze", "samples", "count"), INPUTS),
+    **dict.fromkeys(("threshold", "tau", "quantile", "baseline_count", "level", "segments", "pruning", "span_unit",
+                     "aggregate", "gold", "gold_pair", "select", "verify", "max_new_tokens", "generator",
+                     "report_samples"), DETECTION),
+    **dict.fromkeys(("mode", "lam", "divergence", "beta", "temperature", "ce_weight", "max_steps", "grad_accum", "lr",
+                     "save_steps", "max_length", "cross_tokenizer", "uld_weight", "logging_steps"), TRAINING),
+    **dict.fromkeys(("backend", "max_tokens", "iterations", "random_prompts", "random_input_len",
+                     "random_output_len", "focus_samples"), BENCHMARK),
+    **dict.fromkeys(("batch_size", "window", "device", "dtype", "device_map", "gradient_checkpointing",
+                     "teacher_only", "teacher_scores", "chunk_size", "cache_teacher", "top_k", "cache_only",
+                     "teacher_device_map", "max_model_len", "tensor_parallel_size", "data_parallel_size",
+                     "gpu_memory_utilization"), SCALE),
+    **dict.fromkeys(("seed", "allow_pickle", "trust_remote_code"), SAFETY),
+}
+
+
+def _panel(name: str, kwargs: dict, config_class=None) -> dict:
+    """kwargs with the help panel of config field `name` (warmup: lr warmup in distill, untimed runs in serve)."""
+    panel = TRAINING if (name == "warmup" and config_class is DistillConfig) else \
+        BENCHMARK if name == "warmup" else PANELS.get(name)
+    return {"rich_help_panel": panel, **kwargs} if panel else kwargs
+
+
 # The shared flags: one meaning everywhere.
-Teacher = Annotated[str, typer.Option("--teacher", help="Teacher model: local HF folder or hub id.")]
-Student = Annotated[str, typer.Option("--student", help="Student model: local HF folder or hub id.")]
-Model = Annotated[str, typer.Option("--model", help="Model: local HF folder or hub id.")]
-Data = Annotated[Path, typer.Option("--data", help="Dataset file (JSONL/JSON/CSV/Parquet) or folder.")]
-Output = Annotated[Path, typer.Option("--output", help="Output folder (or file where the command says so).")]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per forward/backward pass.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
-Device = Annotated[str, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, ...")]
-Dtype = Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto (the checkpoint's).")]
-AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle (.bin) weights: only for "
+Teacher = Annotated[str, typer.Option("--teacher", rich_help_panel=INPUTS, help="Teacher model: local HF folder or hub id.")]
+Student = Annotated[str, typer.Option("--student", rich_help_panel=INPUTS, help="Student model: local HF folder or hub id.")]
+Model = Annotated[str, typer.Option("--model", rich_help_panel=INPUTS, help="Model: local HF folder or hub id.")]
+Data = Annotated[Path, typer.Option("--data", rich_help_panel=INPUTS, help="Dataset file (JSONL/JSON/CSV/Parquet) or folder.")]
+Output = Annotated[Path, typer.Option("--output", rich_help_panel=INPUTS, help="Output folder (or file where the command says so).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=SCALE, help="Samples per forward/backward pass.")]
+Seed = Annotated[int, typer.Option("--seed", rich_help_panel=SAFETY, help="Random seed.")]
+Device = Annotated[str, typer.Option("--device", rich_help_panel=SCALE, help="torch device: cpu, cuda, cuda:1, ...")]
+Dtype = Annotated[str, typer.Option("--dtype", rich_help_panel=SCALE, help="float32, bfloat16, float16 or auto (the checkpoint's).")]
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", rich_help_panel=SAFETY, help="Allow pickle (.bin) weights: only for "
                                                                    "files you trust (pickle can run code).")]
 
 
@@ -144,7 +173,7 @@ def ConfigOption(section: str):
 
 def _a(name: str, *flags: str, **kwargs):
     """A typer option whose help comes from AnalyzeConfig."""
-    return typer.Option(*flags, help=field_help(AnalyzeConfig, name), **kwargs)
+    return typer.Option(*flags, help=field_help(AnalyzeConfig, name), **_panel(name, kwargs, AnalyzeConfig))
 
 
 
@@ -240,7 +269,7 @@ def launch_processes(count: int, args: list[str]) -> int:
 
 def _d(name: str, *flags: str, **kwargs):
     """A typer option whose help comes from DistillConfig."""
-    return typer.Option(*flags, help=field_help(DistillConfig, name), **kwargs)
+    return typer.Option(*flags, help=field_help(DistillConfig, name), **_panel(name, kwargs, DistillConfig))
 
 
 @app.command("distill")
@@ -303,7 +332,7 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
 
 def _s(name: str, *flags: str, **kwargs):
     """A typer option whose help comes from ServeConfig."""
-    return typer.Option(*flags, help=field_help(ServeConfig, name), **kwargs)
+    return typer.Option(*flags, help=field_help(ServeConfig, name), **_panel(name, kwargs, ServeConfig))
 
 
 @app.command("serve")
@@ -450,7 +479,7 @@ AttributionMethod = choices("AttributionMethod", ("grad_norm", "grad_x_input", "
 
 def _i(name: str, *flags: str, **kwargs):
     """A typer option whose help comes from InspectConfig."""
-    return typer.Option(*flags, help=field_help(InspectConfig, name), **kwargs)
+    return typer.Option(*flags, help=field_help(InspectConfig, name), **_panel(name, kwargs, InspectConfig))
 
 
 @app.command("inspect")

@@ -29,6 +29,8 @@ def test_version_short_help_and_brackets_in_help():
     # rich markup used to swallow bracketed text ("whose  section", "a list of  spans")
     assert "whose [analyze] section" in short.output and "list of [start, end]" in short.output
     assert "--max-tokens" in short.output  # vLLM's name, as in leaf serve; --max-new-tokens stays an alias
+    for panel in ("Inputs and output", "Detection", "Performance and scale", "Safety and reproducibility"):
+        assert panel in short.output  # 40-odd flags grouped by what they are for
 
 
 def test_serve_without_prompts_is_a_clear_error():
