@@ -226,7 +226,12 @@ def analyze(ctx: typer.Context,
             merge: Annotated[Path | None, typer.Option(
                 "--merge", help="Only merge the finished part files of this analyze folder into its final files "
                 "(no model is loaded); other options are ignored.")] = None) -> None:
-    """Find confounding tokens (student-sensitive, teacher-insensitive) and prune them into counterfactuals."""
+    """Find confounding tokens (student-sensitive, teacher-insensitive) and prune them into counterfactuals.
+
+    Example: leaf analyze --teacher runs/teacher --student runs/student --data tests/data/gsm_plus_distraction_dev.jsonl
+    --gold-pair question,seed_question --output runs/analyze --limit 32   (required: --data, --output, --teacher and
+    --student unless --teacher-scores / --teacher-only say otherwise)
+    """
     from leaf.analyze import format_summary, format_teacher_scores_summary, merge_output, run_analyze
 
     if merge is not None:
@@ -306,7 +311,11 @@ def distill(teacher: Teacher, student: Student, data: Data, output: Output,
             trust_remote_code: Annotated[bool, _d("trust_remote_code")] = False,
             logging_steps: Annotated[int, _d("logging_steps")] = 10,
             resume: Annotated[bool, _d("resume")] = False) -> None:
-    """Distil the teacher into the student on originals and counterfactuals (the hybrid LeaF loss)."""
+    """Distil the teacher into the student on originals and counterfactuals (the hybrid LeaF loss).
+
+    Example: leaf distill --teacher runs/teacher --student runs/student --data runs/analyze --output runs/distill
+    --mode instr+resp --lambda linear:0.8:0.5 --max-steps 200   (required: --teacher, --student, --data, --output)
+    """
     from leaf.distill import run_distill
 
     config = DistillConfig(
@@ -372,7 +381,11 @@ def serve(models: Annotated[list[str], typer.Option("--model", help=field_help(S
           api_key: Annotated[str | None, typer.Option(
               "--api-key", envvar="LEAF_API_KEY", help="--openai: require this bearer key on /v1 requests (vLLM's "
               "--api-key; any local user can reach an open port). Or set LEAF_API_KEY.")] = None) -> None:
-    """Benchmark models in vLLM (throughput, latency, accuracy) and measure their attention focus."""
+    """Benchmark models in vLLM (throughput, latency, accuracy) and measure their attention focus.
+
+    Example: leaf serve --model runs/student --model runs/distill/final --data runs/analyze --output runs/serve
+    (required: --model, and --output with --data or --random-prompts); or: leaf serve --openai --model M --port 8000
+    """
     if openai:
         from leaf.serve import openai_server
 
@@ -496,7 +509,10 @@ def inspect(analyze: Annotated[Path, _i("analyze", "--analyze")],
             batch_size: BatchSize = 32, device: Device = "cpu", dtype: Dtype = "float32",
             allow_pickle: AllowPickle = False,
             trust_remote_code: Annotated[bool, _i("trust_remote_code")] = False) -> None:
-    """Activation patching, per-head focus and attribution maps (PNG + JSON) for samples of an analyze folder."""
+    """Activation patching, per-head focus and attribution maps (PNG + JSON) for samples of an analyze folder.
+
+    Example: leaf inspect --analyze runs/analyze --output runs/inspect --count 2   (required: --analyze, --output)
+    """
     from leaf.inspect import run_inspect
 
     config = InspectConfig(analyze=analyze, output=output, model=model, samples=samples or [], count=count,
