@@ -83,16 +83,23 @@ def _panel(name: str, kwargs: dict, config_class=None) -> dict:
 
 
 # The shared flags: one meaning everywhere.
-Teacher = Annotated[str, typer.Option("--teacher", rich_help_panel=INPUTS, help="Teacher model: local HF folder or hub id.")]
-Student = Annotated[str, typer.Option("--student", rich_help_panel=INPUTS, help="Student model: local HF folder or hub id.")]
+Teacher = Annotated[str, typer.Option("--teacher", rich_help_panel=INPUTS,
+                                      help="Teacher model: local HF folder or hub id.")]
+Student = Annotated[str, typer.Option("--student", rich_help_panel=INPUTS,
+                                      help="Student model: local HF folder or hub id.")]
 Model = Annotated[str, typer.Option("--model", rich_help_panel=INPUTS, help="Model: local HF folder or hub id.")]
-Data = Annotated[Path, typer.Option("--data", rich_help_panel=INPUTS, help="Dataset file (JSONL/JSON/CSV/Parquet) or folder.")]
-Output = Annotated[Path, typer.Option("--output", rich_help_panel=INPUTS, help="Output folder (or file where the command says so).")]
-BatchSize = Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=SCALE, help="Samples per forward/backward pass.")]
+Data = Annotated[Path, typer.Option("--data", rich_help_panel=INPUTS,
+                                    help="Dataset file (JSONL/JSON/CSV/Parquet) or folder.")]
+Output = Annotated[Path, typer.Option("--output", rich_help_panel=INPUTS,
+                                      help="Output folder (or file where the command says so).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=SCALE,
+                                        help="Samples per forward/backward pass.")]
 Seed = Annotated[int, typer.Option("--seed", rich_help_panel=SAFETY, help="Random seed.")]
 Device = Annotated[str, typer.Option("--device", rich_help_panel=SCALE, help="torch device: cpu, cuda, cuda:1, ...")]
-Dtype = Annotated[str, typer.Option("--dtype", rich_help_panel=SCALE, help="float32, bfloat16, float16 or auto (the checkpoint's).")]
-AllowPickle = Annotated[bool, typer.Option("--allow-pickle", rich_help_panel=SAFETY, help="Allow pickle (.bin) weights: only for "
+Dtype = Annotated[str, typer.Option("--dtype", rich_help_panel=SCALE,
+                                    help="float32, bfloat16, float16 or auto (the checkpoint's).")]
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", rich_help_panel=SAFETY,
+                                           help="Allow pickle (.bin) weights: only for "
                                                                    "files you trust (pickle can run code).")]
 
 
