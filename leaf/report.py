@@ -1,7 +1,9 @@
 """report.html for `leaf analyze`: one self-contained file (no server, no external assets).
 
-Per sample and unit: the analysed text three times, shaded by the teacher's and the student's normalised
-sensitivity and by Δ (red = low Δ = the student leans on it, the teacher does not), with the pruned spans marked.
+An index of the samples (sortable by flags, mean Δ of the flagged tokens, gold characters missed), a colour scale, then per sample and
+unit: the analysed text three times, shaded by the teacher's and the student's normalised sensitivity and by Δ
+(red = low Δ = the student leans on it, the teacher does not), with the pruned spans outlined and, when the data
+gave gold spans, the gold underlined: found (inside a pruned span) or missed.
 """
 
 from __future__ import annotations
@@ -18,42 +20,60 @@ CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 h1{font-size:1.4em} h2{font-size:1.1em;margin-top:2em;border-top:1px solid #ccc;padding-top:1em}
 table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left}
+th:first-child,td:first-child{text-align:left} #index th{cursor:pointer}
 .row{display:grid;grid-template-columns:6em 1fr;gap:.5em;margin:.3em 0;align-items:start}
 .label{font-weight:600;color:#555} .text{white-space:pre-wrap;font-family:ui-monospace,monospace;line-height:1.6}
-mark.pruned{background:none;outline:2px solid #c00;outline-offset:1px;border-radius:2px}
+mark.pruned,.box{background:none;outline:2px solid #c00;outline-offset:1px;border-radius:2px;font-weight:400}
+u.g{text-decoration:underline 3px #0a0;text-underline-offset:3px} u.g.m{text-decoration:underline dashed 3px #e80}
 .cf{font-family:ui-monospace,monospace;white-space:pre-wrap;background:#f6f6f6;padding:.3em;margin:.2em 0}
-.meta{color:#666;font-size:.9em}
+.text i{font-style:normal} .meta{color:#666;font-size:.9em} .scale{display:inline-block;width:10em;height:.8em;vertical-align:middle;
+border:1px solid #ccc} .legend span{margin-right:1.5em}
+""" + "".join(  # shade buckets as classes: a span costs a few bytes, not an inline style (size grows with tokens)
+    f".b{k}{{background:rgba(40,90,220,{k / 9:.2f})}}.r{k}{{background:rgba(220,40,40,{(1 - k / 9) ** 2:.2f})}}"
+    for k in range(10))
+
+SORT_JS = """
+document.querySelectorAll('#index th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0], rows = [...body.rows], up = th.dataset.up !== '1';
+  const key = r => { const t = r.cells[col].dataset.v ?? r.cells[col].textContent; return isNaN(t) ? t : +t; };
+  rows.sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (up ? 1 : -1));
+  th.dataset.up = up ? '1' : '0'; rows.forEach(r => body.appendChild(r));
+}));
 """
 
 
-def _color(value: float, kind: str) -> str:
-    if kind == "delta":  # low Δ is the confounder signal
-        return f"rgba(220,40,40,{(1 - value) ** 2:.3f})"
-    return f"rgba(40,90,220,{value:.3f})"
+def _bucket(value: float) -> int:
+    return min(9, max(0, round(value * 9)))
 
 
-def _shaded(text: str, base: int, tokens: list[dict], spans: list[dict], key: str | None) -> str:
-    """HTML of `text` with each scored token shaded by tokens[i][key], and the pruned spans wrapped in
-    <mark class="pruned">. One pass over the text: linear in its length."""
-    value: list[float | None] = [None] * len(text)     # the shade of each character
-    owner = [-1] * len(text)                           # which token a character belongs to (runs share one)
-    for i, t in enumerate(tokens):
+def _shaded(text: str, base: int, tokens: list[dict], spans: list[dict], key: str | None,
+            gold: list[tuple[int, int]] | None = None) -> str:
+    """HTML of `text` with each scored token shaded by tokens[i][key] (10 shade classes), the pruned spans wrapped in
+    <mark class="pruned">, and gold spans underlined (<u class="g">: inside a pruned span, found; <u class="g m">:
+    missed). Neighbouring tokens with the same shade share one element. One pass: linear in the text's length."""
+    shade: list[int | None] = [None] * len(text)       # the shade bucket of each character
+    for t in tokens:
         for c in range(max(t["start"] - base, 0), min(t["end"] - base, len(text))):
-            if owner[c] < 0:
-                value[c], owner[c] = (t[key] if key else None), i
-    pruned = [False] * len(text)
+            if shade[c] is None and key:
+                shade[c] = _bucket(t[key])
+    pruned, golden = [False] * len(text), [False] * len(text)
     for sp in spans:
         for c in range(max(sp["start"], 0), min(sp["end"], len(text))):
             pruned[c] = True
+    for a, b in gold or []:
+        for c in range(max(a, 0), min(b, len(text))):
+            golden[c] = True
+    prefix = "r" if key == "delta" else "b"
+    state = list(zip(shade, pruned, golden))
     out, start = [], 0
-    for c in range(1, len(text) + 1):  # emit runs of characters with the same token and the same pruned state
-        if c < len(text) and owner[c] == owner[start] and pruned[c] == pruned[start]:
+    for c in range(1, len(text) + 1):  # emit runs of characters with the same shade, pruned and gold state
+        if c < len(text) and state[c] == state[start]:
             continue
         piece = html.escape(text[start:c])
-        if value[start] is not None:
-            piece = (f'<span style="background:{_color(value[start], key)}" title="{key} {value[start]:.3f}">'
-                     f"{piece}</span>")
+        if shade[start] is not None:
+            piece = f"<i class={prefix}{shade[start]}>{piece}</i>"
+        if golden[start]:
+            piece = f'<u class="g{"" if pruned[start] else " m"}">{piece}</u>'
         opens = pruned[start] and (start == 0 or not pruned[start - 1])
         closes = pruned[start] and (c == len(text) or not pruned[c])
         out.append(('<mark class="pruned">' if opens else "") + piece + ("</mark>" if closes else ""))
@@ -72,11 +92,13 @@ def _unit_html(record: dict, unit: dict) -> str:
     if flat:
         rows.append('<div class="meta">Δ is the same for every token (teacher and student read this sample alike): '
                     "nothing to flag, Δ left unshaded</div>")
+    gold = [tuple(g) for g in record.get("gold_spans", [])] if unit["level"] == "instruction" else []
     for label, key in (("teacher", "teacher"), ("student", "student"), ("Δ", "delta")):
         spans = unit["spans"] if key == "delta" else []
         shade = None if (key == "delta" and flat) else key
+        marked = gold if key == "delta" else None
         rows.append(f'<div class="row"><div class="label">{label}</div>'
-                    f'<div class="text">{_shaded(text, base, unit["tokens"], spans, shade)}</div></div>')
+                    f'<div class="text">{_shaded(text, base, unit["tokens"], spans, shade, marked)}</div></div>')
     shown = unit["counterfactuals"][:MAX_COUNTERFACTUALS]
     for cf in shown:
         rows.append(f'<div class="row"><div class="label">pruned</div><div class="cf">'
@@ -105,13 +127,48 @@ def _summary_html(summary: dict) -> str:
     return "\n".join(parts)
 
 
+LEGEND = ('<p class="meta legend"><span>sensitivity 0 <i class="scale" style="background:linear-gradient(to right,'
+          'rgba(40,90,220,0),rgba(40,90,220,1))"></i> 1</span><span>Δ (teacher − student) 0 <i class="scale" '
+          'style="background:linear-gradient(to right,rgba(220,40,40,1),rgba(220,40,40,0))"></i> 1: red = the '
+          'student leans on it, the teacher does not</span><br><span><b class="box">pruned span</b></span>'
+          '<span><u class="g">gold span found</u> (true positive inside a pruned span)</span><span><u class="g m">'
+          'gold span missed</u> (false negative)</span><span>outlined without underline: pruned, not gold (false '
+          'positive)</span></p>')
+
+
+def _missed_gold(record: dict) -> int | None:
+    """Characters of the gold spans that no instruction-level pruned span covers (None without gold)."""
+    if "gold_spans" not in record:
+        return None
+    pruned = {c for u in record.get("units", []) if u["level"] == "instruction" for s in u["spans"]
+              for c in range(s["start"], s["end"])}
+    return sum(1 for a, b in record["gold_spans"] for c in range(a, b) if c not in pruned)
+
+
+def _index_html(records: list[dict]) -> str:
+    """One row per sample with a link to it; click a column to sort (flags, mean Δ of the flagged tokens, missed
+    gold)."""
+    rows = []
+    for record in records:
+        units = record.get("units", [])
+        flags = sum(t["flag"] for u in units for t in u["tokens"])
+        deltas = [t["delta"] for u in units for t in u["tokens"] if t["flag"]]
+        low = sum(deltas) / len(deltas) if deltas else None     # how far below the rest the flagged tokens lie
+        missed = _missed_gold(record)
+        rows.append(f'<tr><td><a href="#row-{record["row"]}">{html.escape(str(record["id"]))}</a></td>'
+                    f'<td>{html.escape(record["status"])}</td><td>{flags}</td>'
+                    f'<td data-v="{"" if low is None else f"{low:.3f}"}">{"-" if low is None else f"{low:.3f}"}</td>'
+                    f'<td data-v="{"" if missed is None else missed}">{"-" if missed is None else missed}</td></tr>')
+    return ('<table id="index"><thead><tr><th>sample</th><th>status</th><th>flagged tokens</th><th>mean Δ of flagged</th>'
+            '<th>gold chars missed</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>"
+            '<p class="meta">Click a column to sort.</p>')
+
+
 def render_report(records: list[dict], summary: dict) -> str:
     models = summary["models"]
     body = [f"<h1>leaf analyze</h1><p class=meta>teacher {html.escape(models['teacher']['name'])} · student "
             f"{html.escape(models['student']['name'])} · {html.escape(summary['command'])}</p>",
-            _summary_html(summary),
-            '<p class="meta">Shading: blue = normalised gradient sensitivity; red = low Δ (teacher − student), the '
-            'confounder signal. Outlined: pruned spans.</p>']
+            _summary_html(summary), LEGEND, _index_html(records)]
     for record in records:
         nll = record.get("nll") or {}
         head = (f'<h2 id="row-{record["row"]}">sample {html.escape(record["id"])}'
@@ -123,7 +180,8 @@ def render_report(records: list[dict], summary: dict) -> str:
             body.append(_unit_html(record, unit))
     data = html.escape(json.dumps({"counts": summary["counts"]}))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>leaf analyze report</title>"
-            f"<style>{CSS}</style></head><body data-summary=\"{data}\">{''.join(body)}</body></html>\n")
+            f"<style>{CSS}</style></head><body data-summary=\"{data}\">{''.join(body)}"
+            f"<script>{SORT_JS}</script></body></html>\n")
 
 
 def write_report(path: str | Path, records: list[dict], summary: dict) -> Path:

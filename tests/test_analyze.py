@@ -1,6 +1,7 @@
 """`leaf analyze` end to end on two tiny models with different tokenizers and real GSM-Plus distractors."""
 
 import json
+import re
 import shutil
 from html.parser import HTMLParser
 
@@ -317,3 +318,36 @@ def test_teacher_equal_to_student_flags_nothing(pair, data, tmp_path):
     for mode, metrics in summary["detection"].items():
         assert metrics["counts"]["token_tp"] + metrics["counts"]["token_fp"] == 0, mode
     assert "nothing to flag" in (out / "report.html").read_text()
+
+
+def test_report_draws_gold_found_and_missed_an_index_and_stays_small(pair, tmp_path):
+    """Gold spans are underlined: inside a pruned span as found, elsewhere as missed; an index links every sample
+    with its flags and missed gold characters; shading uses classes, so 8 GSM-Plus samples with a byte tokenizer stay
+    near 100 KB (inline styles made 505 KB)."""
+    from leaf.report import _shaded, render_report
+
+    text = "Tom has 3 apples. His hat is red. How many?"
+    gold = [(18, 33)]                                     # "His hat is red."
+    spans = [{"start": 18, "end": 25}, {"start": 0, "end": 3}]   # "His hat" (found), "Tom" (false positive)
+    tokens = [{"start": i, "end": i + 1, "delta": 0.5} for i in range(len(text))]
+    page = _shaded(text, 0, tokens, spans, "delta", gold)
+    parser = Marks()
+    parser.feed(page)
+    assert parser.marks == ["Tom", "His hat"]
+    assert '<mark class="pruned"><u class="g">' in page and '<u class="g m">' in page
+    found = "".join(re.findall(r'<u class="g">(.*?)</u>', page))
+    missed = "".join(re.findall(r'<u class="g m">(.*?)</u>', page))
+    assert re.sub("<[^>]+>", "", found) == "His hat" and re.sub("<[^>]+>", "", missed) == " is red."
+    out = tmp_path / "out"
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(GSM_PLUS.read_text().splitlines(keepends=True)[:8]))
+    result = runner.invoke(app, ["analyze", "--teacher", pair[0], "--student", pair[1], "--data", str(rows),
+                                 "--output", str(out), "--gold-pair", "question,seed_question"])
+    assert result.exit_code == 0, result.output
+    report = (out / "report.html").read_text()
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert all(f'href="#row-{r["row"]}"' in report and f'id="row-{r["row"]}"' in report for r in records)
+    assert 'id="index"' in report and "gold chars missed" in report and "<script>" in report
+    assert len(report.encode()) < 150_000, len(report.encode())
+    summary = json.loads((out / "summary.json").read_text())
+    assert render_report(records, summary) == report
