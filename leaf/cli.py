@@ -119,6 +119,9 @@ def command_line(ctx: typer.Context, skip: set[str] = frozenset({"config_file"})
     return args
 
 
+RECIPE_DATA: dict[str, str] = {}  # --config: the recipe's data path and the command that prepares it
+
+
 def user_errors(command):
     """Print a LeafError's message in red and exit 1, instead of a traceback."""
     @functools.wraps(command)
@@ -126,7 +129,10 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except LeafError as exc:
-            typer.secho(f"Error: {exc}", fg=typer.colors.RED, err=True)
+            message = str(exc)
+            if RECIPE_DATA and RECIPE_DATA["data"] in message and "does not exist" in message:
+                message += f"\nThe recipe's data is made by: {RECIPE_DATA['prepare']}"
+            typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -173,6 +179,11 @@ def ConfigOption(section: str):
             except LeafError as exc:
                 raise typer.BadParameter(str(exc)) from None
             ctx.default_map = {**(ctx.default_map or {}), **values}
+            from leaf.recipes import read_recipe
+
+            prepare = (read_recipe(value).get("recipe") or {}).get("data")
+            if values.get("data") and prepare:  # a missing data file then says how the recipe makes it
+                RECIPE_DATA.update(data=str(values["data"]), prepare=prepare)
         return value
     return typer.Option("--config", is_eager=True, callback=load, help=f"A recipe file (TOML or YAML, see recipes/) "
                         f"whose \\[{section}] section sets these flags; flags given on the command line override it.")

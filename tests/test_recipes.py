@@ -117,3 +117,15 @@ def test_prepare_data_maps_each_source():
     numina = prep.convert("numinamath", {"problem": "q", "solution": "no final answer here", "source": "olympiads",
                                          "messages": []}, 0)
     assert numina is None                                         # no readable answer: dropped (and counted)
+
+
+def test_a_recipe_whose_data_is_missing_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the recipe's data/ does not exist here
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "qwen2.5-0.5b-from-qwen2.5-7b.toml"
+    with monkeypatch.context() as patch:
+        patch.setattr("leaf.hooks.load_model", lambda *a, **k: pytest.fail("a model was loaded first"))
+        result = runner.invoke(app, ["analyze", "--config", str(recipe)])
+    assert result.exit_code == 1
+    text = _unboxed(result.output)
+    assert "data/gsm8k_train.jsonl' does not exist" in text
+    assert "The recipe's data is made by: python recipes/prepare_data.py --dataset gsm8k" in text
