@@ -229,8 +229,10 @@ def _intervene(model: HookedModel, plan: HookPlan, reads: list[str], attention_a
 
 
 def run(model: HookedModel, samples: Sequence[Sequence[int] | torch.Tensor], plan: HookPlan, *,
-        batch_size: int = 8, progress: bool = False) -> list[SampleResult]:
-    """Run `plan` over token-id samples in batches; one SampleResult per sample, in input order."""
+        batch_size: int = 8, progress: bool = False,
+        on_batch: Callable[[int], None] | None = None) -> list[SampleResult]:
+    """Run `plan` over token-id samples in batches; one SampleResult per sample, in input order. on_batch(n) is
+    called after each batch with its number of samples (e.g. to advance a caller's progress bar)."""
     ids = as_id_tensors(samples, model.max_length)
     target = as_masks(plan.target_mask, ids, "target_mask")
     if plan.needs_grad:
@@ -269,6 +271,8 @@ def run(model: HookedModel, samples: Sequence[Sequence[int] | torch.Tensor], pla
             del got
             gc.collect()  # a trace's graph holds reference cycles: free its activations before the next batch
             bar.advance(task, len(rows))
+            if on_batch is not None:
+                on_batch(len(rows))
     return results
 
 

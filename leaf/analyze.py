@@ -225,6 +225,8 @@ class Analyzer:
         self.parts = config.output / "parts"
         self.engines: list = []  # vLLM engines (teacher, student), started on first use
         self.lock = FolderLock(self.parts, "analyze")  # held by the main process from the first look at the folder
+        self.ticker = lambda jobs, samples, passes: None    # the progress bar's per-batch callback, set by run()
+        self.on_batch = None
 
     def take_lock(self, ranks) -> None:
         """Refuse a second run on this folder; early (before loading models) when the folder is already a run's."""
@@ -348,10 +350,18 @@ class Analyzer:
         with Progress(*columns, disable=not (self.progress and ranks.is_main_process),
                       console=Console(stderr=True)) as bar:
             task = bar.add_task("analyze", total=sum(len(windows[w]) for w in mine), rate="-")
+            done = 0
+
+            def ticker(jobs: int, samples: int, passes: int):
+                """Advance the bar per batch of a model pass: a window's samples spread over its passes' jobs."""
+                return lambda n: bar.advance(task, n / max(jobs, 1) * samples / max(passes, 1))
+
+            self.ticker = ticker
             for w in mine:
                 if not window_done(config.output, w):
                     self.analyze_window(w, windows[w])
-                bar.advance(task, len(windows[w]))
+                done += len(windows[w])
+                bar.update(task, completed=done)  # exact at each window's end (skipped windows, rounding)
                 speed = bar.tasks[0].speed
                 bar.update(task, rate=f"{speed:.2f}" if speed else "-")
         ranks.wait_for_everyone()
@@ -551,6 +561,8 @@ class Analyzer:
             record["units"] = []
         tensors = {}
         if jobs:
+            passes = (0 if isinstance(self.teacher, TeacherScores) else 1) + (0 if teacher_only else 1)
+            self.on_batch = self.ticker(len(jobs), len(rows), passes)
             t_res = self.teacher_scores_of(jobs)
             if teacher_only:
                 for (r, unit, _, t_enc, _, _), t in zip(jobs, t_res):
@@ -565,7 +577,7 @@ class Analyzer:
                 s_res = run(self.student, [j[2].input_ids for j in jobs],
                             HookPlan(saliency="grad", target_mask=[j[4] for j in jobs], token_nll=need_ppl,
                                      gradient_checkpointing=config.gradient_checkpointing),
-                            batch_size=config.batch_size)
+                            batch_size=config.batch_size, on_batch=self.on_batch)
                 for (r, unit, s_enc, t_enc, _, _), s, t in zip(jobs, s_res, t_res):
                     record = records[r]
                     # the teacher's token offsets in the student's text (its own rendering may differ)
@@ -610,7 +622,7 @@ class Analyzer:
         results = run(self.teacher, [j[3].input_ids for j in jobs],
                       HookPlan(saliency="grad", target_mask=[j[5] for j in jobs],
                                gradient_checkpointing=self.config.gradient_checkpointing),
-                      batch_size=self.config.batch_size)
+                      batch_size=self.config.batch_size, on_batch=self.on_batch)
         return [TeacherScore(saliency=t.saliency, loss=t.loss) for t in results]
 
 

@@ -59,6 +59,17 @@ def test_results_keep_input_order_whatever_the_batch_size(model_dirs, samples):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)
 
 
+def test_run_reports_each_batch(model_dirs, samples):
+    """on_batch(n) after every batch: what leaf analyze's progress bar advances on."""
+    from leaf.hooks import HookPlan, run
+
+    model = load_model(model_dirs["qwen2"])
+    ids, target = [e.input_ids for e in samples], [e.response_mask for e in samples]
+    seen = []
+    run(model, ids, HookPlan(saliency="grad", target_mask=target), batch_size=2, on_batch=seen.append)
+    assert sum(seen) == len(ids) and len(seen) == -(-len(ids) // 2) and max(seen) <= 2
+
+
 def test_mean_nll_matches_a_hand_computed_value():
     # Two positions, vocabulary 2: logits at t=0 predict token 1 (id 1), with p = e^2 / (e^0 + e^2).
     logits = torch.tensor([[[0.0, 2.0], [1.0, 1.0], [0.0, 0.0]]])
