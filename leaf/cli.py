@@ -159,7 +159,7 @@ Aggregate = choices("Aggregate", AGGREGATES)
 Template = choices("Template", TEMPLATES)
 Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2", "gpt_neox"))  # leaf.tiny_models.FAMILIES
 Size = choices("Size", ("tiny", "small"))
-Method = choices("Method", ("grad", "grad_x_input"))
+Method = choices("Method", ("grad_norm", "grad_x_input_norm", "grad", "grad_x_input"))  # last two: old names
 Norm = choices("Norm", ("l2", "l1"))
 Generator = choices("Generator", ("auto", "hf", "vllm"))  # leaf.generation.BACKENDS
 Mode = choices("Mode", MODES)
@@ -578,7 +578,7 @@ def tiny_model(output: Output, family: Annotated[Family, typer.Option(help="Arch
 def saliency(model: Model,
              prompt: Annotated[str, typer.Option(help=field_help(SaliencyReportConfig, "prompt"))],
              response: Annotated[str, typer.Option(help=field_help(SaliencyReportConfig, "response"))],
-             method: Annotated[Method, typer.Option(help=field_help(SaliencyReportConfig, "method"))] = Method.grad,
+             method: Annotated[Method, typer.Option(help=field_help(SaliencyReportConfig, "method"))] = Method.grad_norm,
              norm: Annotated[Norm, typer.Option(help=field_help(SaliencyReportConfig, "norm"))] = Norm.l2,
              chat_template: Annotated[bool, typer.Option(
                  help=field_help(SaliencyReportConfig, "chat_template"))] = True,

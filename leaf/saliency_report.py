@@ -21,7 +21,9 @@ class SaliencyReportConfig:
     model: str = field(metadata=doc("Local HF model folder or hub id."))
     prompt: str = field(metadata=doc("The instruction / question text."))
     response: str = field(metadata=doc("The reference response whose NLL is differentiated."))
-    method: str = field(default="grad", metadata=doc("grad (||dL/de||) or grad_x_input (||dL/de * e||)."))
+    method: str = field(default="grad_norm", metadata=doc(
+        "grad_norm (||dL/de||, as in leaf inspect) or grad_x_input_norm (||dL/de * e||, unsigned: not inspect's "
+        "signed grad_x_input); the old names grad and grad_x_input are still read."))
     norm: str = field(default="l2", metadata=doc("Norm over the embedding dimension: l2 or l1."))
     chat_template: bool = field(default=True, metadata=doc("Render with the tokenizer's chat template."))
     device: str = field(default="cpu", metadata=doc("torch device, e.g. cpu, cuda, cuda:1."))
@@ -33,6 +35,17 @@ class SaliencyReportConfig:
     def __post_init__(self) -> None:
         if not self.response:
             raise LeafError("The response is empty: saliency differentiates the response's NLL, so give one.")
+        if self.method not in METHODS:
+            raise LeafError(f"Unknown --method {self.method!r}: use {', '.join(m for m in METHODS if '_' in m)}.")
+
+    @property
+    def plan_method(self) -> str:
+        """The leaf.hooks HookPlan name of the method."""
+        return METHODS[self.method]
+
+
+# CLI names (inspect's where the quantity is the same) -> leaf.hooks names; the first two are the old CLI names
+METHODS = {"grad": "grad", "grad_x_input": "grad_x_input", "grad_norm": "grad", "grad_x_input_norm": "grad_x_input"}
 
 
 def saliency_report(config: SaliencyReportConfig) -> dict:
@@ -48,7 +61,7 @@ def saliency_report(config: SaliencyReportConfig) -> dict:
         key_masks[f"token_{i}"] = [enc.prompt_mask.new_zeros(n)]
         key_masks[f"token_{i}"][0][i] = True
     [result] = run(model, [enc.input_ids], HookPlan(
-        saliency=config.method, norm=config.norm, target_mask=[enc.response_mask], query_mask=[enc.response_mask],
+        saliency=config.plan_method, norm=config.norm, target_mask=[enc.response_mask], query_mask=[enc.response_mask],
         key_masks=key_masks))
     scores = result.saliency[enc.prompt_mask]
     lo, hi = float(scores.min()), float(scores.max())

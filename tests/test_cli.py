@@ -54,6 +54,20 @@ def test_tiny_model_then_saliency_json(tmp_path):
     assert sum(t["attention"] for t in report["tokens"]) == pytest.approx(report["attention_on_prompt"], rel=1e-4)
 
 
+def test_saliency_method_names_match_inspect_and_the_old_names_still_work(tmp_path):
+    """grad_norm is inspect's name for the same quantity; the unsigned ||g * e|| is grad_x_input_norm (inspect's
+    grad_x_input is signed); grad and grad_x_input still read as before."""
+    assert runner.invoke(app, ["tiny-model", "--output", str(tmp_path / "m")]).exit_code == 0
+    scores = {}
+    for method in ("grad_norm", "grad", "grad_x_input_norm", "grad_x_input"):
+        result = runner.invoke(app, ["saliency", "--model", str(tmp_path / "m"), "--prompt", "Tom has 3 apples.",
+                                     "--response", "3", "--method", method, "--json"])
+        assert result.exit_code == 0, result.output
+        scores[method] = [t["saliency"] for t in json.loads(result.output)["tokens"]]
+    assert scores["grad_norm"] == scores["grad"] and scores["grad_x_input_norm"] == scores["grad_x_input"]
+    assert scores["grad_norm"] != scores["grad_x_input_norm"]
+
+
 def test_bad_model_path_is_a_clean_error(tmp_path):
     result = runner.invoke(app, ["saliency", "--model", str(tmp_path / "missing"), "--prompt", "a",
                                  "--response", "b"])
