@@ -83,6 +83,9 @@ def _panel(name: str, kwargs: dict, config_class=None) -> dict:
 
 
 # The shared flags: one meaning everywhere.
+JsonOut = Annotated[bool, typer.Option("--json", rich_help_panel=INPUTS,
+                                       help="Print the JSON summary on stdout instead of the table (progress and "
+                                            "messages stay on stderr).")]
 Teacher = Annotated[str, typer.Option("--teacher", rich_help_panel=INPUTS,
                                       help="Teacher model: local HF folder or hub id.")]
 Student = Annotated[str, typer.Option("--student", rich_help_panel=INPUTS,
@@ -230,6 +233,7 @@ def analyze(ctx: typer.Context,
             limit: Annotated[int | None, _a("limit")] = None,
             batch_size: BatchSize = 8,
             window: Annotated[int, _a("window")] = 64,
+            json_out: JsonOut = False,
             seed: Seed = 0, device: Device = "cpu", dtype: Dtype = "float32", allow_pickle: AllowPickle = False,
             trust_remote_code: Annotated[bool, _a("trust_remote_code")] = False,
             resume: Annotated[bool, _a("resume")] = False,
@@ -254,7 +258,8 @@ def analyze(ctx: typer.Context,
 
     if merge is not None:
         summary = merge_output(merge)
-        typer.echo(format_teacher_scores_summary(summary) if summary.get("kind") else format_summary(summary))
+        typer.echo(json.dumps(summary, indent=2) if json_out else
+                   format_teacher_scores_summary(summary) if summary.get("kind") else format_summary(summary))
         return
     config = AnalyzeConfig(
         teacher=teacher, student=student, data=data, output=output, threshold=threshold.value, tau=tau,
@@ -272,7 +277,8 @@ def analyze(ctx: typer.Context,
     summary = run_analyze(config, command=command_line(ctx))
     if "rank" in summary:  # a non-main process of a data-parallel run: the main one reports
         return
-    typer.echo(format_teacher_scores_summary(summary) if config.teacher_only else format_summary(summary))
+    typer.echo(json.dumps(summary, indent=2) if json_out else
+               format_teacher_scores_summary(summary) if config.teacher_only else format_summary(summary))
 
 
 def launch_processes(count: int, args: list[str]) -> int:
@@ -398,7 +404,8 @@ def serve(models: Annotated[list[str], typer.Option("--model", help=field_help(S
           port: Annotated[int, typer.Option("--port", help="Port of the --openai server.")] = 8000,
           api_key: Annotated[str | None, typer.Option(
               "--api-key", envvar="LEAF_API_KEY", help="--openai: require this bearer key on /v1 requests (vLLM's "
-              "--api-key; any local user can reach an open port). Or set LEAF_API_KEY.")] = None) -> None:
+              "--api-key; any local user can reach an open port). Or set LEAF_API_KEY.")] = None,
+          json_out: JsonOut = False) -> None:
     """Benchmark models in vLLM (throughput, latency, accuracy) and measure their attention focus.
 
     Example: leaf serve --model runs/student --model runs/distill/final --data runs/analyze --output runs/serve
@@ -436,7 +443,10 @@ def serve(models: Annotated[list[str], typer.Option("--model", help=field_help(S
         batch_size=batch_size, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
         data_parallel_size=data_parallel_size, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    run_serve(config)
+    results = run_serve(config)
+    if json_out:
+        typer.echo(json.dumps(results, indent=2))
+        return
     typer.echo((config.output / "results.md").read_text())
     typer.echo(f"wrote {config.output}/results.json, results.md, results.png, generations.jsonl")
 
@@ -526,7 +536,8 @@ def inspect(analyze: Annotated[Path, _i("analyze", "--analyze")],
             ig_steps: Annotated[int, _i("ig_steps")] = 32,
             batch_size: BatchSize = 32, device: Device = "cpu", dtype: Dtype = "float32",
             allow_pickle: AllowPickle = False,
-            trust_remote_code: Annotated[bool, _i("trust_remote_code")] = False) -> None:
+            trust_remote_code: Annotated[bool, _i("trust_remote_code")] = False,
+            json_out: JsonOut = False) -> None:
     """Activation patching, per-head focus and attribution maps (PNG + JSON) for samples of an analyze folder.
 
     Example: leaf inspect --analyze runs/analyze --output runs/inspect --count 2   (required: --analyze, --output)
@@ -540,7 +551,8 @@ def inspect(analyze: Annotated[Path, _i("analyze", "--analyze")],
                            batch_size=batch_size, device=device, dtype=dtype, allow_pickle=allow_pickle,
                            trust_remote_code=trust_remote_code)
     index = run_inspect(config, log=lambda message: typer.secho(message, fg=typer.colors.CYAN, err=True))
-    typer.echo(f"wrote {len(index['samples'])} sample folder(s) and index.json to {config.output}")
+    typer.echo(json.dumps(index, indent=2) if json_out else
+               f"wrote {len(index['samples'])} sample folder(s) and index.json to {config.output}")
 
 
 @app.command("convert-gguf")

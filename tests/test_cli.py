@@ -99,3 +99,22 @@ def test_cli_choices_match_the_library_registries():
 
     assert SPAN_UNITS == units
     assert [f.value for f in Family] == list(FAMILIES)
+
+
+def test_json_puts_only_the_summary_on_stdout(tmp_path):
+    """--json: stdout is the JSON summary alone (progress and stage lines go to stderr)."""
+    from tests.test_answers_gold_segments import GSM_PLUS
+
+    for seed, name in ((1, "t"), (2, "s")):
+        assert runner.invoke(app, ["tiny-model", "--output", str(tmp_path / name), "--seed", str(seed)]).exit_code == 0
+    result = runner.invoke(app, ["analyze", "--teacher", str(tmp_path / "t"), "--student", str(tmp_path / "s"),
+                                 "--data", str(GSM_PLUS), "--limit", "2", "--output", str(tmp_path / "a"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary == json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert "loading the models" in result.stderr
+    result = runner.invoke(app, ["serve", "--model", str(tmp_path / "s"), "--data", str(tmp_path / "a"), "--output",
+                                 str(tmp_path / "v"), "--backend", "hf", "--max-tokens", "4", "--iterations", "1",
+                                 "--focus-samples", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["models"]
