@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -365,12 +366,20 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     records, identical = load_records_for(config)
     if not config.cross_tokenizer and not (config.cache_teacher and (out / "teacher_cache" / "meta.json").exists()):
         check_vocabularies_before_loading(config)
-    student = load_model(config.student, device=config.device, dtype="float32", allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    def say(message: str) -> None:  # stage lines on stderr; stdout carries only the JSON summary
+        if progress and main:
+            print(message, file=sys.stderr, flush=True)
+
+    say(f"{len(records)} samples from {config.data}; loading the student {config.student}")
+    student = load_model(config.student, device=config.device, dtype="float32", allow_pickle=config.allow_pickle,
+                         trust_remote_code=config.trust_remote_code)
     vocab = student.hf_model.get_output_embeddings().weight.shape[0]
     teacher = None
     if config.cross_tokenizer:  # the teacher's own encoding is part of every example
+        say(f"loading the teacher {config.teacher}")
         teacher = load_model(config.teacher, device=config.device, dtype=config.dtype,
-                             allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code, device_map=config.teacher_device_map)
+                             allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
+                             device_map=config.teacher_device_map)
     examples, dropped = build_examples(records, student.tokenizer, config.mode,
                                        config.max_length or student.max_length,
                                        teacher_tokenizer=teacher.tokenizer if teacher else None,
@@ -389,8 +398,10 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
             raise LeafError("--teacher-device-map spreads the teacher over every GPU, so it needs one process: "
                             "write the cache first (`leaf distill ... --cache-only --teacher-device-map auto`), then "
                             "train under accelerate launch on the same --output.")
+        say(f"loading the teacher {config.teacher}")
         teacher = load_model(config.teacher, device=config.device, dtype=config.dtype,
-                             allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code, device_map=config.teacher_device_map)
+                             allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
+                             device_map=config.teacher_device_map)
         check_vocabularies(teacher, student)
     matched = None
     if config.cross_tokenizer:
@@ -588,6 +599,8 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
 
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(BarOnly())
+    say(f"training {config.max_steps} steps on {len(examples)} samples ({with_cf} with counterfactuals), "
+        f"mode {config.mode}" + (f", resuming from {Path(last).name}" if config.resume and last else ""))
     trainer.train(resume_from_checkpoint=last if config.resume and last else None)
     final = out / "final"
     trainer.save_model(str(final))
