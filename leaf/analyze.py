@@ -141,7 +141,7 @@ class AnalyzeConfig:
              f"--gold-pair takes two field names separated by a comma, got {self.gold_pair!r}."),
             (self.batch_size >= 1 and self.window >= 1, "--batch-size and --window must be at least 1."),
             (self.limit is None or self.limit >= 1, f"--limit must be at least 1, got {self.limit}."),
-            (self.max_new_tokens >= 1, f"--max-new-tokens must be at least 1, got {self.max_new_tokens}."),
+            (self.max_new_tokens >= 1, f"--max-tokens must be at least 1, got {self.max_new_tokens}."),
             (self.report_samples >= 0, f"--report-samples must be 0 or more, got {self.report_samples}."),
         ]
         if self.select or self.verify:

@@ -162,7 +162,6 @@ Aggregate = choices("Aggregate", AGGREGATES)
 Template = choices("Template", TEMPLATES)
 Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2", "gpt_neox"))  # leaf.tiny_models.FAMILIES
 Size = choices("Size", ("tiny", "small"))
-Method = choices("Method", ("grad_norm", "grad_x_input_norm", "grad", "grad_x_input"))  # last two: old names
 Norm = choices("Norm", ("l2", "l1"))
 Generator = choices("Generator", ("auto", "hf", "vllm"))  # leaf.generation.BACKENDS
 Mode = choices("Mode", MODES)
@@ -225,7 +224,8 @@ def analyze(ctx: typer.Context,
             select: Annotated[bool, _a("select")] = False,
             verify: Annotated[bool, _a("verify")] = False,
             answer_field: Annotated[str | None, _a("answer_field")] = None,
-            max_new_tokens: Annotated[int, _a("max_new_tokens", "--max-tokens", "--max-new-tokens")] = 256,
+            max_new_tokens: Annotated[int, _a("max_new_tokens", "--max-tokens")] = 256,
+            old_max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", hidden=True)] = None,
             generator: Annotated[Generator, _a("generator")] = Generator.auto,
             prompt_field: Annotated[str | None, _a("prompt_field")] = None,
             response_field: Annotated[str | None, _a("response_field")] = None,
@@ -266,7 +266,8 @@ def analyze(ctx: typer.Context,
         quantile=quantile, baseline_count=baseline_count.value, level=level.value, segments=segments,
         pruning=pruning.value, span_unit=span_unit.value, aggregate=aggregate.value, gold=gold, gold_pair=gold_pair,
         template=template.value,
-        select=select, verify=verify, answer_field=answer_field, max_new_tokens=max_new_tokens,
+        select=select, verify=verify, answer_field=answer_field,
+        max_new_tokens=old_max_new_tokens if old_max_new_tokens is not None else max_new_tokens,
         generator=generator.value, prompt_field=prompt_field, response_field=response_field, id_field=id_field,
         limit=limit, batch_size=batch_size, window=window, seed=seed, device=device, dtype=dtype,
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, resume=resume,
@@ -590,7 +591,8 @@ def tiny_model(output: Output, family: Annotated[Family, typer.Option(help="Arch
 def saliency(model: Model,
              prompt: Annotated[str, typer.Option(help=field_help(SaliencyReportConfig, "prompt"))],
              response: Annotated[str, typer.Option(help=field_help(SaliencyReportConfig, "response"))],
-             method: Annotated[Method, typer.Option(help=field_help(SaliencyReportConfig, "method"))] = Method.grad_norm,
+             method: Annotated[str, typer.Option(metavar="grad_norm|grad_x_input_norm",
+                                                 help=field_help(SaliencyReportConfig, "method"))] = "grad_norm",
              norm: Annotated[Norm, typer.Option(help=field_help(SaliencyReportConfig, "norm"))] = Norm.l2,
              chat_template: Annotated[bool, typer.Option(
                  help=field_help(SaliencyReportConfig, "chat_template"))] = True,
@@ -604,7 +606,7 @@ def saliency(model: Model,
     """Per-token gradient saliency and attention share of one prompt/response on one model."""
     from leaf.saliency_report import format_report, saliency_report
 
-    config = SaliencyReportConfig(model=model, prompt=prompt, response=response, method=method.value,
+    config = SaliencyReportConfig(model=model, prompt=prompt, response=response, method=method,
                                   norm=norm.value, chat_template=chat_template, device=device, dtype=dtype,
                                   allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, output=output)
     report = saliency_report(config)

@@ -23,7 +23,7 @@ class SaliencyReportConfig:
     response: str = field(metadata=doc("The reference response whose NLL is differentiated."))
     method: str = field(default="grad_norm", metadata=doc(
         "grad_norm (||dL/de||, as in leaf inspect) or grad_x_input_norm (||dL/de * e||, unsigned: not inspect's "
-        "signed grad_x_input); the old names grad and grad_x_input are still read."))
+        "signed grad_x_input)."))
     norm: str = field(default="l2", metadata=doc("Norm over the embedding dimension: l2 or l1."))
     chat_template: bool = field(default=True, metadata=doc("Render with the tokenizer's chat template."))
     device: str = field(default="cpu", metadata=doc("torch device, e.g. cpu, cuda, cuda:1."))

@@ -28,7 +28,10 @@ def test_version_short_help_and_brackets_in_help():
     assert short.exit_code == 0 and "--teacher" in short.output
     # rich markup used to swallow bracketed text ("whose  section", "a list of  spans")
     assert "whose [analyze] section" in short.output and "list of [start, end]" in short.output
-    assert "--max-tokens" in short.output  # vLLM's name, as in leaf serve; --max-new-tokens stays an alias
+    assert "--max-tokens" in short.output and "--max-new-tokens" not in short.output  # vLLM's name, as in serve
+    old = runner.invoke(app, ["analyze", "--teacher", "t", "--student", "s", "--data", "d", "--output", "o",
+                              "--max-new-tokens", "0"])   # the old name: a hidden alias, still read
+    assert old.exit_code == 1 and "--max-tokens must be at least 1, got 0" in old.output
     for panel in ("Inputs and output", "Detection", "Performance and scale", "Safety and reproducibility"):
         assert panel in short.output  # 40-odd flags grouped by what they are for
 
