@@ -9,7 +9,7 @@
 
 Research tools on the same hooks: patching_sweep (activation patching between an input and its counterfactual,
 batched), head_focus (per-head share of attention on confounder spans), attribute / attribute_all with
-list_methods() (grad_norm, grad_x_input, integrated_gradients, attention_rollout), heatmap_png (pictures).
+list_methods() (saliency, input_x_gradient, integrated_gradients, attention_rollout), heatmap_png (pictures).
 """
 
 from leaf.hooks.alignment import Alignment, align_tokens

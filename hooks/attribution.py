@@ -1,14 +1,14 @@
 """Token attribution methods behind one registry: pick one by name, list them with list_methods().
 
     from leaf.hooks import attribute, attribute_all, list_methods
-    list_methods()        # ['attention_rollout', 'grad_norm', 'grad_x_input', 'integrated_gradients']
+    list_methods()        # ['attention_rollout', 'input_x_gradient', 'integrated_gradients', 'saliency']
     [scores] = attribute(model, [ids], [response_mask], method="integrated_gradients", steps=64)
-    both = attribute_all(model, [ids], [response_mask], ["grad_norm", "grad_x_input"])   # one backward pass
+    both = attribute_all(model, [ids], [response_mask], ["saliency", "input_x_gradient"])   # one backward pass
 
 Every method scores each input token for the response: f(x) = mean log-probability of the target tokens
 (target_mask; the response by default in leaf), on the input embeddings e_i.
-    grad_norm             ||d loss / d e_i||_2, the LeaF saliency (unsigned; loss = -f)
-    grad_x_input          sum_d (df/de_i)_d (e_i)_d, signed (first-order Taylor term of f around 0)
+    saliency              ||d loss / d e_i||_2, the LeaF saliency (unsigned; loss = -f)
+    input_x_gradient      sum_d (df/de_i)_d (e_i)_d, signed (first-order Taylor term of f around 0)
     integrated_gradients  sum_d (e_i - b_i)_d * mean_k (df/de)(b + a_k (e - b))_{i,d}, signed; a_k the midpoints of
                           `steps` equal intervals of [0, 1]; sums to f(e) - f(b) as steps grow (completeness).
                           baseline: "mean" (default: the mean token embedding at every position), "zeros", "pad"
@@ -20,7 +20,9 @@ Every method scores each input token for the response: f(x) = mean log-probabili
                           probabilities, mixed with the identity, A' = r I + (1 - r) A rows renormalised; the product
                           A'_L ... A'_1; a token's score is the mean of its column over the rows that predict a
                           target token (position t - 1 for each target t). Unsigned, sums to 1 per row.
-grad_norm and grad_x_input come from the same backward pass (attribute_all computes both at once).
+saliency and input_x_gradient come from the same backward pass (attribute_all computes both at once). The names
+are inseq's method ids; leaf's first names, grad_norm and grad_x_input, are still accepted (and keep their key in
+attribute_all's result when asked for by them).
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ class Method:
 
 
 _REGISTRY: dict[str, Method] = {}
-GRADIENT_METHODS = ("grad_norm", "grad_x_input")  # computed together from one backward pass
+GRADIENT_METHODS = ("saliency", "input_x_gradient")  # computed together from one backward pass
+# inseq's method ids are the names; leaf's first names stay readable as aliases
+ALIASES = {"grad_norm": "saliency", "grad_x_input": "input_x_gradient"}
 
 
 def register(name: str, description: str, *, signed: bool):
@@ -67,12 +71,13 @@ def describe_methods() -> dict[str, str]:
 
 
 def get_method(name: str) -> Method:
+    name = ALIASES.get(name, name)
     if name not in _REGISTRY:
         raise LeafError(f"Unknown attribution method {name!r}. Available: {', '.join(list_methods())}.")
     return _REGISTRY[name]
 
 
-def attribute(model: HookedModel, samples: Sequence, target_mask: Sequence, method: str = "grad_norm", *,
+def attribute(model: HookedModel, samples: Sequence, target_mask: Sequence, method: str = "saliency", *,
               batch_size: int = 8, **options) -> list[torch.Tensor]:
     """One (T,) float32 score per token of each sample, by the named method."""
     chosen = get_method(method)
@@ -91,11 +96,11 @@ def attribute_all(model: HookedModel, samples: Sequence, target_mask: Sequence, 
         get_method(name)
     options = options or {}
     out: dict[str, list[torch.Tensor]] = {}
-    gradient = [m for m in methods if m in GRADIENT_METHODS]
+    gradient = [m for m in methods if ALIASES.get(m, m) in GRADIENT_METHODS]
     if gradient:
         ids = as_id_tensors(samples, model.max_length)
         both = _gradient_methods(model, ids, as_masks(target_mask, ids, "target_mask"), batch_size=batch_size)
-        out.update({name: both[name] for name in gradient})
+        out.update({name: both[ALIASES.get(name, name)] for name in gradient})
     for name in methods:
         if name not in out:
             out[name] = attribute(model, samples, target_mask, name, batch_size=batch_size, **options.get(name, {}))
@@ -104,19 +109,21 @@ def attribute_all(model: HookedModel, samples: Sequence, target_mask: Sequence, 
 
 def _gradient_methods(model, ids, masks, *, batch_size: int) -> dict[str, list[torch.Tensor]]:
     results = run(model, ids, HookPlan(target_mask=masks, embedding_grads=True), batch_size=batch_size)
-    return {"grad_norm": [r.embedding_grad.norm(dim=-1) for r in results],
+    return {"saliency": [r.embedding_grad.norm(dim=-1) for r in results],
             # f = -loss, so df/de = -d loss/de
-            "grad_x_input": [-(r.embedding_grad * r.embedding).sum(-1) for r in results]}
+            "input_x_gradient": [-(r.embedding_grad * r.embedding).sum(-1) for r in results]}
 
 
-@register("grad_norm", "||d loss / d e_i||_2: the LeaF gradient saliency (unsigned)", signed=False)
+@register("saliency", "||d loss / d e_i||_2: the LeaF gradient saliency (unsigned; formerly grad_norm)",
+          signed=False)
 def _grad_norm(model, ids, masks, *, batch_size: int = 8) -> list[torch.Tensor]:
-    return _gradient_methods(model, ids, masks, batch_size=batch_size)["grad_norm"]
+    return _gradient_methods(model, ids, masks, batch_size=batch_size)["saliency"]
 
 
-@register("grad_x_input", "sum_d (df/de_i * e_i): gradient x input, signed", signed=True)
+@register("input_x_gradient", "sum_d (df/de_i * e_i): gradient x input, signed (formerly grad_x_input)",
+          signed=True)
 def _grad_x_input(model, ids, masks, *, batch_size: int = 8) -> list[torch.Tensor]:
-    return _gradient_methods(model, ids, masks, batch_size=batch_size)["grad_x_input"]
+    return _gradient_methods(model, ids, masks, batch_size=batch_size)["input_x_gradient"]
 
 
 def _embeddings(model: HookedModel, ids: torch.Tensor) -> torch.Tensor:

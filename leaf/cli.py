@@ -515,8 +515,6 @@ Which layers, heads and tokens carry a distractor: leaf inspect --analyze {outpu
 
 
 Component = choices("Component", ("resid", "attn", "mlp", "head"))  # leaf.hooks.COMPONENTS
-AttributionMethod = choices("AttributionMethod", ("grad_norm", "grad_x_input", "integrated_gradients",
-                                                  "attention_rollout"))  # leaf.hooks.list_methods()
 
 
 def _i(name: str, *flags: str, **kwargs):
@@ -532,7 +530,9 @@ def inspect(analyze: Annotated[Path, _i("analyze", "--analyze")],
             samples: Annotated[list[int] | None, _i("samples", "--sample")] = None,
             count: Annotated[int, _i("count")] = 3,
             components: Annotated[list[Component] | None, _i("components", "--component")] = None,
-            methods: Annotated[list[AttributionMethod] | None, _i("methods", "--method")] = None,
+            methods: Annotated[list[str] | None, _i(
+                "methods", "--method",
+                metavar="saliency|input_x_gradient|integrated_gradients|attention_rollout")] = None,
             layers: Annotated[list[int] | None, _i("layers", "--layer")] = None,
             ig_steps: Annotated[int, _i("ig_steps")] = 32,
             batch_size: BatchSize = 32, device: Device = "cpu", dtype: Dtype = "float32",
@@ -547,7 +547,7 @@ def inspect(analyze: Annotated[Path, _i("analyze", "--analyze")],
 
     config = InspectConfig(analyze=analyze, output=output, model=model, samples=samples or [], count=count,
                            components=[c.value for c in components] if components else list(DEFAULT_COMPONENTS),
-                           methods=[m.value for m in methods] if methods else [], layers=layers or [],
+                           methods=methods or [], layers=layers or [],
                            ig_steps=ig_steps,
                            batch_size=batch_size, device=device, dtype=dtype, allow_pickle=allow_pickle,
                            trust_remote_code=trust_remote_code)
@@ -591,8 +591,8 @@ def tiny_model(output: Output, family: Annotated[Family, typer.Option(help="Arch
 def saliency(model: Model,
              prompt: Annotated[str, typer.Option(help=field_help(SaliencyReportConfig, "prompt"))],
              response: Annotated[str, typer.Option(help=field_help(SaliencyReportConfig, "response"))],
-             method: Annotated[str, typer.Option(metavar="grad_norm|grad_x_input_norm",
-                                                 help=field_help(SaliencyReportConfig, "method"))] = "grad_norm",
+             method: Annotated[str, typer.Option(metavar="saliency|input_x_gradient_norm",
+                                                 help=field_help(SaliencyReportConfig, "method"))] = "saliency",
              norm: Annotated[Norm, typer.Option(help=field_help(SaliencyReportConfig, "norm"))] = Norm.l2,
              chat_template: Annotated[bool, typer.Option(
                  help=field_help(SaliencyReportConfig, "chat_template"))] = True,

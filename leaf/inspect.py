@@ -67,6 +67,9 @@ class InspectConfig:
         for component in self.components:
             if component not in COMPONENTS:
                 raise LeafError(f"Unknown --component {component!r}: use {', '.join(COMPONENTS)}.")
+        from leaf.hooks.attribution import ALIASES
+
+        self.methods = [ALIASES.get(m, m) for m in self.methods]  # leaf's first names read as inseq's ids
         for method in self.methods:
             get_method(method)
         if self.count < 1 or self.ig_steps < 1 or self.batch_size < 1:

@@ -21,9 +21,9 @@ class SaliencyReportConfig:
     model: str = field(metadata=doc("Local HF model folder or hub id."))
     prompt: str = field(metadata=doc("The instruction / question text."))
     response: str = field(metadata=doc("The reference response whose NLL is differentiated."))
-    method: str = field(default="grad_norm", metadata=doc(
-        "grad_norm (||dL/de||, as in leaf inspect) or grad_x_input_norm (||dL/de * e||, unsigned: not inspect's "
-        "signed grad_x_input)."))
+    method: str = field(default="saliency", metadata=doc(
+        "saliency (||dL/de||, inseq's id, as in leaf inspect) or input_x_gradient_norm (||dL/de * e||, unsigned: "
+        "not inspect's signed input_x_gradient)."))
     norm: str = field(default="l2", metadata=doc("Norm over the embedding dimension: l2 or l1."))
     chat_template: bool = field(default=True, metadata=doc("Render with the tokenizer's chat template."))
     device: str = field(default="cpu", metadata=doc("torch device, e.g. cpu, cuda, cuda:1."))
@@ -36,7 +36,7 @@ class SaliencyReportConfig:
         if not self.response:
             raise LeafError("The response is empty: saliency differentiates the response's NLL, so give one.")
         if self.method not in METHODS:
-            raise LeafError(f"Unknown --method {self.method!r}: use {', '.join(m for m in METHODS if '_' in m)}.")
+            raise LeafError(f"Unknown --method {self.method!r}: use saliency or input_x_gradient_norm.")
 
     @property
     def plan_method(self) -> str:
@@ -44,8 +44,9 @@ class SaliencyReportConfig:
         return METHODS[self.method]
 
 
-# CLI names (inspect's where the quantity is the same) -> leaf.hooks names; the first two are the old CLI names
-METHODS = {"grad": "grad", "grad_x_input": "grad_x_input", "grad_norm": "grad", "grad_x_input_norm": "grad_x_input"}
+# CLI names (inseq's ids, as leaf inspect) -> leaf.hooks HookPlan names; the last three are accepted old names
+METHODS = {"saliency": "grad", "input_x_gradient_norm": "grad_x_input", "grad": "grad", "grad_x_input": "grad_x_input",
+           "grad_norm": "grad"}
 
 
 def saliency_report(config: SaliencyReportConfig) -> dict:

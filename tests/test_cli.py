@@ -58,17 +58,17 @@ def test_tiny_model_then_saliency_json(tmp_path):
 
 
 def test_saliency_method_names_match_inspect_and_the_old_names_still_work(tmp_path):
-    """grad_norm is inspect's name for the same quantity; the unsigned ||g * e|| is grad_x_input_norm (inspect's
-    grad_x_input is signed); grad and grad_x_input still read as before."""
+    """saliency is inseq's id and inspect's name for the same quantity; the unsigned ||g * e|| is
+    input_x_gradient_norm (inspect's input_x_gradient is signed); grad and grad_x_input still read as before."""
     assert runner.invoke(app, ["tiny-model", "--output", str(tmp_path / "m")]).exit_code == 0
     scores = {}
-    for method in ("grad_norm", "grad", "grad_x_input_norm", "grad_x_input"):
+    for method in ("saliency", "grad", "input_x_gradient_norm", "grad_x_input"):
         result = runner.invoke(app, ["saliency", "--model", str(tmp_path / "m"), "--prompt", "Tom has 3 apples.",
                                      "--response", "3", "--method", method, "--json"])
         assert result.exit_code == 0, result.output
         scores[method] = [t["saliency"] for t in json.loads(result.output)["tokens"]]
-    assert scores["grad_norm"] == scores["grad"] and scores["grad_x_input_norm"] == scores["grad_x_input"]
-    assert scores["grad_norm"] != scores["grad_x_input_norm"]
+    assert scores["saliency"] == scores["grad"] and scores["input_x_gradient_norm"] == scores["grad_x_input"]
+    assert scores["saliency"] != scores["input_x_gradient_norm"]
 
 
 def test_bad_model_path_is_a_clean_error(tmp_path):

@@ -54,7 +54,7 @@ def test_inspect_writes_every_map_for_the_chosen_samples(analyzed, tmp_path):
         focus = json.loads((sub / "head_focus.json").read_text())
         assert all(0 <= v <= 1 for row in focus["share_on_confounders"] for v in row)
         attributions = json.loads((sub / "attributions.json").read_text())
-        assert set(attributions["scores"]) == {"attention_rollout", "grad_norm", "grad_x_input",
+        assert set(attributions["scores"]) == {"attention_rollout", "saliency", "input_x_gradient",
                                                "integrated_gradients"}
         assert (sub / "attributions.png").read_bytes()[:8] == PNG
 

@@ -131,7 +131,7 @@ def test_gradient_methods_match_autograd_from_one_backward_pass(llama, monkeypat
     calls = []
     real_run = attribution.run
     monkeypatch.setattr(attribution, "run", lambda *a, **k: calls.append(1) or real_run(*a, **k))
-    got = attribute_all(model, [x.input_ids], [tx], ["grad_norm", "grad_x_input"])
+    got = attribute_all(model, [x.input_ids], [tx], ["saliency", "input_x_gradient"])
     assert len(calls) == 1                                             # both from one backward pass
     embeds = hf.get_input_embeddings()(x.input_ids[None]).detach().requires_grad_(True)
     logits = hf(inputs_embeds=embeds).logits[0]
@@ -140,10 +140,14 @@ def test_gradient_methods_match_autograd_from_one_backward_pass(llama, monkeypat
     f_tensor = -torch.nn.functional.cross_entropy(logits[positions - 1].float(), x.input_ids[positions])
     (grad,) = torch.autograd.grad(f_tensor, embeds)
     assert f == pytest.approx(float(f_tensor))
-    torch.testing.assert_close(got["grad_norm"][0], grad[0].norm(dim=-1), atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(got["grad_x_input"][0], (grad[0] * embeds[0].detach()).sum(-1), atol=1e-6, rtol=1e-5)
-    expected_saliency, _ = reference.saliency(hf, x.input_ids, tx)      # grad_norm is the LeaF saliency
-    torch.testing.assert_close(got["grad_norm"][0], expected_saliency, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got["saliency"][0], grad[0].norm(dim=-1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got["input_x_gradient"][0], (grad[0] * embeds[0].detach()).sum(-1), atol=1e-6,
+                               rtol=1e-5)
+    expected_saliency, _ = reference.saliency(hf, x.input_ids, tx)      # saliency is the LeaF saliency
+    torch.testing.assert_close(got["saliency"][0], expected_saliency, atol=1e-6, rtol=1e-5)
+    old = attribute_all(model, [x.input_ids], [tx], ["grad_norm", "grad_x_input"])  # leaf's first names, still read
+    torch.testing.assert_close(old["grad_norm"][0], got["saliency"][0])
+    torch.testing.assert_close(old["grad_x_input"][0], got["input_x_gradient"][0])
 
 
 def test_integrated_gradients_is_complete_and_matches_plain_autograd(llama):
@@ -177,11 +181,11 @@ def test_attention_rollout_matches_a_hand_computation(llama):
 def test_methods_are_listed_and_picked_by_name(llama):
     model, _ = llama
     x, _, _, tx, _, _ = pair(model.tokenizer)
-    assert list_methods() == ["attention_rollout", "grad_norm", "grad_x_input", "integrated_gradients"]
-    with pytest.raises(LeafError, match="Available: attention_rollout, grad_norm"):
+    assert list_methods() == ["attention_rollout", "input_x_gradient", "integrated_gradients", "saliency"]
+    with pytest.raises(LeafError, match="Available: attention_rollout, input_x_gradient"):
         attribute(model, [x.input_ids], [tx], "lime")
     default = attribute(model, [x.input_ids], [tx])
-    torch.testing.assert_close(default[0], attribute(model, [x.input_ids], [tx], "grad_norm")[0])
+    torch.testing.assert_close(default[0], attribute(model, [x.input_ids], [tx], "saliency")[0])
 
 
 def test_head_focus_is_the_share_of_instruction_attention_on_confounders(llama):
