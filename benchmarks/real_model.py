@@ -58,20 +58,6 @@ def leaf_cli(*args: str) -> tuple[float, float]:
     return seconds, max(peak["self"], peak["children"])
 
 
-def noisy_copy(source: str, folder: Path) -> str:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(source)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * p.float().std() * torch.randn(p.shape, generator=g))
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
-    return str(folder)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=8)
@@ -81,12 +67,12 @@ def main() -> None:
     parser.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
     args = parser.parse_args()
 
-    from leaf.pretrained import smollm2
+    from leaf.pretrained import noisy_copy, smollm2
 
     teacher = str(smollm2())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        student = noisy_copy(teacher, tmp / "student")
+        student = str(noisy_copy(teacher, tmp / "student"))
         data = tmp / "rows.jsonl"
         data.write_text("".join(DATA.read_text().splitlines(keepends=True)[: args.rows]))
         tokens = sum(len(json.loads(line)["question"]) + len(json.loads(line)["solution"])

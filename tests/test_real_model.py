@@ -162,17 +162,9 @@ def test_smollm2_as_its_own_teacher_gives_zero_delta_and_no_flags(smollm2, gsm8,
 def perturbed(smollm2, tmp_path_factory):
     """A student with SmolLM2's vocabulary that does not yet match it: SmolLM2 with seeded noise on every weight
     (5% of each tensor's spread), so the KL to the teacher starts above zero."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from leaf.pretrained import noisy_copy
 
-    folder = tmp_path_factory.mktemp("student") / "smollm2-noisy"
-    model = AutoModelForCausalLM.from_pretrained(smollm2)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * p.float().std() * torch.randn(p.shape, generator=g))
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(smollm2).save_pretrained(folder)
-    return str(folder)
+    return str(noisy_copy(smollm2, tmp_path_factory.mktemp("student") / "smollm2-noisy", scale=0.05, seed=0))
 
 
 def _mean_kl(teacher, student, data) -> float:
