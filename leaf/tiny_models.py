@@ -124,13 +124,21 @@ def bpe_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     return tok
 
 
-def _demo_tokenizer() -> PreTrainedTokenizerFast:
-    from leaf.demo.task import demo_tokenizer
+def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `words` (split on whitespace; anything else is <|unk|>), with the same special
+    tokens and chat template. The demo's task writes only such words (leaf.demo.task.demo_tokenizer)."""
+    unk = "<|unk|>"
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, unk, *(w for w in words if w not in SPECIAL_TOKENS)])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.add_special_tokens(list(SPECIAL_TOKENS))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=unk)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "right"
+    return tok
 
-    return demo_tokenizer()
 
-
-TOKENIZERS = {"byte": byte_tokenizer, "bpe": bpe_tokenizer, "demo": _demo_tokenizer}
+TOKENIZERS = {"byte": byte_tokenizer, "bpe": bpe_tokenizer}
 
 
 def _config(family: str, size: TinySize, vocab_size: int, tok: PreTrainedTokenizerFast):
@@ -158,7 +166,7 @@ def _config(family: str, size: TinySize, vocab_size: int, tok: PreTrainedTokeniz
 
 def build_tiny_model(family: str, output_dir: str | Path, *, seed: int = 0, size: str | TinySize = "tiny",
                      vocab_size: int | None = None, dtype: torch.dtype = torch.float32,
-                     tokenizer: str = "byte", overwrite: bool = False) -> Path:
+                     tokenizer: str | PreTrainedTokenizerFast = "byte", overwrite: bool = False) -> Path:
     """Build a random `family` causal LM with the byte tokenizer and save it as a HF folder; returns the folder.
 
     A non-empty `output_dir` is refused (it may hold trained weights) unless overwrite=True.
@@ -174,10 +182,10 @@ def build_tiny_model(family: str, output_dir: str | Path, *, seed: int = 0, size
     if size.hidden_size // size.num_heads < 32:
         raise LeafError(f"head dim {size.hidden_size // size.num_heads} < 32: vLLM's CPU attention cannot run it. "
                         "Use hidden_size >= 32 * num_heads.")
-    if tokenizer not in TOKENIZERS:
-        raise LeafError(f"Unknown tokenizer {tokenizer!r}. Available: {', '.join(TOKENIZERS)}.")
+    if isinstance(tokenizer, str) and tokenizer not in TOKENIZERS:
+        raise LeafError(f"Unknown tokenizer {tokenizer!r}. Available: {', '.join(TOKENIZERS)}, or pass a tokenizer.")
     output_dir = check_output_folder(output_dir, allow_nonempty=overwrite)
-    tok = TOKENIZERS[tokenizer]()
+    tok = TOKENIZERS[tokenizer]() if isinstance(tokenizer, str) else tokenizer
     output_dir.mkdir(parents=True, exist_ok=True)
     # AutoTokenizer may load a family's own class that adds tokens (Qwen2Tokenizer adds <|endoftext|>): size the
     # logit matrix from what a user will actually load, so that every token id has a row.
@@ -193,6 +201,7 @@ def build_tiny_model(family: str, output_dir: str | Path, *, seed: int = 0, size
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(output_dir, safe_serialization=True)
-    recipe = {"family": family, "seed": seed, "size": size.__dict__, "vocab_size": vocab_size, "tokenizer": tokenizer}
+    name = tokenizer if isinstance(tokenizer, str) else f"given ({len(tok)} tokens)"
+    recipe = {"family": family, "seed": seed, "size": size.__dict__, "vocab_size": vocab_size, "tokenizer": name}
     (output_dir / "leaf_tiny_model.json").write_text(json.dumps(recipe, indent=2))
     return output_dir

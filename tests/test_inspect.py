@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from leaf.analyze import AnalyzeConfig, run_analyze
 from leaf.cli import app
-from leaf.demo.task import generate
+from leaf.demo.task import demo_tokenizer, generate
 from leaf.tiny_models import build_tiny_model
 
 runner = CliRunner()
@@ -19,8 +19,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def analyzed(tmp_path_factory):
     """Two word-tokenizer Llamas and an analyze folder over six distractor problems (quantile: spans always)."""
     root = tmp_path_factory.mktemp("inspect")
-    teacher = build_tiny_model("llama", root / "teacher", seed=1, tokenizer="demo")
-    student = build_tiny_model("llama", root / "student", seed=2, tokenizer="demo")
+    teacher = build_tiny_model("llama", root / "teacher", seed=1, tokenizer=demo_tokenizer())
+    student = build_tiny_model("llama", root / "student", seed=2, tokenizer=demo_tokenizer())
     rows = [{"id": p.id, "question": p.question, "solution": p.solution}
             for p in generate(6, seed=5, distractors=(1,))]
     data = root / "data.jsonl"

@@ -134,19 +134,6 @@ def vocabulary() -> list[str]:
 
 def demo_tokenizer():
     """Word-level fast tokenizer over `vocabulary()` with the tiny models' special tokens and chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from leaf.tiny_models import word_tokenizer
 
-    from leaf.tiny_models import BOS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS
-
-    unk = "<|unk|>"
-    words = [w for w in vocabulary() if w not in SPECIAL_TOKENS]
-    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, unk, *words])}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.add_special_tokens(list(SPECIAL_TOKENS))
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                  unk_token=unk)
-    tok.chat_template = CHAT_TEMPLATE
-    tok.padding_side = "right"
-    return tok
+    return word_tokenizer(vocabulary())

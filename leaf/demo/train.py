@@ -26,9 +26,10 @@ STUDENT_SIZE = TinySize(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=
 
 def new_model(folder: Path, size: TinySize, seed: int) -> Path:
     """A random Llama of `size` with the demo tokenizer, saved as a HF folder (the demo's stage folder: replaced)."""
+    from leaf.demo.task import demo_tokenizer
     from leaf.tiny_models import build_tiny_model
 
-    return build_tiny_model("llama", folder, seed=seed, size=size, tokenizer="demo", overwrite=True)
+    return build_tiny_model("llama", folder, seed=seed, size=size, tokenizer=demo_tokenizer(), overwrite=True)
 
 
 def encode(tokenizer, problems: list[Problem], *, clean: bool = False) -> list[tuple[list[int], int]]:
