@@ -146,16 +146,7 @@ def test_too_long_samples_are_skipped_and_counted(pair, data, tmp_path):
 def test_different_chat_templates_are_noted_and_one_is_used(pair, data, tmp_path):
     teacher = tmp_path / "teacher"
     shutil.copytree(pair[0], teacher)
-    config_path = teacher / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    template_file = teacher / "chat_template.jinja"
-    template = template_file.read_text() if template_file.exists() else config["chat_template"]
-    template = template.replace("<|end|>", "<|eos|>")
-    if template_file.exists():
-        template_file.write_text(template)
-    else:
-        config["chat_template"] = template
-        config_path.write_text(json.dumps(config))
+    _edit_chat_template(teacher, "<|end|>", "<|eos|>")
     out = tmp_path / "out"
     result = _analyze((str(teacher), pair[1]), data, out, "--limit", "2")
     assert result.exit_code == 0, result.output
@@ -255,18 +246,21 @@ def test_gold_field_with_the_distractor_text(pair, tmp_path):
     assert gold_tokens == sum(len(r["distractor"].replace(" ", "")) for r in rows)  # byte tokens, spaces excluded
 
 
-def _without_bos_in_template(folder):
-    """The tiny model's tokenizer with a ChatML-like template that writes no BOS (as SmolLM2's)."""
+def _edit_chat_template(folder, old: str, new: str) -> None:
+    """Replace `old` by `new` in a saved tokenizer's chat template (chat_template.jinja, or the config's field)."""
     template_file = folder / "chat_template.jinja"
+    if template_file.exists():
+        template_file.write_text(template_file.read_text().replace(old, new))
+        return
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
-    template = template_file.read_text() if template_file.exists() else config["chat_template"]
-    template = template.replace("{{ bos_token }}", "")
-    if template_file.exists():
-        template_file.write_text(template)
-    else:
-        config["chat_template"] = template
-        config_path.write_text(json.dumps(config))
+    config["chat_template"] = config["chat_template"].replace(old, new)
+    config_path.write_text(json.dumps(config))
+
+
+def _without_bos_in_template(folder):
+    """The tiny model's tokenizer with a ChatML-like template that writes no BOS (as SmolLM2's)."""
+    _edit_chat_template(folder, "{{ bos_token }}", "")
 
 
 @pytest.mark.parametrize("template", ["own", "student"])
