@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
 from leaf.analyze import AnalyzeConfig, run_analyze
-from leaf.bench import emit_json, print_table
+from common import emit_json, print_table
 from leaf.hooks import encode_text, load_model, render_prompt_response
-from leaf.tiny_models import build_tiny_model
+from leaf.models.tiny import build_tiny_model
 
 hf_logging.disable_progress_bar()
 GSM_PLUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "gsm_plus_distraction_dev.jsonl"

@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from leaf.bench import emit_json, median_times, peak_rss, peak_rss_reset, print_table
+from common import emit_json, median_times, peak_rss, peak_rss_reset, print_table
 from leaf.hooks import HookPlan, load_model, run
 from leaf.hooks.reductions import attention_mass
-from leaf.tiny_models import build_tiny_model
+from leaf.models.tiny import build_tiny_model
 from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()

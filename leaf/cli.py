@@ -28,7 +28,7 @@ from leaf.analyze import AGGREGATES, LEVELS, PRUNING, SPAN_UNITS, TEMPLATES, THR
 from leaf.demo.run import DemoConfig
 from leaf.inspect import DEFAULT_COMPONENTS, InspectConfig
 from leaf.distill import MODES, DistillConfig
-from leaf.saliency_report import SaliencyReportConfig
+from leaf.inspect.saliency import SaliencyReportConfig
 from leaf.serve.run import BACKENDS as SERVE_BACKENDS, ServeConfig
 
 app = typer.Typer(
@@ -160,13 +160,13 @@ Pruning = choices("Pruning", PRUNING)
 SpanUnit = choices("SpanUnit", SPAN_UNITS)
 Aggregate = choices("Aggregate", AGGREGATES)
 Template = choices("Template", TEMPLATES)
-Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2", "gpt_neox"))  # leaf.tiny_models.FAMILIES
+Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2", "gpt_neox"))  # leaf.models.tiny.FAMILIES
 Size = choices("Size", ("tiny", "small"))
 Norm = choices("Norm", ("l2", "l1"))
 Generator = choices("Generator", ("auto", "hf", "vllm"))  # leaf.generation.BACKENDS
 Mode = choices("Mode", MODES)
 ServeBackend = choices("ServeBackend", SERVE_BACKENDS)
-DivergenceName = choices("DivergenceName", ("forward_kl", "reverse_kl", "jsd"))  # leaf.losses.DIVERGENCES
+DivergenceName = choices("DivergenceName", ("forward_kl", "reverse_kl", "jsd"))  # leaf.distill.losses.DIVERGENCES
 
 
 def ConfigOption(section: str):
@@ -565,7 +565,7 @@ def convert_gguf(output: Output,
                  trust_remote_code: Annotated[bool, typer.Option(
                      help="Run model code from the checkpoint (only if trusted).")] = False) -> None:
     """Turn a GGUF checkpoint into a float32 safetensors HF folder every leaf command reads (SmolLM2 by default)."""
-    from leaf.pretrained import convert_gguf as convert, find_smollm2_gguf
+    from leaf.models.pretrained import convert_gguf as convert, find_smollm2_gguf
 
     source = gguf if gguf is not None and gguf.suffix == ".gguf" else find_smollm2_gguf(gguf)
     folder = convert(source, output, trust_remote_code=trust_remote_code)
@@ -578,7 +578,7 @@ def tiny_model(output: Output, family: Annotated[Family, typer.Option(help="Arch
                size: Annotated[Size, typer.Option(help="tiny (<1M params) or small (~10M).")] = Size.tiny,
                seed: Seed = 0) -> None:
     """Build a random causal LM with a byte-level tokenizer and chat template, offline, as a HF folder."""
-    from leaf.tiny_models import build_tiny_model
+    from leaf.models.tiny import build_tiny_model
 
     path = build_tiny_model(family.value, output, seed=seed, size=size.value)
     typer.echo(f"wrote {family.value} ({size.value}, seed {seed}) to {path}")
@@ -604,7 +604,7 @@ def saliency(model: Model,
                  help=field_help(SaliencyReportConfig, "trust_remote_code"))] = False,
              json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
     """Per-token gradient saliency and attention share of one prompt/response on one model."""
-    from leaf.saliency_report import format_report, saliency_report
+    from leaf.inspect.saliency import format_report, saliency_report
 
     config = SaliencyReportConfig(model=model, prompt=prompt, response=response, method=method,
                                   norm=norm.value, chat_template=chat_template, device=device, dtype=dtype,

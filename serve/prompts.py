@@ -94,7 +94,7 @@ def from_analyze(folder: Path, *, limit: int | None = None) -> list[Problem]:
     from leaf.answers import extract_answer
     from leaf.spans import remove_spans
 
-    from leaf.analyze_output import read_records
+    from leaf.records import read_records
 
     problems = []
     for record in read_records(folder):

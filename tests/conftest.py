@@ -12,7 +12,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from leaf.hooks import encode_prompt_response
-from leaf.tiny_models import FAMILIES, build_tiny_model
+from leaf.models.tiny import FAMILIES, build_tiny_model
 
 hf_logging.disable_progress_bar()
 torch.set_num_threads(2)
@@ -39,7 +39,7 @@ def family(request) -> str:
 @pytest.fixture(scope="session")
 def samples():
     """The PROMPTS rendered with the tiny models' byte tokenizer, for tests that use one model."""
-    from leaf.tiny_models import byte_tokenizer
+    from leaf.models.tiny import byte_tokenizer
 
     tok = byte_tokenizer()
     return [encode_prompt_response(tok, p, r) for p, r in PROMPTS]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from leaf.analyze import AnalyzeConfig, run_analyze
 from leaf.cli import app
 from leaf.spans import remove_spans
-from leaf.tiny_models import build_tiny_model
+from leaf.models.tiny import build_tiny_model
 from tests.test_answers_gold_segments import GSM_PLUS
 
 runner = CliRunner()
@@ -318,7 +318,7 @@ def test_report_draws_gold_found_and_missed_an_index_and_stays_small(pair, tmp_p
     """Gold spans are underlined: inside a pruned span as found, elsewhere as missed; an index links every sample
     with its flags and missed gold characters; shading uses classes, so 8 GSM-Plus samples with a byte tokenizer stay
     near 100 KB (inline styles made 505 KB)."""
-    from leaf.report import _shaded, render_report
+    from leaf.analyze.report import _shaded, render_report
 
     text = "Tom has 3 apples. His hat is red. How many?"
     gold = [(18, 33)]                                     # "His hat is red."

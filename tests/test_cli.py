@@ -93,8 +93,8 @@ def test_installed_import_names_from_another_folder(tmp_path):
 def test_cli_choices_match_the_library_registries():
     from leaf.analyze import THRESHOLD_MODES
     from leaf.cli import Family, Threshold
-    from leaf.scoring import list_thresholds
-    from leaf.tiny_models import FAMILIES
+    from leaf.analyze.scoring import list_thresholds
+    from leaf.models.tiny import FAMILIES
 
     assert list(THRESHOLD_MODES) == list_thresholds() == [m.value for m in Threshold]
     from leaf.analyze import SPAN_UNITS

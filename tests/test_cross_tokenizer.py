@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from leaf.cross_tokenizer import align_groups, cross_tokenizer_loss, group_log_probs, vocabulary_map
-from leaf.losses import forward_kl, kd_loss, logit_mask
-from leaf.tiny_models import bpe_tokenizer, byte_tokenizer
+from leaf.distill.cross_tokenizer import align_groups, cross_tokenizer_loss, group_log_probs, vocabulary_map
+from leaf.distill.losses import forward_kl, kd_loss, logit_mask
+from leaf.models.tiny import bpe_tokenizer, byte_tokenizer
 
 
 def test_groups_close_where_both_tokenizations_end_at_the_same_character():

@@ -3,10 +3,10 @@
 import torch
 
 from leaf.analyze import AnalyzeConfig
-from leaf.detect import Unit, candidates, detect
+from leaf.analyze.detect import Unit, candidates, detect
 from leaf.gold import DetectionCounts, spans_from_text
 from leaf.hooks import encode_text
-from leaf.tiny_models import bpe_tokenizer, byte_tokenizer
+from leaf.models.tiny import bpe_tokenizer, byte_tokenizer
 
 PROMPT = "Tom has 3 apples. His hat is red. He buys 2 more apples. How many apples?"
 DISTRACTOR = "His hat is red."

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from leaf.analyze import AnalyzeConfig, run_analyze
 from leaf.distill import DistillConfig, run_distill
 from leaf.errors import LeafError
-from leaf.tiny_models import build_tiny_model
+from leaf.models.tiny import build_tiny_model
 from tests.test_answers_gold_segments import GSM_PLUS
 
 
@@ -213,7 +213,7 @@ def _plain_dataset(tmp_path):
 
 
 def test_a_plain_dataset_with_a_counterfactual_file(setup, tmp_path):
-    from leaf.distill_data import read_dataset
+    from leaf.distill.data import read_dataset
 
     data, cfs, rows = _plain_dataset(tmp_path)
     records, identical = read_dataset(data, cfs)
@@ -335,8 +335,8 @@ def test_cache_only_then_training_without_the_teacher(setup, tmp_path, monkeypat
 
 def test_the_teacher_cache_is_split_across_processes_by_shard(setup, tmp_path, monkeypatch):
     """Shard s is written by process s mod N; the union equals a one-process cache."""
-    import leaf.distill as distill_module
-    from leaf.distill_data import build_examples
+    import leaf.distill.run as distill_module
+    from leaf.distill.data import build_examples
     from leaf.hooks import load_model
 
     monkeypatch.setattr(distill_module, "SHARD", 2)
@@ -362,7 +362,7 @@ def test_the_loss_covers_the_end_of_turn_token(setup):
     """Distillation teaches the student where to stop: the response mask runs through the template's <|end|>."""
     from transformers import AutoTokenizer
 
-    from leaf.distill_data import build_examples
+    from leaf.distill.data import build_examples
 
     tok = AutoTokenizer.from_pretrained(setup[1])
     [example], _ = build_examples([{"prompt": "2+3?", "response": "5", "units": []}], tok, "kd", None)
@@ -373,7 +373,7 @@ def test_the_loss_covers_the_end_of_turn_token(setup):
 def test_every_counterfactual_is_used_and_levels_do_not_compete():
     """PairedData: over a sample's appearances each of its counterfactuals is paired once per round, one slot per
     level; the collator's cf_index maps each counterfactual row to its original's batch row."""
-    from leaf.distill_data import Example, PairedData, make_collator
+    from leaf.distill.data import Example, PairedData, make_collator
 
     cf = lambda n: ([n, n], [False, True])  # noqa: E731
     examples = [Example([1, 2, 3], [False, True, True], [cf(10), cf(11), cf(12), cf(20)],

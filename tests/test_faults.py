@@ -18,7 +18,7 @@ from leaf.analyze import AnalyzeConfig, run_analyze, window_done
 from leaf.cli import app
 from leaf.distill import DistillConfig, run_distill
 from leaf.errors import LeafError
-from leaf.tiny_models import build_tiny_model
+from leaf.models.tiny import build_tiny_model
 from tests.test_answers_gold_segments import GSM_PLUS
 
 runner = CliRunner()

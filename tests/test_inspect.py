@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from leaf.analyze import AnalyzeConfig, run_analyze
 from leaf.cli import app
 from leaf.demo.task import demo_tokenizer, generate
-from leaf.tiny_models import build_tiny_model
+from leaf.models.tiny import build_tiny_model
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"

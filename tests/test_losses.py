@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from leaf.errors import LeafError
-from leaf.losses import (forward_kl, get_divergence, hybrid_loss, jsd, kd_loss, kd_loss_from_cache, lambda_at,
+from leaf.distill.losses import (forward_kl, get_divergence, hybrid_loss, jsd, kd_loss, kd_loss_from_cache, lambda_at,
                          list_divergences, logit_mask, reverse_kl, teacher_topk)
 
 

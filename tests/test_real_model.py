@@ -25,7 +25,7 @@ runner = CliRunner()
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory):
     """SmolLM2 as a safetensors folder, converted from the wheel's GGUF once per test session by `leaf convert-gguf`."""
-    from leaf.pretrained import find_smollm2_gguf
+    from leaf.models.pretrained import find_smollm2_gguf
 
     try:
         find_smollm2_gguf()
@@ -54,7 +54,7 @@ def gsm8(tmp_path_factory):
 def test_the_converted_folder_equals_the_gguf_model(smollm2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from leaf.pretrained import find_smollm2_gguf
+    from leaf.models.pretrained import find_smollm2_gguf
 
     gguf = find_smollm2_gguf()
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -90,7 +90,7 @@ def test_saliency_on_real_weights_equals_plain_autograd(smollm2, tmp_path):
 def bos_teacher(tmp_path_factory):
     """A tiny Llama teacher with its own (byte-level) tokenizer whose chat template starts with BOS, as Llama 3's
     and Gemma's do: a different tokenizer and template from SmolLM2's."""
-    from leaf.tiny_models import build_tiny_model
+    from leaf.models.tiny import build_tiny_model
 
     return str(build_tiny_model("llama", tmp_path_factory.mktemp("t") / "teacher", seed=5, size="small"))
 
@@ -162,7 +162,7 @@ def test_smollm2_as_its_own_teacher_gives_zero_delta_and_no_flags(smollm2, gsm8,
 def perturbed(smollm2, tmp_path_factory):
     """A student with SmolLM2's vocabulary that does not yet match it: SmolLM2 with seeded noise on every weight
     (5% of each tensor's spread), so the KL to the teacher starts above zero."""
-    from leaf.pretrained import noisy_copy
+    from leaf.models.pretrained import noisy_copy
 
     return str(noisy_copy(smollm2, tmp_path_factory.mktemp("student") / "smollm2-noisy", scale=0.05, seed=0))
 
@@ -267,7 +267,7 @@ def test_inspect_one_sample_of_smollm2(smollm2, bos_teacher, gsm8, tmp_path):
 def test_cross_tokenizer_distill_from_smollm2_into_a_byte_level_student(smollm2, gsm8, tmp_path):
     """SmolLM2 (49,152-token BPE, ChatML) teaches a tiny byte-level Qwen2 student (264 tokens, its own template):
     the responses align through character offsets and the loss falls."""
-    from leaf.tiny_models import build_tiny_model
+    from leaf.models.tiny import build_tiny_model
 
     student = build_tiny_model("qwen2", tmp_path / "byte-student", seed=4)
     out = tmp_path / "cross"

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from leaf.cli import app
-from leaf.tiny_models import build_tiny_model
+from leaf.models.tiny import build_tiny_model
 from tests.test_answers_gold_segments import GSM_PLUS
 
 runner = CliRunner()

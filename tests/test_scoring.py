@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from leaf.errors import LeafError
-from leaf.scoring import ThresholdContext, delta, flag, list_thresholds, minmax
+from leaf.analyze.scoring import ThresholdContext, delta, flag, list_thresholds, minmax
 
 
 def test_minmax_hand_values_and_degenerate_vectors():
@@ -69,8 +69,8 @@ def test_a_constant_delta_flags_nothing_in_any_mode():
     the baselines copy a gradient mode's count, which is then 0."""
     from types import SimpleNamespace
 
-    from leaf.detect import contexts
-    from leaf.scoring import delta, flag, list_thresholds
+    from leaf.analyze.detect import contexts
+    from leaf.analyze.scoring import delta, flag, list_thresholds
 
     g = torch.rand(40, generator=torch.Generator().manual_seed(0))
     d = delta(g, g)

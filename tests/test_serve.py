@@ -19,7 +19,7 @@ from leaf.serve.engines import HF_LABEL, HFEngine, VLLMEngine, check_vllm_can_lo
 from leaf.serve.focus import FocusSample, attention_focus
 from leaf.serve.metrics import RequestTiming, percentile, summarize, summarize_iterations
 from leaf.serve.prompts import from_dataset, render
-from leaf.tiny_models import TinySize, build_tiny_model
+from leaf.models.tiny import TinySize, build_tiny_model
 from tests.test_answers_gold_segments import GSM_PLUS
 
 vllm = pytest.importorskip("vllm")

@@ -5,7 +5,7 @@ import torch
 
 from leaf.hooks import encode_text
 from leaf.spans import project, remove_spans, token_spans
-from leaf.tiny_models import bpe_tokenizer, byte_tokenizer
+from leaf.models.tiny import bpe_tokenizer, byte_tokenizer
 
 
 def _enc(tok, text):

@@ -4,7 +4,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from leaf.errors import LeafError
-from leaf.tiny_models import FAMILIES, SIZES, build_tiny_model, byte_tokenizer
+from leaf.models.tiny import FAMILIES, SIZES, build_tiny_model, byte_tokenizer
 
 
 def test_same_seed_gives_identical_weights_and_other_seed_differs(tmp_path):

@@ -61,7 +61,7 @@ def main():
     p.add_argument("--teacher", default=None, help="teacher folder (default: the shipped one)")
     p.add_argument("--teacher-steps", type=int, default=0, help="train a teacher on 1..N-step problems first")
     a = p.parse_args()
-    from leaf.tiny_models import TinySize
+    from leaf.models.tiny import TinySize
 
     h, l, nh, ff = (int(x) for x in a.student_size.split(","))
     size = TinySize(hidden_size=h, num_layers=l, num_heads=nh, num_kv_heads=nh, intermediate_size=ff,

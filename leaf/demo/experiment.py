@@ -89,7 +89,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def read_records(folder: Path) -> list[dict]:
     """The analysed samples (status ok) of a finished leaf analyze folder."""
-    from leaf.analyze_output import read_records as read_all
+    from leaf.records import read_records as read_all
 
     return [r for r in read_all(folder) if r.get("status") == "ok"]
 

@@ -42,7 +42,7 @@ def distractor_shares(model, problems: list[Problem], *, batch_size: int = 32) -
     on the question). Problems without distractors are skipped by the caller."""
     from leaf.gold import token_gold
     from leaf.hooks import encode_prompt_response
-    from leaf.hooks.focus import head_focus
+    from leaf.hooks.confounder_attention import head_focus
 
     samples, queries, instructions, confounders = [], [], [], []
     tokens = model.tokenizer.convert_ids_to_tokens

@@ -134,6 +134,6 @@ def vocabulary() -> list[str]:
 
 def demo_tokenizer():
     """Word-level fast tokenizer over `vocabulary()` with the tiny models' special tokens and chat template."""
-    from leaf.tiny_models import word_tokenizer
+    from leaf.models.tiny import word_tokenizer
 
     return word_tokenizer(vocabulary())

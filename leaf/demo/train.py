@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from leaf.demo.task import Problem
-from leaf.tiny_models import TinySize
+from leaf.models.tiny import TinySize
 
 TEACHER_SIZE = TinySize(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=512,
                         max_positions=256)
@@ -27,7 +27,7 @@ STUDENT_SIZE = TinySize(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=
 def new_model(folder: Path, size: TinySize, seed: int) -> Path:
     """A random Llama of `size` with the demo tokenizer, saved as a HF folder (the demo's stage folder: replaced)."""
     from leaf.demo.task import demo_tokenizer
-    from leaf.tiny_models import build_tiny_model
+    from leaf.models.tiny import build_tiny_model
 
     return build_tiny_model("llama", folder, seed=seed, size=size, tokenizer=demo_tokenizer(), overwrite=True)
 

@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 
 from leaf.errors import LeafError
 from leaf.hooks import encode_prompt_response
-from leaf.tiny_models import byte_tokenizer
+from leaf.models.tiny import byte_tokenizer
 
 
 def _text_of(enc, mask):

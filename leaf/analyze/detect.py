@@ -12,7 +12,7 @@ import torch
 
 from leaf.gold import DetectionCounts, token_gold
 from leaf.hooks.batching import tokens_in
-from leaf.scoring import THRESHOLDS, Flags, ThresholdContext, delta, flag, group_mean, minmax
+from leaf.analyze.scoring import THRESHOLDS, Flags, ThresholdContext, delta, flag, group_mean, minmax
 from leaf.spans import grow_spans, is_whitespace, piece_index, pieces, project, remove_spans, token_spans
 
 

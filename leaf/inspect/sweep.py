@@ -19,7 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from leaf.analyze_output import read_records
+from leaf.records import read_records
 from leaf.errors import LeafError
 from leaf.io import check_output_folder, write_json_atomic
 from leaf.options import doc
@@ -74,7 +74,7 @@ class InspectConfig:
             get_method(method)
         if self.count < 1 or self.ig_steps < 1 or self.batch_size < 1:
             raise LeafError("--count, --ig-steps and --batch-size must be at least 1.")
-        from leaf.analyze_output import check_finished
+        from leaf.records import check_finished
 
         check_finished(self.analyze)
 

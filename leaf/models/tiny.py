@@ -5,7 +5,7 @@ that `AutoModelForCausalLM.from_pretrained`, `leaf.hooks.load_model` and vLLM's 
 downloaded: the weights are random, deterministic from a seed, and the tokenizer is byte-level (every UTF-8 byte is a
 token, so any text round-trips and character offsets are exact).
 
-    from leaf.tiny_models import build_tiny_model
+    from leaf.models.tiny import build_tiny_model
     path = build_tiny_model("qwen2", "/tmp/tiny-qwen2", seed=0)            # ~0.3M parameters
     path = build_tiny_model("llama", "/tmp/small-llama", size="small")     # ~10M parameters
 

@@ -44,7 +44,7 @@ class Example:
 
 def read_analyze_output(path: Path) -> list[dict]:
     """The analysed samples of a finished `leaf analyze` folder (or its samples.jsonl)."""
-    from leaf.analyze_output import read_records, samples_file
+    from leaf.records import read_records, samples_file
 
     records = []
     for number, record in enumerate(read_records(path), 1):
@@ -135,8 +135,8 @@ def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | 
                    teacher_tokenizer=None, teacher_max_length: int | None = None) -> tuple[list[Example], int]:
     """Render and tokenize originals and their counterfactuals with the student's tokenizer; returns the examples
     and how many samples were dropped as too long. With a teacher tokenizer (--cross-tokenizer), each also gets
-    the teacher's own rendering and the alignment of the two (leaf.cross_tokenizer.cross_view)."""
-    from leaf.cross_tokenizer import cross_view
+    the teacher's own rendering and the alignment of the two (leaf.distill.cross_tokenizer.cross_view)."""
+    from leaf.distill.cross_tokenizer import cross_view
     from leaf.generation import stop_ids
     from leaf.hooks import encode_text
     from leaf.rendering import own_rendering

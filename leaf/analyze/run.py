@@ -25,10 +25,10 @@ from leaf.errors import LeafError
 from leaf.options import doc
 from leaf.io import (FolderLock, check_output_folder, check_same_settings, save_safetensors_atomic,
                      write_json_atomic, write_text_atomic)
-from leaf.teacher_scores import (INDEX, KIND, SCORES, TOKENIZER, TeacherScore, TeacherScores, score_key,
+from leaf.analyze.teacher_scores import (INDEX, KIND, SCORES, TOKENIZER, TeacherScore, TeacherScores, score_key,
                                  text_digest)
 
-THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.scoring.THRESHOLDS, without torch
+THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.analyze.scoring.THRESHOLDS, without torch
 LEVELS = ("instruction", "response", "both")
 PRUNING = ("span", "collective")
 SPAN_UNITS = ("token", "word", "clause", "sentence")  # leaf.spans.SPAN_UNITS, without torch
@@ -100,7 +100,7 @@ class AnalyzeConfig:
     report_samples: int = field(default=100, metadata=doc("Samples shown in report.html."))
 
     def __post_init__(self) -> None:
-        from leaf.scoring import GRADIENT_MODES, get_threshold
+        from leaf.analyze.scoring import GRADIENT_MODES, get_threshold
 
         get_threshold(self.threshold)
         for name in ("data", "output"):
@@ -488,7 +488,7 @@ class Analyzer:
         return dropped
 
     def units_of(self, row: int) -> list:
-        from leaf.detect import Unit
+        from leaf.analyze.detect import Unit
         from leaf.segments import split_response
 
         config = self.config
@@ -506,7 +506,7 @@ class Analyzer:
     def analyze_window(self, window: int, rows: list[int]) -> None:
         import time
 
-        from leaf.detect import detect
+        from leaf.analyze.detect import detect
         from leaf.gold import DetectionCounts
         from leaf.hooks import HookPlan, encode_text, run
         from leaf.hooks.batching import tokens_in
@@ -685,7 +685,7 @@ def _merge_teacher_scores(output: Path, run_info: dict, parts: list, timing: dic
 
 def _merge_analysis(output: Path, config: dict, run_info: dict, parts: list, timing: dict) -> dict:
     from leaf.gold import DetectionCounts
-    from leaf.report import write_report
+    from leaf.analyze.report import write_report
 
     notes = list(run_info["notes"])
     records, tensors = _read_parts(output, run_info["windows"])
@@ -729,7 +729,7 @@ def _merge_analysis(output: Path, config: dict, run_info: dict, parts: list, tim
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     write_text_atomic(output / "samples.jsonl", text)
     save_safetensors_atomic(output / "scores.safetensors", tensors)
-    summary = {  # written after the files it describes: its presence marks a finished run (leaf.analyze_output)
+    summary = {  # written after the files it describes: its presence marks a finished run (leaf.records)
         "output": str(output), "counts": counts,
         "files": {"samples.jsonl": {"records": len(records), "sha256": hashlib.sha256(text.encode()).hexdigest()},
                   "scores.safetensors": {"tensors": len(tensors)}},
