@@ -32,41 +32,6 @@ def read_text(file: str | Path) -> str:
                         "Convert it, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`.") from None
 
 
-class FolderLock:
-    """An exclusive lock on a run's folder (flock on FOLDER/.lock, which holds the owner's PID and host): a second run
-    on the same folder is refused instead of redoing the same work. The kernel drops the lock when its process dies,
-    however it dies, so a lock left by a dead run never blocks (the file may stay; it is not the lock)."""
-
-    def __init__(self, folder: str | Path, what: str) -> None:
-        self.path, self.what, self.fd = Path(folder) / ".lock", what, None
-
-    def acquire(self) -> FolderLock:
-        import fcntl
-        import socket
-
-        if self.fd is not None:
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise LeafError(f"{self.path.parent.parent if self.path.parent.name == 'parts' else self.path.parent} is "
-                            f"in use by another running leaf {self.what} (PID, host: {owner}). Wait for it to finish "
-                            "or stop it, then rerun; two runs on one folder would redo the same work.") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the flock
-            self.fd = None
-
-
 def write_bytes_atomic(path: str | Path, write) -> Path:
     """Call write(tmp_path) for a temporary file in the same folder, fsync it, rename it over `path`, fsync the
     folder: after a crash the file is either the old one or the complete new one."""
@@ -111,10 +76,9 @@ def save_safetensors_atomic(path: str | Path, tensors: dict) -> Path:
     return write_bytes_atomic(path, lambda tmp: save_file(tensors, tmp))
 
 
-def check_same_settings(folder: Path, manifest: Path, fingerprint: dict) -> None:
-    """--resume guard: the run recorded in `manifest` must have used these settings; names the keys that differ."""
-    previous = json.loads(Path(manifest).read_text())
-    changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-    if changed:
-        raise LeafError(f"Cannot --resume {folder}: the run there used different settings or data (differs in: "
-                        f"{', '.join(changed)}). Use the same settings, or a new --output.")
+def __getattr__(name: str):  # FolderLock and check_same_settings moved to leaf.run_folder
+    if name in ("FolderLock", "check_same_settings"):
+        import leaf.run_folder
+
+        return getattr(leaf.run_folder, name)
+    raise AttributeError(name)

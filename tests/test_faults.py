@@ -371,14 +371,14 @@ def test_an_unpickling_error_under_allow_pickle_is_a_message(tmp_path):
 def test_a_second_analyze_on_a_running_folder_is_refused(analyzed, rows, tmp_path):
     """Two `leaf analyze --resume` on one folder: the second is refused, naming the first one's PID; the lock goes
     with its process, so after a kill a resume runs."""
-    from leaf.io import FolderLock
+    from leaf.run_folder import FolderLock
 
     teacher, student, out = analyzed
     folder = tmp_path / "analyze"
     shutil.copytree(out, folder)
     shutil.rmtree(folder / "parts" / "part-00001.jsonl", ignore_errors=True)
     (folder / "parts" / "part-00001.jsonl").unlink(missing_ok=True)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom leaf.io import FolderLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom leaf.run_folder import FolderLock\n"
                                f"FolderLock({str(folder / 'parts')!r}, 'analyze').acquire()\nprint('held', flush=True)"
                                "\ntime.sleep(600)"], stdout=subprocess.PIPE, text=True, env=ENV)
     try:

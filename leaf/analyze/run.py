@@ -13,175 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-
 from leaf.errors import LeafError
-from leaf.options import doc
-from leaf.io import (FolderLock, check_output_folder, check_same_settings, save_safetensors_atomic,
-                     write_json_atomic, write_text_atomic)
+from leaf.analyze.config import AnalyzeConfig
+from leaf.io import save_safetensors_atomic, write_json_atomic, write_text_atomic
+from leaf.run_folder import (FolderLock, check_run_folder, describe_model, gpu_share, process_device, processes,
+                             versions)
 from leaf.analyze.teacher_scores import (INDEX, KIND, SCORES, TOKENIZER, TeacherScore, TeacherScores, score_key,
                                  text_digest)
-
-THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.analyze.scoring.THRESHOLDS, without torch
-LEVELS = ("instruction", "response", "both")
-PRUNING = ("span", "collective")
-SPAN_UNITS = ("token", "word", "clause", "sentence")  # leaf.spans.SPAN_UNITS, without torch
-AGGREGATES = ("token", "clause", "sentence")
-TEMPLATES = ("own", "student", "teacher", "none")  # leaf.rendering.TEMPLATES, without torch
-
-
-@dataclass
-class AnalyzeConfig:
-    teacher: str | None = field(default=None, metadata=doc("Teacher model: local HF folder or hub id."))
-    student: str | None = field(default=None, metadata=doc("Student model: local HF folder or hub id."))
-    data: Path | None = field(default=None, metadata=doc(
-        "Dataset: JSONL/JSON/CSV/Parquet file or saved HF dataset folder."))
-    output: Path | None = field(default=None, metadata=doc(
-        "Output folder (samples.jsonl, scores.safetensors, summary.json, report.html)."))
-    threshold: str = field(default="iqr", metadata=doc("Threshold mode: iqr, absolute, quantile, random, ppl."))
-    tau: float | None = field(default=None, metadata=doc("τ for --threshold absolute (paper: 0.10 instr, 0.15 resp)."))
-    quantile: float = field(default=0.05, metadata=doc("Fraction flagged by --threshold quantile (0.05 math, 0.10 code)."))
-    baseline_count: str = field(default="iqr", metadata=doc(
-        "Gradient mode whose flag count the random and ppl baselines copy: iqr, absolute or quantile."))
-    level: str = field(default="instruction", metadata=doc("Where to look: instruction, response, both."))
-    segments: int = field(default=2, metadata=doc("Response segments at response level: 2 or 3."))
-    pruning: str = field(default="span", metadata=doc("span: one counterfactual per span; collective: all at once."))
-    span_unit: str = field(default="word", metadata=doc(
-        "Grow flagged spans to whole words (so that pruning never cuts a word apart), to the clause or sentence "
-        "around them, or keep model tokens: token, word, clause, sentence."))
-    aggregate: str = field(default="token", metadata=doc(
-        "Decide per token (the paper's rule), or per clause / sentence on the mean Δ of its tokens (every threshold "
-        "mode then flags whole clauses / sentences): token, clause, sentence."))
-    gold: str | None = field(default=None, metadata=doc(
-        "Field holding the ground truth: the distractor text, a list of texts, or a list of [start, end] spans."))
-    gold_pair: str | None = field(default=None, metadata=doc(
-        "FIELD_A,FIELD_B: the distractor is what FIELD_A (question) adds to FIELD_B (its clean twin)."))
-    template: str = field(default="own", metadata=doc(
-        "How the models see a sample: own (each its own chat template, BOS included; scores aligned through the "
-        "prompt and response text), student or teacher (that model's template for both), none (plain text)."))
-    select: bool = field(default=False, metadata=doc(
-        "Keep only samples the teacher answers correctly and the student does not (greedy generation)."))
-    verify: bool = field(default=False, metadata=doc(
-        "Keep a counterfactual only if both models answer it correctly (greedy generation)."))
-    answer_field: str | None = field(default=None, metadata=doc(
-        "Field with the reference answer (default: extracted from the response: ####, \\boxed{}, last number)."))
-    max_new_tokens: int = field(default=256, metadata=doc("Generation budget for --select/--verify."))
-    generator: str = field(default="auto", metadata=doc(
-        "Greedy generation for --select/--verify: vllm, hf (transformers generate), or auto (vllm when installed)."))
-    prompt_field: str | None = field(default=None, metadata=doc("Prompt field (default: instruction, question, prompt)."))
-    response_field: str | None = field(default=None, metadata=doc(
-        "Response field (default: output, solution, response)."))
-    id_field: str = field(default="id", metadata=doc("Sample id field (default: the row number)."))
-    limit: int | None = field(default=None, metadata=doc("Analyse only the first N samples."))
-    batch_size: int = field(default=8, metadata=doc("Samples per forward/backward pass."))
-    window: int = field(default=64, metadata=doc("Samples per part file: the unit of --resume, sorted by length."))
-    seed: int = field(default=0, metadata=doc("Seed of the random baseline."))
-    device: str = field(default="cpu", metadata=doc("torch device."))
-    dtype: str = field(default="float32", metadata=doc("Model dtype."))
-    allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights."))
-    trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoint (only if trusted)."))
-    resume: bool = field(default=False, metadata=doc("Continue an interrupted run in --output."))
-    teacher_only: bool = field(default=False, metadata=doc(
-        "Score only the teacher and store the scores in --output, for --teacher-scores runs with any student "
-        "(--student then only lends its chat template, with --template student)."))
-    teacher_scores: Path | None = field(default=None, metadata=doc(
-        "Reuse the teacher scores of a --teacher-only run instead of running the teacher (--teacher is then "
-        "needed only for --select/--verify)."))
-    device_map: str | None = field(default=None, metadata=doc(
-        "Spread the teacher over all visible GPUs (transformers device_map, e.g. auto) for a teacher too big for one."))
-    gradient_checkpointing: bool = field(default=False, metadata=doc(
-        "Recompute activations in the backward pass: activation memory of one layer instead of all layers."))
-    report_samples: int = field(default=100, metadata=doc("Samples shown in report.html."))
-
-    def __post_init__(self) -> None:
-        from leaf.analyze.scoring import GRADIENT_MODES, get_threshold
-
-        get_threshold(self.threshold)
-        for name in ("data", "output"):
-            if getattr(self, name) is None:
-                raise LeafError(f"--{name} is required.")
-        self.data, self.output = Path(self.data), Path(self.output)
-        check_output_folder(self.output, allow_nonempty=True)  # a file there: say so before loading models
-        if self.teacher_scores is not None:
-            self.teacher_scores = Path(self.teacher_scores)
-        needs_student = not self.teacher_only or self.template == "student"  # own: the teacher's own template
-        checks = [
-            (self.teacher is not None or self.teacher_scores is not None,
-             "--teacher is required (or --teacher-scores DIR from a --teacher-only run)."),
-            (self.student is not None or not needs_student,
-             "--student is required." if not self.teacher_only else
-             "--teacher-only with --template student needs --student for its chat template (its weights are not "
-             "loaded), or use --template own, teacher or none."),
-            (not (self.teacher_only and self.teacher_scores), "Give --teacher-only or --teacher-scores, not both."),
-            (not (self.teacher_only and (self.select or self.verify)),
-             "--select/--verify compare the teacher's and the student's answers: not with --teacher-only."),
-            (not (self.teacher_scores and (self.select or self.verify) and self.teacher is None),
-             "--select/--verify generate with the teacher: with --teacher-scores also give --teacher."),
-            (self.level in LEVELS, f"--level must be one of {', '.join(LEVELS)}, got {self.level!r}."),
-            (self.pruning in PRUNING, f"--pruning must be one of {', '.join(PRUNING)}, got {self.pruning!r}."),
-            (self.span_unit in SPAN_UNITS,
-             f"--span-unit must be one of {', '.join(SPAN_UNITS)}, got {self.span_unit!r}."),
-            (self.aggregate in AGGREGATES,
-             f"--aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}."),
-            (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}, got {self.template!r}."),
-            (self.segments in (2, 3), f"--segments must be 2 or 3, got {self.segments}."),
-            (0 < self.quantile < 1, f"--quantile must be in (0, 1), got {self.quantile}."),
-            (self.tau is None or 0 <= self.tau <= 1, f"--tau must be in [0, 1] (Δ is normalised), got {self.tau}."),
-            (self.threshold != "absolute" or self.tau is not None, "--threshold absolute needs --tau."),
-            (self.baseline_count in GRADIENT_MODES, f"--baseline-count must be one of {', '.join(GRADIENT_MODES)}."),
-            (self.baseline_count != "absolute" or self.tau is not None, "--baseline-count absolute needs --tau."),
-            (not (self.gold and self.gold_pair), "Give --gold or --gold-pair, not both."),
-            (self.gold_pair is None or len(self.gold_pair.split(",")) == 2,
-             f"--gold-pair takes two field names separated by a comma, got {self.gold_pair!r}."),
-            (self.batch_size >= 1 and self.window >= 1, "--batch-size and --window must be at least 1."),
-            (self.limit is None or self.limit >= 1, f"--limit must be at least 1, got {self.limit}."),
-            (self.max_new_tokens >= 1, f"--max-tokens must be at least 1, got {self.max_new_tokens}."),
-            (self.report_samples >= 0, f"--report-samples must be 0 or more, got {self.report_samples}."),
-        ]
-        if self.select or self.verify:
-            from leaf.generation import resolve_backend
-
-            resolve_backend(self.generator)
-        for ok, message in checks:
-            if not ok:
-                raise LeafError(message)
-
-    @property
-    def gold_fields(self) -> tuple[str, str] | None:
-        """--gold-pair as (question field, clean twin field)."""
-        if not self.gold_pair:
-            return None
-        a, b = (name.strip() for name in self.gold_pair.split(","))
-        return a, b
-
-    def fingerprint(self) -> dict:
-        """What must match for --resume to continue a run: everything that changes the results."""
-        # what changes memory or speed but not the results may change on --resume (e.g. after running out of memory)
-        skip = {"output", "resume", "report_samples", "device_map", "gradient_checkpointing"}
-        values = {k: v for k, v in self.as_json().items() if k not in skip}
-        extra = {"teacher_scores_sha256": TeacherScores(self.teacher_scores).digest()} if self.teacher_scores else {}
-        return {**values, "data_sha256": _file_digest(self.data), **extra}
-
-    def as_json(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
 
 def run_analyze(config: AnalyzeConfig, *, command: list[str] | None = None, progress: bool = True) -> dict:
     """Run stage 1 over the dataset; write the output folder; return the summary.
@@ -236,18 +79,10 @@ class Analyzer:
     # -- output folder and resume -------------------------------------------------------------------------------
     def check_output(self, fingerprint: dict) -> bool:
         """Never overwrite another run; --resume only with the same settings and data. Needs no model, so it runs
-        before any loads (and again when the folder is claimed). Returns whether the folder holds this run."""
-        config, manifest = self.config, self.parts / "manifest.json"
-        started = manifest.exists()  # claimed: even before its first window (a teacher-only run has tokenizer/)
-        if started:
-            if not config.resume:
-                raise LeafError(f"{config.output} already holds an analyze run. Pass --resume to continue it, or "
-                                "choose another --output (nothing was overwritten).")
-            check_same_settings(config.output, manifest, fingerprint)
-        elif config.output.exists() and any(p for p in config.output.iterdir() if p != self.parts):
-            raise LeafError(f"{config.output} exists and is not empty. Choose a new --output (nothing was "
-                            "overwritten).")
-        return started
+        before any loads (and again when the folder is claimed). Returns whether the folder holds this run (claimed:
+        even before its first window; a teacher-only run has tokenizer/)."""
+        return check_run_folder(self.config.output, self.parts / "manifest.json", fingerprint,
+                                resume=self.config.resume, what="an analyze", ignore=(self.parts,))
 
     def prepare_output(self, ranks, n_samples: int, n_windows: int) -> None:
         """Check the folder (never overwrite another run; --resume only with the same settings), then claim it.
@@ -270,7 +105,7 @@ class Analyzer:
             write_json_atomic(self.parts / "run.json", {
                 "samples": n_samples, "windows": n_windows, "started": time.time(), "processes": ranks.num_processes,
                 "notes": self.notes, "models": self.describe_models(), "config": config.as_json(),
-                "versions": _versions(), "command": shlex.join(self.command),
+                "versions": versions(), "command": shlex.join(self.command),
                 "teacher_max_length": self.teacher.max_length})
             if config.teacher_only:
                 self.teacher.tokenizer.save_pretrained(str(config.output / TOKENIZER))
@@ -281,9 +116,9 @@ class Analyzer:
 
     def describe_models(self) -> dict:
         models = {"teacher": self.teacher.description if isinstance(self.teacher, TeacherScores)
-                  else _describe(self.teacher)}
+                  else describe_model(self.teacher)}
         if not self.config.teacher_only:
-            models["student"] = _describe(self.student)
+            models["student"] = describe_model(self.student)
         return models
 
     # -- the run -------------------------------------------------------------------------------------------------
@@ -744,68 +579,6 @@ def _merge_analysis(output: Path, config: dict, run_info: dict, parts: list, tim
     write_json_atomic(output / "summary.json", summary)
     write_report(output / "report.html", records[: config["report_samples"]], summary)
     return summary
-
-
-# -- processes and devices -----------------------------------------------------------------------------------------
-def processes(device: str):
-    """accelerate's view of the processes: N under `accelerate launch`/torchrun (gloo on CPU, NCCL on GPUs), else one.
-    The barrier timeout is long: a process that finished its windows waits for the slowest one."""
-    import datetime
-
-    from accelerate import PartialState
-
-    return PartialState(cpu=device == "cpu", timeout=datetime.timedelta(hours=12))
-
-
-def process_device(device: str, ranks, share: dict[int, int] | None = None) -> str:
-    """Each process of a multi-GPU run takes its own GPU (accelerate's choice), or with a GPU share (--device-map
-    auto) the share's first GPU (where its student and its inputs go); otherwise the --device given."""
-    if ranks.num_processes > 1 and device == "cuda":
-        if share:
-            import torch
-
-            first = min(share)
-            torch.cuda.set_device(first)
-            return f"cuda:{first}"
-        return str(ranks.device)
-    return device
-
-
-def gpu_share(ranks) -> dict[int, int] | None:
-    """--device-map auto under N processes: process r of a machine's n spreads its teacher over its own
-    consecutive 1/n of the machine's GPUs (as {gpu: bytes} for transformers' max_memory); None without GPUs."""
-    import torch
-
-    gpus = torch.cuda.device_count()
-    if gpus == 0:
-        return None
-    local = ranks.local_process_index
-    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.num_processes))  # set by torchrun
-    per = gpus // max(per_machine, 1)
-    if per < 1:
-        raise LeafError(f"--device-map auto with {per_machine} processes on a machine with {gpus} GPU(s): each "
-                        "process needs at least one GPU of its own. Start fewer processes.")
-    # 85 % of each GPU for the teacher's weights: the rest holds activations (and, on the first, the student)
-    return {i: int(0.85 * torch.cuda.get_device_properties(i).total_memory)
-            for i in range(local * per, (local + 1) * per)}
-
-
-def _describe(model) -> dict:
-    from leaf.hooks import model_summary
-
-    return model_summary(model)
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("leaf-distill", "torch", "transformers", "nnsight", "safetensors", "datasets"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def format_summary(summary: dict) -> str:

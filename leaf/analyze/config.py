@@ -1,0 +1,155 @@
+"""`leaf analyze`'s settings: every option, its help text and its checks (no model is needed to check them)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from leaf.errors import LeafError
+from leaf.io import check_output_folder
+from leaf.options import doc
+from leaf.run_folder import file_digest
+from leaf.analyze.teacher_scores import TeacherScores
+
+THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.analyze.scoring.THRESHOLDS, without torch
+LEVELS = ("instruction", "response", "both")
+PRUNING = ("span", "collective")
+SPAN_UNITS = ("token", "word", "clause", "sentence")  # leaf.spans.SPAN_UNITS, without torch
+AGGREGATES = ("token", "clause", "sentence")
+TEMPLATES = ("own", "student", "teacher", "none")  # leaf.rendering.TEMPLATES, without torch
+
+
+@dataclass
+class AnalyzeConfig:
+    teacher: str | None = field(default=None, metadata=doc("Teacher model: local HF folder or hub id."))
+    student: str | None = field(default=None, metadata=doc("Student model: local HF folder or hub id."))
+    data: Path | None = field(default=None, metadata=doc(
+        "Dataset: JSONL/JSON/CSV/Parquet file or saved HF dataset folder."))
+    output: Path | None = field(default=None, metadata=doc(
+        "Output folder (samples.jsonl, scores.safetensors, summary.json, report.html)."))
+    threshold: str = field(default="iqr", metadata=doc("Threshold mode: iqr, absolute, quantile, random, ppl."))
+    tau: float | None = field(default=None, metadata=doc("τ for --threshold absolute (paper: 0.10 instr, 0.15 resp)."))
+    quantile: float = field(default=0.05, metadata=doc("Fraction flagged by --threshold quantile (0.05 math, 0.10 code)."))
+    baseline_count: str = field(default="iqr", metadata=doc(
+        "Gradient mode whose flag count the random and ppl baselines copy: iqr, absolute or quantile."))
+    level: str = field(default="instruction", metadata=doc("Where to look: instruction, response, both."))
+    segments: int = field(default=2, metadata=doc("Response segments at response level: 2 or 3."))
+    pruning: str = field(default="span", metadata=doc("span: one counterfactual per span; collective: all at once."))
+    span_unit: str = field(default="word", metadata=doc(
+        "Grow flagged spans to whole words (so that pruning never cuts a word apart), to the clause or sentence "
+        "around them, or keep model tokens: token, word, clause, sentence."))
+    aggregate: str = field(default="token", metadata=doc(
+        "Decide per token (the paper's rule), or per clause / sentence on the mean Δ of its tokens (every threshold "
+        "mode then flags whole clauses / sentences): token, clause, sentence."))
+    gold: str | None = field(default=None, metadata=doc(
+        "Field holding the ground truth: the distractor text, a list of texts, or a list of [start, end] spans."))
+    gold_pair: str | None = field(default=None, metadata=doc(
+        "FIELD_A,FIELD_B: the distractor is what FIELD_A (question) adds to FIELD_B (its clean twin)."))
+    template: str = field(default="own", metadata=doc(
+        "How the models see a sample: own (each its own chat template, BOS included; scores aligned through the "
+        "prompt and response text), student or teacher (that model's template for both), none (plain text)."))
+    select: bool = field(default=False, metadata=doc(
+        "Keep only samples the teacher answers correctly and the student does not (greedy generation)."))
+    verify: bool = field(default=False, metadata=doc(
+        "Keep a counterfactual only if both models answer it correctly (greedy generation)."))
+    answer_field: str | None = field(default=None, metadata=doc(
+        "Field with the reference answer (default: extracted from the response: ####, \\boxed{}, last number)."))
+    max_new_tokens: int = field(default=256, metadata=doc("Generation budget for --select/--verify."))
+    generator: str = field(default="auto", metadata=doc(
+        "Greedy generation for --select/--verify: vllm, hf (transformers generate), or auto (vllm when installed)."))
+    prompt_field: str | None = field(default=None, metadata=doc("Prompt field (default: instruction, question, prompt)."))
+    response_field: str | None = field(default=None, metadata=doc(
+        "Response field (default: output, solution, response)."))
+    id_field: str = field(default="id", metadata=doc("Sample id field (default: the row number)."))
+    limit: int | None = field(default=None, metadata=doc("Analyse only the first N samples."))
+    batch_size: int = field(default=8, metadata=doc("Samples per forward/backward pass."))
+    window: int = field(default=64, metadata=doc("Samples per part file: the unit of --resume, sorted by length."))
+    seed: int = field(default=0, metadata=doc("Seed of the random baseline."))
+    device: str = field(default="cpu", metadata=doc("torch device."))
+    dtype: str = field(default="float32", metadata=doc("Model dtype."))
+    allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights."))
+    trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoint (only if trusted)."))
+    resume: bool = field(default=False, metadata=doc("Continue an interrupted run in --output."))
+    teacher_only: bool = field(default=False, metadata=doc(
+        "Score only the teacher and store the scores in --output, for --teacher-scores runs with any student "
+        "(--student then only lends its chat template, with --template student)."))
+    teacher_scores: Path | None = field(default=None, metadata=doc(
+        "Reuse the teacher scores of a --teacher-only run instead of running the teacher (--teacher is then "
+        "needed only for --select/--verify)."))
+    device_map: str | None = field(default=None, metadata=doc(
+        "Spread the teacher over all visible GPUs (transformers device_map, e.g. auto) for a teacher too big for one."))
+    gradient_checkpointing: bool = field(default=False, metadata=doc(
+        "Recompute activations in the backward pass: activation memory of one layer instead of all layers."))
+    report_samples: int = field(default=100, metadata=doc("Samples shown in report.html."))
+
+    def __post_init__(self) -> None:
+        from leaf.analyze.scoring import GRADIENT_MODES, get_threshold
+
+        get_threshold(self.threshold)
+        for name in ("data", "output"):
+            if getattr(self, name) is None:
+                raise LeafError(f"--{name} is required.")
+        self.data, self.output = Path(self.data), Path(self.output)
+        check_output_folder(self.output, allow_nonempty=True)  # a file there: say so before loading models
+        if self.teacher_scores is not None:
+            self.teacher_scores = Path(self.teacher_scores)
+        needs_student = not self.teacher_only or self.template == "student"  # own: the teacher's own template
+        checks = [
+            (self.teacher is not None or self.teacher_scores is not None,
+             "--teacher is required (or --teacher-scores DIR from a --teacher-only run)."),
+            (self.student is not None or not needs_student,
+             "--student is required." if not self.teacher_only else
+             "--teacher-only with --template student needs --student for its chat template (its weights are not "
+             "loaded), or use --template own, teacher or none."),
+            (not (self.teacher_only and self.teacher_scores), "Give --teacher-only or --teacher-scores, not both."),
+            (not (self.teacher_only and (self.select or self.verify)),
+             "--select/--verify compare the teacher's and the student's answers: not with --teacher-only."),
+            (not (self.teacher_scores and (self.select or self.verify) and self.teacher is None),
+             "--select/--verify generate with the teacher: with --teacher-scores also give --teacher."),
+            (self.level in LEVELS, f"--level must be one of {', '.join(LEVELS)}, got {self.level!r}."),
+            (self.pruning in PRUNING, f"--pruning must be one of {', '.join(PRUNING)}, got {self.pruning!r}."),
+            (self.span_unit in SPAN_UNITS,
+             f"--span-unit must be one of {', '.join(SPAN_UNITS)}, got {self.span_unit!r}."),
+            (self.aggregate in AGGREGATES,
+             f"--aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}."),
+            (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}, got {self.template!r}."),
+            (self.segments in (2, 3), f"--segments must be 2 or 3, got {self.segments}."),
+            (0 < self.quantile < 1, f"--quantile must be in (0, 1), got {self.quantile}."),
+            (self.tau is None or 0 <= self.tau <= 1, f"--tau must be in [0, 1] (Δ is normalised), got {self.tau}."),
+            (self.threshold != "absolute" or self.tau is not None, "--threshold absolute needs --tau."),
+            (self.baseline_count in GRADIENT_MODES, f"--baseline-count must be one of {', '.join(GRADIENT_MODES)}."),
+            (self.baseline_count != "absolute" or self.tau is not None, "--baseline-count absolute needs --tau."),
+            (not (self.gold and self.gold_pair), "Give --gold or --gold-pair, not both."),
+            (self.gold_pair is None or len(self.gold_pair.split(",")) == 2,
+             f"--gold-pair takes two field names separated by a comma, got {self.gold_pair!r}."),
+            (self.batch_size >= 1 and self.window >= 1, "--batch-size and --window must be at least 1."),
+            (self.limit is None or self.limit >= 1, f"--limit must be at least 1, got {self.limit}."),
+            (self.max_new_tokens >= 1, f"--max-tokens must be at least 1, got {self.max_new_tokens}."),
+            (self.report_samples >= 0, f"--report-samples must be 0 or more, got {self.report_samples}."),
+        ]
+        if self.select or self.verify:
+            from leaf.generation import resolve_backend
+
+            resolve_backend(self.generator)
+        for ok, message in checks:
+            if not ok:
+                raise LeafError(message)
+
+    @property
+    def gold_fields(self) -> tuple[str, str] | None:
+        """--gold-pair as (question field, clean twin field)."""
+        if not self.gold_pair:
+            return None
+        a, b = (name.strip() for name in self.gold_pair.split(","))
+        return a, b
+
+    def fingerprint(self) -> dict:
+        """What must match for --resume to continue a run: everything that changes the results."""
+        # what changes memory or speed but not the results may change on --resume (e.g. after running out of memory)
+        skip = {"output", "resume", "report_samples", "device_map", "gradient_checkpointing"}
+        values = {k: v for k, v in self.as_json().items() if k not in skip}
+        extra = {"teacher_scores_sha256": TeacherScores(self.teacher_scores).digest()} if self.teacher_scores else {}
+        return {**values, "data_sha256": file_digest(self.data), **extra}
+
+    def as_json(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -1,0 +1,154 @@
+"""The folder a run writes into, and the facts a run records about itself: shared by analyze, distill and serve.
+
+- `check_run_folder` never overwrites another run and lets `--resume` continue only a run of the same settings
+  (the manifest holds the settings' fingerprint; `check_same_settings` names the keys that differ);
+- `FolderLock` refuses a second live run on the same folder;
+- `file_digest`, `versions`, `describe_model`: what a manifest or summary records;
+- `processes`, `process_device`, `gpu_share`: one process per GPU under `accelerate launch`, and each process's share
+  of the GPUs for a teacher spread with `--device-map auto`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from leaf.errors import LeafError
+
+
+def check_run_folder(folder: Path, manifest: Path, fingerprint: dict | None, *, resume: bool, what: str,
+                     needs_resume: bool | None = None, ignore: tuple[Path, ...] = ()) -> bool:
+    """Whether `folder` already holds this run (its manifest exists); LeafError, with nothing changed, when it holds
+    another run, other settings (when a fingerprint is given), a started run without --resume (`needs_resume`,
+    default: whenever the manifest exists), or other files (anything but `ignore`). Needs no model, so commands run
+    it before they load one, and again when they claim the folder."""
+    folder, manifest = Path(folder), Path(manifest)
+    if manifest.exists():
+        if needs_resume is not False and not resume:
+            raise LeafError(f"{folder} already holds {what} run. Pass --resume to continue it, or choose another "
+                            "--output (nothing was overwritten).")
+        if fingerprint is not None:
+            check_same_settings(folder, manifest, fingerprint)
+        return True
+    if folder.exists() and any(p for p in folder.iterdir() if p not in ignore):
+        raise LeafError(f"{folder} exists and is not empty. Choose a new --output (nothing was overwritten).")
+    return False
+
+
+def check_same_settings(folder: Path, manifest: Path, fingerprint: dict) -> None:
+    """--resume guard: the run recorded in `manifest` must have used these settings; names the keys that differ."""
+    previous = json.loads(Path(manifest).read_text())
+    changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
+    if changed:
+        raise LeafError(f"Cannot --resume {folder}: the run there used different settings or data (differs in: "
+                        f"{', '.join(changed)}). Use the same settings, or a new --output.")
+
+
+class FolderLock:
+    """An exclusive lock on a run's folder (flock on FOLDER/.lock, which holds the owner's PID and host): a second run
+    on the same folder is refused instead of redoing the same work. The kernel drops the lock when its process dies,
+    however it dies, so a lock left by a dead run never blocks (the file may stay; it is not the lock)."""
+
+    def __init__(self, folder: str | Path, what: str) -> None:
+        self.path, self.what, self.fd = Path(folder) / ".lock", what, None
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+        import socket
+
+        if self.fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LeafError(f"{self.path.parent.parent if self.path.parent.name == 'parts' else self.path.parent} is "
+                            f"in use by another running leaf {self.what} (PID, host: {owner}). Wait for it to finish "
+                            "or stop it, then rerun; two runs on one folder would redo the same work.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, or of a folder's files with their relative names."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_model(model) -> dict:
+    from leaf.hooks import model_summary
+
+    return model_summary(model)
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("leaf-distill", "torch", "transformers", "nnsight", "safetensors", "datasets"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def processes(device: str):
+    """accelerate's view of the processes: N under `accelerate launch`/torchrun (gloo on CPU, NCCL on GPUs), else one.
+    The barrier timeout is long: a process that finished its windows waits for the slowest one."""
+    import datetime
+
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu", timeout=datetime.timedelta(hours=12))
+
+
+def process_device(device: str, ranks, share: dict[int, int] | None = None) -> str:
+    """Each process of a multi-GPU run takes its own GPU (accelerate's choice), or with a GPU share (--device-map
+    auto) the share's first GPU (where its student and its inputs go); otherwise the --device given."""
+    if ranks.num_processes > 1 and device == "cuda":
+        if share:
+            import torch
+
+            first = min(share)
+            torch.cuda.set_device(first)
+            return f"cuda:{first}"
+        return str(ranks.device)
+    return device
+
+
+def gpu_share(ranks) -> dict[int, int] | None:
+    """--device-map auto under N processes: process r of a machine's n spreads its teacher over its own
+    consecutive 1/n of the machine's GPUs (as {gpu: bytes} for transformers' max_memory); None without GPUs."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        return None
+    local = ranks.local_process_index
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.num_processes))  # set by torchrun
+    per = gpus // max(per_machine, 1)
+    if per < 1:
+        raise LeafError(f"--device-map auto with {per_machine} processes on a machine with {gpus} GPU(s): each "
+                        "process needs at least one GPU of its own. Start fewer processes.")
+    # 85 % of each GPU for the teacher's weights: the rest holds activations (and, on the first, the student)
+    return {i: int(0.85 * torch.cuda.get_device_properties(i).total_memory)
+            for i in range(local * per, (local + 1) * per)}
