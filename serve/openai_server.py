@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from leaf.errors import LeafError
-from leaf.generation import vllm_installed
+from leaf.serve.backends import vllm_installed
 
 HOST = "127.0.0.1"
 

@@ -17,8 +17,7 @@ from pathlib import Path
 from leaf.errors import LeafError
 from leaf.io import check_output_folder
 from leaf.options import doc
-
-BACKENDS = ("auto", "vllm", "hf")
+from leaf.serve.backends import BACKENDS
 
 
 @dataclass

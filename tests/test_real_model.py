@@ -214,7 +214,7 @@ def test_distill_smollm2_into_a_noisy_copy_and_resume(smollm2, perturbed, gsm8, 
 def test_serve_smollm2_on_vllm_matches_hf_greedy(smollm2, gsm8, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from leaf.generation import stop_ids
+    from leaf.end_of_turn import stop_ids
     from leaf.hooks.batching import render_head
 
     out = tmp_path / "serve"

@@ -234,7 +234,7 @@ def test_a_teacher_only_run_killed_before_its_first_window_resumes(setup, tmp_pa
 def test_merge_needs_neither_models_nor_vllm(setup, tmp_path, monkeypatch):
     """A run recorded with --select --generator vllm merges on a machine without vLLM: the recorded settings are
     read, not re-validated."""
-    import leaf.generation
+    import leaf.serve.backends
 
     out = tmp_path / "copy"
     shutil.copytree(setup["single"], out)
@@ -245,6 +245,6 @@ def test_merge_needs_neither_models_nor_vllm(setup, tmp_path, monkeypatch):
     def no_vllm(name):
         raise AssertionError("the merge must not resolve a generator")
 
-    monkeypatch.setattr(leaf.generation, "resolve_backend", no_vllm)
+    monkeypatch.setattr(leaf.serve.backends, "resolve_backend", no_vllm)
     result = runner.invoke(app, ["analyze", "--merge", str(out)])
     assert result.exit_code == 0, result.output

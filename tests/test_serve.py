@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from leaf.analyze import AnalyzeConfig, run_analyze
 from leaf.errors import LeafError
-from leaf.generation import stop_ids
+from leaf.end_of_turn import stop_ids
 from leaf.hooks import encode_prompt_response, load_model
 from leaf.serve import ServeConfig, run_serve
 from leaf.serve.engines import HF_LABEL, HFEngine, VLLMEngine, check_vllm_can_load

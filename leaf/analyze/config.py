@@ -128,7 +128,7 @@ class AnalyzeConfig:
             (self.report_samples >= 0, f"--report-samples must be 0 or more, got {self.report_samples}."),
         ]
         if self.select or self.verify:
-            from leaf.generation import resolve_backend
+            from leaf.serve.backends import resolve_backend
 
             resolve_backend(self.generator)
         for ok, message in checks:

@@ -257,18 +257,16 @@ class Analyzer:
     def answer_all(self, heads: dict[str, list[str]]) -> list[list[str]]:
         """Greedy continuations by the teacher and the student, each of its own rendered prompt heads
         ({"teacher": [...], "student": [...]}); returns [teacher's, student's]."""
-        from leaf.generation import VLLMGenerator, greedy_generate, resolve_backend
+        from leaf.serve.engines import engine_for_model, generate_texts
 
         config = self.config
-        if resolve_backend(config.generator) == "vllm" and not self.engines:
-            self.engines = [VLLMGenerator(model, seed=config.seed, allow_pickle=config.allow_pickle,
-                                          trust_remote_code=config.trust_remote_code)
+        if not self.engines:
+            self.engines = [engine_for_model(model, config.generator, batch_size=config.batch_size, seed=config.seed,
+                                             allow_pickle=config.allow_pickle,
+                                             trust_remote_code=config.trust_remote_code)
                             for model in (self.generating_teacher, self.student)]
-        engines = self.engines or [None, None]
-        return [greedy_generate(model, heads[who], max_new_tokens=config.max_new_tokens,
-                                batch_size=config.batch_size, engine=engine)
-                for who, model, engine in zip(("teacher", "student"), (self.generating_teacher, self.student),
-                                              engines)]
+        return [generate_texts(engine, heads[who], max_new_tokens=config.max_new_tokens)
+                for who, engine in zip(("teacher", "student"), self.engines)]
 
     def gold_exact(self, sample) -> bool:
         """Whether the gold spans are exact: a --gold text field, or a --gold-pair that is a pure insertion."""

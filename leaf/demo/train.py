@@ -97,12 +97,12 @@ def evaluate(folder: Path, problems: list[Problem], *, clean: bool = False, batc
              max_new_tokens: int = 48) -> list[bool]:
     """Greedy answers of the model in `folder`, checked against each problem's answer (HF generate)."""
     from leaf.answers import is_correct
-    from leaf.generation import hf_generate
     from leaf.hooks import load_model
     from leaf.hooks.batching import render_head
+    from leaf.serve.engines import HFEngine, generate_texts
 
     model = load_model(str(folder))
     texts = [render_head(model.tokenizer, p.clean_question if clean else p.question) for p in problems]
-    outputs = hf_generate(model, texts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    outputs = generate_texts(HFEngine(model, batch_size=batch_size), texts, max_new_tokens=max_new_tokens)
     return [is_correct(o, p.answer) for o, p in zip(outputs, problems)]
 

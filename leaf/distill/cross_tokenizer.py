@@ -106,7 +106,7 @@ def cross_tokenizer_loss(t_logq: torch.Tensor, s_logq: torch.Tensor, t_matched: 
 def end_of_turn_id(tokenizer) -> int | None:
     """The token that ends an assistant turn in the tokenizer's template (the first known end-of-turn marker, else
     EOS): the pair of these is matched across tokenizers, so the student learns where to stop."""
-    from leaf.generation import END_OF_TURN
+    from leaf.end_of_turn import END_OF_TURN
 
     vocab = tokenizer.get_vocab()
     return next((vocab[t] for t in END_OF_TURN if t in vocab), tokenizer.eos_token_id)

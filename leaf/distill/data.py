@@ -137,7 +137,7 @@ def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | 
     and how many samples were dropped as too long. With a teacher tokenizer (--cross-tokenizer), each also gets
     the teacher's own rendering and the alignment of the two (leaf.distill.cross_tokenizer.cross_view)."""
     from leaf.distill.cross_tokenizer import cross_view
-    from leaf.generation import stop_ids
+    from leaf.end_of_turn import stop_ids
     from leaf.hooks import encode_text
     from leaf.rendering import own_rendering
 
