@@ -15,8 +15,9 @@ list_methods() (saliency, input_x_gradient, integrated_gradients, attention_roll
 from leaf.hooks.alignment import Alignment, align_tokens
 from leaf.hooks.architecture import Architecture, discover
 from leaf.hooks.attribution import attribute, attribute_all, describe_methods, list_methods, register
-from leaf.hooks.batching import (EncodedSample, TokenBatch, encode_prompt_response, encode_text,
-                                 render_head, render_prompt_response, tokens_in)
+from leaf.hooks.batching import TokenBatch
+from leaf.hooks.templates import (EncodedSample, encode_prompt_response, encode_text, render_head,
+                                  render_prompt_response, tokens_in)
 from leaf.hooks.loading import HookedModel, load_model, model_summary, wrap_model
 from leaf.hooks.reductions import mean_nll
 from leaf.hooks.confounder_attention import head_focus, mean_focus

@@ -14,12 +14,12 @@ removed, all at once).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from leaf.errors import LeafError
+from leaf.records import SAMPLES
 
 CLEAN_FIELDS = ("seed_question", "clean_question", "original_question")
 GOLD_FIELDS = ("distractor_spans",)
@@ -91,24 +91,21 @@ def from_dataset(path: Path, *, prompt_field: str | None = None, response_field:
 
 
 def from_analyze(folder: Path, *, limit: int | None = None) -> list[Problem]:
+    """The analysed samples of a leaf analyze folder: the reference answer from the response, the clean prompt with
+    the gold spans removed (when the run had gold), the pruned prompt with the detected instruction spans removed."""
     from leaf.answers import extract_answer
+    from leaf.records import read_samples
     from leaf.spans import remove_spans
 
-    from leaf.records import read_records
-
     problems = []
-    for record in read_records(folder):
-        if record.get("status") != "ok":
-            continue
-        prompt, response = record["prompt"], record["response"]
-        detected = sorted({(s["start"], s["end"]) for unit in record.get("units", [])
-                           if unit["level"] == "instruction" for s in unit["spans"]})
-        gold = [tuple(g) for g in record.get("gold_spans", [])]
+    for record in read_samples(folder, analysed_only=True):
+        answer, gold = extract_answer(record.response), record.gold_spans or []
+        detected = record.instruction_spans()
         problems.append(Problem(
-            str(record["id"]), prompt, response, extract_answer(response),
-            clean=remove_spans(prompt, gold) if gold else None, clean_answer=extract_answer(response),
-            pruned=remove_spans(prompt, detected) if detected else None,
-            confounders=gold or detected, confounder_source="gold" if gold else ("detected" if detected else None)))
+            record.id, record.prompt, record.response, answer,
+            clean=remove_spans(record.prompt, gold) if gold else None, clean_answer=answer,
+            pruned=record.pruned_prompt(), confounders=gold or detected,
+            confounder_source="gold" if gold else ("detected" if detected else None)))
         if limit and len(problems) >= limit:
             break
     return problems
@@ -118,7 +115,7 @@ def load_problems(data: Path, **kwargs) -> list[Problem]:
     data = Path(data)
     if not data.exists():
         raise LeafError(f"--data {str(data)!r} does not exist.")
-    if data.is_dir() and (data / "samples.jsonl").exists():
+    if data.is_dir() and (data / SAMPLES).exists():
         problems = from_analyze(data, limit=kwargs.get("limit"))
     else:
         problems = from_dataset(data, **kwargs)
@@ -139,7 +136,7 @@ def random_prompts(tokenizer, count: int, input_len: int, seed: int) -> list[lis
 
 def render(tokenizer, prompt: str, *, chat_template: bool = True) -> list[int]:
     """Token ids of a prompt as the model sees it: its chat template with the generation prompt."""
-    from leaf.hooks.batching import render_head
+    from leaf.hooks.templates import render_head
 
     text = render_head(tokenizer, prompt, chat_template=chat_template)
     return tokenizer(text, add_special_tokens=False).input_ids

@@ -319,11 +319,12 @@ def test_report_draws_gold_found_and_missed_an_index_and_stays_small(pair, tmp_p
     with its flags and missed gold characters; shading uses classes, so 8 GSM-Plus samples with a byte tokenizer stay
     near 100 KB (inline styles made 505 KB)."""
     from leaf.analyze.report import _shaded, render_report
+    from leaf.records import Span, TokenScore, read_samples
 
     text = "Tom has 3 apples. His hat is red. How many?"
     gold = [(18, 33)]                                     # "His hat is red."
-    spans = [{"start": 18, "end": 25}, {"start": 0, "end": 3}]   # "His hat" (found), "Tom" (false positive)
-    tokens = [{"start": i, "end": i + 1, "delta": 0.5} for i in range(len(text))]
+    spans = [Span(18, 25, "His hat", []), Span(0, 3, "Tom", [])]   # "His hat" (found), "Tom" (false positive)
+    tokens = [TokenScore(i, i, i + 1, 0.0, 0.0, 0.5, False) for i in range(len(text))]
     page = _shaded(text, 0, tokens, spans, "delta", gold)
     parser = Marks()
     parser.feed(page)
@@ -344,4 +345,4 @@ def test_report_draws_gold_found_and_missed_an_index_and_stays_small(pair, tmp_p
     assert 'id="index"' in report and "gold chars missed" in report and "<script>" in report
     assert len(report.encode()) < 150_000, len(report.encode())
     summary = json.loads((out / "summary.json").read_text())
-    assert render_report(records, summary) == report
+    assert render_report(read_samples(out), summary) == report

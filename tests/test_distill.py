@@ -1,5 +1,6 @@
 """`leaf distill` on tiny models: every mode trains and saves a loadable student, the KL falls, resume is exact."""
 
+import hashlib
 import json
 import shutil
 
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from leaf.analyze import AnalyzeConfig, run_analyze
 from leaf.distill import DistillConfig, run_distill
 from leaf.errors import LeafError
+from leaf.records import SCHEMA_VERSION, AnalysedSample, samples_text
 from leaf.models.tiny import build_tiny_model
 from tests.test_answers_gold_segments import GSM_PLUS
 
@@ -107,9 +109,10 @@ def test_bad_input(setup, tmp_path):
             run_distill(_config(setup, tmp_path / "a", teacher=str(other)), progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "samples.jsonl").write_text(json.dumps({"prompt": "p", "response": "r", "status": "skipped_too_long"})
-                                         + "\n")
-    (empty / "summary.json").write_text("{}")  # a finished run (one written before summaries held a digest)
+    text = samples_text([AnalysedSample(row=0, id="0", status="skipped_too_long", prompt="p", response="r")])
+    (empty / "samples.jsonl").write_text(text)  # a finished run that analysed nothing
+    (empty / "summary.json").write_text(json.dumps({"schema": SCHEMA_VERSION, "files": {
+        "samples.jsonl": {"records": 1, "sha256": hashlib.sha256(text.encode()).hexdigest()}}}))
     with pytest.raises(LeafError, match="holds no analysed samples"):
         run_distill(_config(setup, tmp_path / "b", data=empty), progress=False)
     with pytest.raises(LeafError, match="no samples.jsonl"):

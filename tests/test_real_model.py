@@ -215,7 +215,7 @@ def test_serve_smollm2_on_vllm_matches_hf_greedy(smollm2, gsm8, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from leaf.end_of_turn import stop_ids
-    from leaf.hooks.batching import render_head
+    from leaf.hooks.templates import render_head
 
     out = tmp_path / "serve"
     result = runner.invoke(app, ["serve", "--model", smollm2, "--data", str(gsm8), "--output", str(out),

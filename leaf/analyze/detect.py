@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from leaf.gold import DetectionCounts, token_gold
-from leaf.hooks.batching import tokens_in
+from leaf.records import AnalysedUnit, Counterfactual, Span, TokenScore
+from leaf.hooks.templates import tokens_in
 from leaf.analyze.scoring import THRESHOLDS, Flags, ThresholdContext, delta, flag, group_mean, minmax
 from leaf.spans import grow_spans, is_whitespace, piece_index, pieces, project, remove_spans, token_spans
 
@@ -46,8 +47,8 @@ def contexts(config, d: torch.Tensor, surprisal: torch.Tensor | None, seed: int)
 
 def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, t_scores: torch.Tensor,
            s_surprisal: torch.Tensor | None, seed: int, gold_spans: list[tuple[int, int]] | None,
-           counts: list[dict[str, DetectionCounts]] | None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Δ, flags, spans and counterfactuals of one unit -> (JSON record, raw tensors).
+           counts: list[dict[str, DetectionCounts]] | None) -> tuple[AnalysedUnit, dict[str, torch.Tensor]]:
+    """Δ, flags, spans and counterfactuals of one unit -> (its record, raw tensors).
 
     With gold spans, every mode that can run adds its flags to each of the `counts` tables (e.g. all samples, and
     the subset whose gold is exact)."""
@@ -99,17 +100,16 @@ def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, 
     else:
         groups = [[(a, b) for a, b, _ in rel]] if rel else []
     field_name = "prompt" if unit.level == "instruction" else "response"
-    counterfactuals = [{"field": field_name, "removed": [list(s) for s in group],
-                        field_name: remove_spans(base_text, group)} for group in groups]
-    record = {
-        "level": unit.level, "segment": unit.segment, "target_span": list(unit.target),
-        "region_span": list(unit.region), "threshold_mode": config.threshold, "threshold": flags.threshold,
-        "tokens": [{"index": int(i), "start": int(s_enc.offsets[i, 0]), "end": int(s_enc.offsets[i, 1]),
-                    "teacher": round(float(a), 5), "student": round(float(b), 5), "delta": round(float(c), 5),
-                    "flag": bool(f)} for i, a, b, c, f in zip(idx, g_t, g_s, d, flags.mask)],
-        "spans": [{"start": a, "end": b, "text": base_text[a:b], "tokens": tokens} for a, b, tokens in rel],
-        "counterfactuals": counterfactuals,
-    }
+    counterfactuals = [Counterfactual(removed=group, **{field_name: remove_spans(base_text, group)})
+                       for group in groups]
+    record = AnalysedUnit(
+        level=unit.level, segment=unit.segment, target_span=unit.target, region_span=unit.region,
+        threshold_mode=config.threshold, threshold=flags.threshold,
+        tokens=[TokenScore(index=int(i), start=int(s_enc.offsets[i, 0]), end=int(s_enc.offsets[i, 1]),
+                           teacher=round(float(a), 5), student=round(float(b), 5), delta=round(float(c), 5),
+                           flag=bool(f)) for i, a, b, c, f in zip(idx, g_t, g_s, d, flags.mask)],
+        spans=[Span(start=a, end=b, text=base_text[a:b], tokens=tokens) for a, b, tokens in rel],
+        counterfactuals=counterfactuals)
     tensors = {"student": s_scores.float(), "teacher": t_scores.float(), "teacher_on_student": t_on_s.float(),
                "candidates": idx.to(torch.int64), "delta": d.float()}
     return record, tensors

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from leaf.io import write_text_atomic
+from leaf.records import AnalysedSample, AnalysedUnit, Span, TokenScore
 
 MAX_COUNTERFACTUALS = 5  # per unit in the page; samples.jsonl has them all
 
@@ -46,19 +47,19 @@ def _bucket(value: float) -> int:
     return min(9, max(0, round(value * 9)))
 
 
-def _shaded(text: str, base: int, tokens: list[dict], spans: list[dict], key: str | None,
+def _shaded(text: str, base: int, tokens: list[TokenScore], spans: list[Span], key: str | None,
             gold: list[tuple[int, int]] | None = None) -> str:
     """HTML of `text` with each scored token shaded by tokens[i][key] (10 shade classes), the pruned spans wrapped in
     <mark class="pruned">, and gold spans underlined (<u class="g">: inside a pruned span, found; <u class="g m">:
     missed). Neighbouring tokens with the same shade share one element. One pass: linear in the text's length."""
     shade: list[int | None] = [None] * len(text)       # the shade bucket of each character
     for t in tokens:
-        for c in range(max(t["start"] - base, 0), min(t["end"] - base, len(text))):
+        for c in range(max(t.start - base, 0), min(t.end - base, len(text))):
             if shade[c] is None and key:
-                shade[c] = _bucket(t[key])
+                shade[c] = _bucket(getattr(t, key))
     pruned, golden = [False] * len(text), [False] * len(text)
     for sp in spans:
-        for c in range(max(sp["start"], 0), min(sp["end"], len(text))):
+        for c in range(max(sp.start, 0), min(sp.end, len(text))):
             pruned[c] = True
     for a, b in gold or []:
         for c in range(max(a, 0), min(b, len(text))):
@@ -81,30 +82,30 @@ def _shaded(text: str, base: int, tokens: list[dict], spans: list[dict], key: st
     return "".join(out)
 
 
-def _unit_html(record: dict, unit: dict) -> str:
-    field = "prompt" if unit["level"] == "instruction" else "response"
-    text, base = record[field], record[f"{field}_span"][0]
-    title = "instruction" if unit["level"] == "instruction" else f"response, segment {unit['segment']} as the loss"
-    tau = "" if unit["threshold"] is None else f"τ = {unit['threshold']:.3f}"
-    rows = [f'<div class="meta">{html.escape(title)}; threshold {unit["threshold_mode"]} {tau}; '
-            f'{sum(t["flag"] for t in unit["tokens"])} of {len(unit["tokens"])} tokens flagged</div>']
-    flat = len({t["delta"] for t in unit["tokens"]}) <= 1  # e.g. teacher = student: no contrast, nothing to shade
+def _unit_html(record: AnalysedSample, unit: AnalysedUnit) -> str:
+    instruction = unit.level == "instruction"
+    text, base = (record.prompt, record.prompt_span[0]) if instruction else (record.response, record.response_span[0])
+    title = "instruction" if instruction else f"response, segment {unit.segment} as the loss"
+    tau = "" if unit.threshold is None else f"τ = {unit.threshold:.3f}"
+    rows = [f'<div class="meta">{html.escape(title)}; threshold {unit.threshold_mode} {tau}; '
+            f'{sum(t.flag for t in unit.tokens)} of {len(unit.tokens)} tokens flagged</div>']
+    flat = len({t.delta for t in unit.tokens}) <= 1  # e.g. teacher = student: no contrast, nothing to shade
     if flat:
         rows.append('<div class="meta">Δ is the same for every token (teacher and student read this sample alike): '
                     "nothing to flag, Δ left unshaded</div>")
-    gold = [tuple(g) for g in record.get("gold_spans", [])] if unit["level"] == "instruction" else []
+    gold = (record.gold_spans or []) if instruction else []
     for label, key in (("teacher", "teacher"), ("student", "student"), ("Δ", "delta")):
-        spans = unit["spans"] if key == "delta" else []
+        spans = unit.spans if key == "delta" else []
         shade = None if (key == "delta" and flat) else key
         marked = gold if key == "delta" else None
         rows.append(f'<div class="row"><div class="label">{label}</div>'
-                    f'<div class="text">{_shaded(text, base, unit["tokens"], spans, shade, marked)}</div></div>')
-    shown = unit["counterfactuals"][:MAX_COUNTERFACTUALS]
+                    f'<div class="text">{_shaded(text, base, unit.tokens, spans, shade, marked)}</div></div>')
+    shown = unit.counterfactuals[:MAX_COUNTERFACTUALS]
     for cf in shown:
         rows.append(f'<div class="row"><div class="label">pruned</div><div class="cf">'
-                    f'{html.escape(cf[cf["field"]])}</div></div>')
-    if len(unit["counterfactuals"]) > len(shown):
-        rows.append(f'<div class="meta">… {len(unit["counterfactuals"]) - len(shown)} more counterfactuals in '
+                    f'{html.escape(cf.texts(record)[0 if instruction else 1])}</div></div>')
+    if len(unit.counterfactuals) > len(shown):
+        rows.append(f'<div class="meta">… {len(unit.counterfactuals) - len(shown)} more counterfactuals in '
                     "samples.jsonl</div>")
     return "\n".join(rows)
 
@@ -136,27 +137,26 @@ LEGEND = ('<p class="meta legend"><span>sensitivity 0 <i class="scale" style="ba
           'positive)</span></p>')
 
 
-def _missed_gold(record: dict) -> int | None:
+def _missed_gold(record: AnalysedSample) -> int | None:
     """Characters of the gold spans that no instruction-level pruned span covers (None without gold)."""
-    if "gold_spans" not in record:
+    if record.gold_spans is None:
         return None
-    pruned = {c for u in record.get("units", []) if u["level"] == "instruction" for s in u["spans"]
-              for c in range(s["start"], s["end"])}
-    return sum(1 for a, b in record["gold_spans"] for c in range(a, b) if c not in pruned)
+    pruned = {c for a, b in record.instruction_spans() for c in range(a, b)}
+    return sum(1 for a, b in record.gold_spans for c in range(a, b) if c not in pruned)
 
 
-def _index_html(records: list[dict]) -> str:
+def _index_html(records: list[AnalysedSample]) -> str:
     """One row per sample with a link to it; click a column to sort (flags, mean Δ of the flagged tokens, missed
     gold)."""
     rows = []
     for record in records:
-        units = record.get("units", [])
-        flags = sum(t["flag"] for u in units for t in u["tokens"])
-        deltas = [t["delta"] for u in units for t in u["tokens"] if t["flag"]]
+        units = record.units or []
+        flags = sum(t.flag for u in units for t in u.tokens)
+        deltas = [t.delta for u in units for t in u.tokens if t.flag]
         low = sum(deltas) / len(deltas) if deltas else None     # how far below the rest the flagged tokens lie
         missed = _missed_gold(record)
-        rows.append(f'<tr><td><a href="#row-{record["row"]}">{html.escape(str(record["id"]))}</a></td>'
-                    f'<td>{html.escape(record["status"])}</td><td>{flags}</td>'
+        rows.append(f'<tr><td><a href="#row-{record.row}">{html.escape(record.id)}</a></td>'
+                    f'<td>{html.escape(record.status)}</td><td>{flags}</td>'
                     f'<td data-v="{"" if low is None else f"{low:.3f}"}">{"-" if low is None else f"{low:.3f}"}</td>'
                     f'<td data-v="{"" if missed is None else missed}">{"-" if missed is None else missed}</td></tr>')
     return ('<table id="index"><thead><tr><th>sample</th><th>status</th><th>flagged tokens</th><th>mean Δ of flagged</th>'
@@ -164,19 +164,19 @@ def _index_html(records: list[dict]) -> str:
             '<p class="meta">Click a column to sort.</p>')
 
 
-def render_report(records: list[dict], summary: dict) -> str:
+def render_report(records: list[AnalysedSample], summary: dict) -> str:
     models = summary["models"]
     body = [f"<h1>leaf analyze</h1><p class=meta>teacher {html.escape(models['teacher']['name'])} · student "
             f"{html.escape(models['student']['name'])} · {html.escape(summary['command'])}</p>",
             _summary_html(summary), LEGEND, _index_html(records)]
     for record in records:
-        nll = record.get("nll") or {}
-        head = (f'<h2 id="row-{record["row"]}">sample {html.escape(record["id"])}'
-                f' <span class="meta">({html.escape(record["status"])}'
+        nll = record.nll or {}
+        head = (f'<h2 id="row-{record.row}">sample {html.escape(record.id)}'
+                f' <span class="meta">({html.escape(record.status)}'
                 + (f"; response NLL teacher {nll['teacher']:.3f}, student {nll['student']:.3f}" if nll else "")
                 + ")</span></h2>")
         body.append(head)
-        for unit in record.get("units", []):
+        for unit in record.units or []:
             body.append(_unit_html(record, unit))
     data = html.escape(json.dumps({"counts": summary["counts"]}))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>leaf analyze report</title>"
@@ -184,5 +184,5 @@ def render_report(records: list[dict], summary: dict) -> str:
             f"<script>{SORT_JS}</script></body></html>\n")
 
 
-def write_report(path: str | Path, records: list[dict], summary: dict) -> Path:
+def write_report(path: str | Path, records: list[AnalysedSample], summary: dict) -> Path:
     return write_text_atomic(path, render_report(records, summary))

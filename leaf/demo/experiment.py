@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leaf.demo.task import Problem
+from leaf.records import AnalysedSample
 
 
 @dataclass(frozen=True)
@@ -87,23 +88,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def read_records(folder: Path) -> list[dict]:
-    """The analysed samples (status ok) of a finished leaf analyze folder."""
-    from leaf.records import read_records as read_all
-
-    return [r for r in read_all(folder) if r.get("status") == "ok"]
-
-
-def counterfactual_rows(records: list[dict]) -> list[dict]:
+def counterfactual_rows(records: list[AnalysedSample]) -> list[dict]:
     """A leaf analyze folder's (verified) counterfactuals as rows of a counterfactual file: id, question, solution."""
     rows = []
     for record in records:
-        for unit in record["units"]:
-            for cf in unit["counterfactuals"]:
-                row = {"id": record["id"], "question": cf.get("prompt", record["prompt"]),
-                       "solution": cf.get("response", record["response"]), "level": unit["level"]}
-                if row["question"].strip() and row["solution"].strip():  # (without --verify nothing drops these)
-                    rows.append(row)
+        for level, cf in record.counterfactuals():
+            question, solution = cf.texts(record)
+            if question.strip() and solution.strip():  # (without --verify nothing drops these)
+                rows.append({"id": record.id, "question": question, "solution": solution, "level": level})
     return rows
 
 
@@ -118,16 +110,16 @@ def originals(kept: list[Problem], clean: list[Problem]) -> list[dict]:
     return [{"id": p.id, "question": p.question, "solution": p.solution} for p in [*kept, *clean]]
 
 
-def person_removed(records: list[dict]) -> float | None:
+def person_removed(records: list[AnalysedSample]) -> float | None:
     """Share of the distractors that name a person (all but the off-topic ones) whose name the instruction-level
     spans remove: with its number, what misleads the student."""
     from leaf.demo.task import NAMES
 
     removed = named = 0
     for record in records:
-        spans = [(s["start"], s["end"]) for u in record["units"] if u["level"] == "instruction" for s in u["spans"]]
-        for a, b in record.get("gold_spans", []):
-            words = record["prompt"][a:b].split()
+        spans = record.instruction_spans()
+        for a, b in record.gold_spans or []:
+            words = record.prompt[a:b].split()
             if not words or words[0] not in NAMES:
                 continue
             named += 1

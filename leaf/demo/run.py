@@ -226,7 +226,8 @@ class SeedRun:
 
     def detection_variants(self) -> None:
         """Every detection rule on the validation split, with selection and verification; choose one."""
-        from leaf.demo.experiment import person_removed, read_records
+        from leaf.demo.experiment import person_removed
+        from leaf.records import read_samples
 
         self.log(f"seed {self.seed}: detection rules on the validation split")
         self.detection: dict[str, dict] = {}
@@ -234,8 +235,8 @@ class SeedRun:
             folder = self.out / "detection" / f"rule-{k}"
             summary = self.analyze(self.out / "validation.jsonl", folder, variant, level="instruction",
                                    select=self.config.select, verify=self.config.verify)
-            records = read_records(folder)
-            kept = sum(len(u["counterfactuals"]) for r in records for u in r["units"])
+            records = read_samples(folder, analysed_only=True)
+            kept = sum(1 for r in records for _ in r.counterfactuals())
             metrics = dict((summary.get("detection") or {}).get(variant.threshold) or {})
             metrics["distractors"] = {**metrics.get("distractors", {}), "person_removed": person_removed(records)}
             self.detection[variant.name] = {**metrics, "label": variant.label, "counterfactuals_kept": kept,
@@ -251,15 +252,16 @@ class SeedRun:
 
     def pool_analysis(self) -> None:
         """The chosen rule on the pool (select + verify), then the controls on the same selected problems."""
-        from leaf.demo.experiment import counterfactual_rows, read_records, write_jsonl
+        from leaf.demo.experiment import counterfactual_rows, write_jsonl
+        from leaf.records import read_samples
 
         c = self.config
         self.log(f"seed {self.seed}: leaf analyze on the pool ({self.variant.name}), then the controls")
         self.pool_summary = self.analyze(self.out / "pool.jsonl", self.out / "analyze", self.variant,
                                          select=c.select, verify=c.verify)
-        records = read_records(self.out / "analyze")
+        records = read_samples(self.out / "analyze", analysed_only=True)
         by_id = {p.id: p for p in self.pool}
-        self.kept = [by_id[r["id"]] for r in records]
+        self.kept = [by_id[r.id] for r in records]
         if not self.kept:
             raise LeafError("No training problem has the teacher right and the student wrong: nothing to distil. "
                             "Train the teacher longer (--retrain-teacher --teacher-steps N) or the student less.")
@@ -274,7 +276,7 @@ class SeedRun:
                 folder = self.out / f"analyze-{source}"
                 self.analyze(self.out / "selected.jsonl", folder, self.variant, level="instruction", verify=c.verify,
                              **extra)
-                self.cf_rows[source] = counterfactual_rows(read_records(folder))
+                self.cf_rows[source] = counterfactual_rows(read_samples(folder, analysed_only=True))
         if "oracle" in sources:
             self.cf_rows["oracle"] = self.oracle()
 

@@ -98,7 +98,7 @@ def evaluate(folder: Path, problems: list[Problem], *, clean: bool = False, batc
     """Greedy answers of the model in `folder`, checked against each problem's answer (HF generate)."""
     from leaf.answers import is_correct
     from leaf.hooks import load_model
-    from leaf.hooks.batching import render_head
+    from leaf.hooks.templates import render_head
     from leaf.serve.engines import HFEngine, generate_texts
 
     model = load_model(str(folder))

@@ -13,12 +13,13 @@ instr+resp); one whose response differs (too) is a response counterfactual (mode
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from leaf.errors import LeafError
+from leaf.records import AnalysedSample, AnalysedUnit, Counterfactual
+from leaf.records import is_samples_file as is_analyze_output  # noqa: F401  (distill's name for it)
 
 LEVELS = {"kd": (), "instr": ("instruction",), "instr+resp": ("instruction", "response")}
 
@@ -42,57 +43,31 @@ class Example:
         return out
 
 
-def read_analyze_output(path: Path) -> list[dict]:
-    """The analysed samples of a finished `leaf analyze` folder (or its samples.jsonl)."""
-    from leaf.records import read_records, samples_file
+def read_analyze_output(path: Path) -> list[AnalysedSample]:
+    """The analysed samples (status ok) of a finished `leaf analyze` folder (or its samples.jsonl)."""
+    from leaf.records import read_samples, samples_file
 
-    records = []
-    for number, record in enumerate(read_records(path), 1):
-        missing = [k for k in ("prompt", "response", "status") if k not in record]
-        if missing:
-            raise LeafError(f"{samples_file(path)}: record {number} lacks {', '.join(missing)}: not a leaf analyze "
-                            "record. For a plain dataset, pass --counterfactuals FILE (or --mode kd).")
-        if record["status"] == "ok":
-            records.append(record)
+    records = read_samples(path, analysed_only=True)
     if not records:
         raise LeafError(f"{samples_file(path)} holds no analysed samples (status ok): nothing to distil on.")
     return records
 
 
-def is_analyze_output(path: Path) -> bool:
-    if path.is_dir():
-        return (path / "samples.jsonl").exists()
-    if path.name != "samples.jsonl" and path.suffix != ".jsonl":
-        return False
-    try:
-        with open(path, encoding="utf-8") as handle:
-            first = next((line for line in handle if line.strip()), "")
-    except UnicodeDecodeError:
-        from leaf.data import check_utf8
-
-        check_utf8(path)  # raises, naming the byte
-        raise
-    try:
-        return isinstance(row := json.loads(first), dict) and {"row", "status", "prompt", "response"} <= set(row)
-    except json.JSONDecodeError:
-        return False
-
-
 def read_dataset(data: Path, counterfactuals: Path | None, *, prompt_field: str | None = None,
-                 response_field: str | None = None, id_field: str = "id") -> tuple[list[dict], int]:
-    """Records in the analyze-output shape from a plain dataset and (optionally) a counterfactual file keyed by id.
+                 response_field: str | None = None, id_field: str = "id") -> tuple[list[AnalysedSample], int]:
+    """Analysed-sample records from a plain dataset and (optionally) a counterfactual file keyed by id.
     Returns the records and how many counterfactual rows were dropped as identical to their original."""
     from leaf.data import load_records, to_samples
 
     fields = dict(prompt_field=prompt_field, response_field=response_field, id_field=id_field)
     originals = to_samples(load_records(data), **fields)
-    by_id: dict[str, dict] = {}
+    by_id: dict[str, AnalysedSample] = {}
     for sample in originals:
         if sample.id in by_id:
             raise LeafError(f"{data}: id {sample.id!r} appears twice. Counterfactuals are matched to originals by "
                             f"id, so ids must be unique (field {id_field!r}, or set --id-field).")
-        by_id[sample.id] = {"id": sample.id, "prompt": sample.prompt, "response": sample.response, "status": "ok",
-                            "units": []}
+        by_id[sample.id] = AnalysedSample(row=len(by_id), id=sample.id, status="ok", prompt=sample.prompt,
+                                          response=sample.response, units=[])
     identical = 0
     if counterfactuals is not None:
         rows = load_records(counterfactuals)
@@ -108,14 +83,13 @@ def read_dataset(data: Path, counterfactuals: Path | None, *, prompt_field: str 
                             f"{shown}. Each row's {id_field!r} must be the id of the sample it was pruned from.")
         for cf in cfs:
             record = by_id[cf.id]
-            prompt_changed, response_changed = cf.prompt != record["prompt"], cf.response != record["response"]
+            prompt_changed, response_changed = cf.prompt != record.prompt, cf.response != record.response
             if not (prompt_changed or response_changed):
                 identical += 1
                 continue
             level = "response" if response_changed else "instruction"
-            record["units"].append({"level": level, "counterfactuals": [
-                {"field": "response" if response_changed else "prompt", "prompt": cf.prompt,
-                 "response": cf.response}]})
+            record.units.append(AnalysedUnit(level, counterfactuals=[Counterfactual(
+                prompt=cf.prompt if prompt_changed else None, response=cf.response if response_changed else None)]))
     return list(by_id.values()), identical
 
 
@@ -131,7 +105,7 @@ def with_end_of_turn(ids: list[int], mask: list[bool], stops: set[int]) -> list[
     return [m or last < i <= end for i, m in enumerate(mask)]
 
 
-def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | None,
+def build_examples(records: list[AnalysedSample], tokenizer, mode: str, max_length: int | None,
                    teacher_tokenizer=None, teacher_max_length: int | None = None) -> tuple[list[Example], int]:
     """Render and tokenize originals and their counterfactuals with the student's tokenizer; returns the examples
     and how many samples were dropped as too long. With a teacher tokenizer (--cross-tokenizer), each also gets
@@ -160,23 +134,20 @@ def build_examples(records: list[dict], tokenizer, mode: str, max_length: int | 
     levels = LEVELS[mode]
     examples, dropped = [], 0
     for record in records:
-        ids, mask, cross = encode(record["prompt"], record["response"])
+        ids, mask, cross = encode(record.prompt, record.response)
         if (max_length and len(ids) > max_length) or cross is False:
             dropped += 1
             continue
         cfs, cf_levels, crosses = [], [], [cross]
-        for unit in record.get("units", []):
-            if unit["level"] not in levels:
+        for level, cf in record.counterfactuals(levels):
+            prompt, response = cf.texts(record)
+            if not prompt.strip() or not response.strip():
                 continue
-            for cf in unit["counterfactuals"]:
-                prompt, response = cf.get("prompt", record["prompt"]), cf.get("response", record["response"])
-                if not prompt.strip() or not response.strip():
-                    continue
-                cf_ids, cf_mask, cf_cross = encode(prompt, response)
-                if any(cf_mask) and not (max_length and len(cf_ids) > max_length) and cf_cross is not False:
-                    cfs.append((cf_ids, cf_mask))
-                    cf_levels.append(unit["level"])
-                    crosses.append(cf_cross)
+            cf_ids, cf_mask, cf_cross = encode(prompt, response)
+            if any(cf_mask) and not (max_length and len(cf_ids) > max_length) and cf_cross is not False:
+                cfs.append((cf_ids, cf_mask))
+                cf_levels.append(level)
+                crosses.append(cf_cross)
         examples.append(Example(ids, mask, cfs, cf_levels, crosses if teacher_tokenizer is not None else None))
     return examples, dropped
 

@@ -19,7 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from leaf.records import read_records
+from leaf.records import AnalysedSample, read_samples
 from leaf.errors import LeafError
 from leaf.io import check_output_folder, write_json_atomic
 from leaf.options import doc
@@ -84,28 +84,20 @@ def _short(token: str) -> str:
     return token if len(token) <= 12 else token[:11] + "…"
 
 
-def choose_samples(records: list[dict], rows: list[int], count: int) -> list[dict]:
-    by_row = {r["row"]: r for r in records}
+def choose_samples(records: list[AnalysedSample], rows: list[int], count: int) -> list[AnalysedSample]:
+    by_row = {r.row: r for r in records}
     if rows:
         missing = [r for r in rows if r not in by_row]
         if missing:
             raise LeafError(f"No row {missing[0]} in samples.jsonl (rows 0..{len(records) - 1}).")
         chosen = [by_row[r] for r in rows]
     else:
-        chosen = [r for r in records if _instruction_spans(r)][:count]
+        chosen = [r for r in records if r.instruction_spans()][:count]
     for record in chosen:
-        if not _instruction_spans(record):
-            raise LeafError(f"Sample {record['row']} has no detected instruction span (status {record['status']}): "
+        if not record.instruction_spans():
+            raise LeafError(f"Sample {record.row} has no detected instruction span (status {record.status}): "
                             "there is no counterfactual to compare with. Pick another --sample.")
     return chosen
-
-
-def _instruction_spans(record: dict) -> list[tuple[int, int]]:
-    spans = []
-    for unit in record.get("units", []):
-        if unit.get("level") == "instruction":
-            spans += [(s["start"], s["end"]) for s in unit["spans"]]
-    return sorted(set(spans))
 
 
 def run_inspect(config: InspectConfig, *, log=print) -> dict:
@@ -114,14 +106,8 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
     from leaf.hooks import (align_tokens, attribute_all, encode_text, head_focus, heatmap_png, list_methods,
                             load_model, patching_sweep, render_prompt_response)
     from leaf.gold import token_gold
-    from leaf.spans import remove_spans
 
-    records = read_records(config.analyze)
-    for number, record in enumerate(records, 1):  # rows become folder names: never a path from a file
-        row = record.get("row")
-        if not (isinstance(row, int) and not isinstance(row, bool) and row >= 0):
-            raise LeafError(f"{config.analyze}/samples.jsonl record {number}: 'row' must be a non-negative integer, "
-                            f"got {row!r}. The file is not as leaf analyze wrote it; rerun leaf analyze.")
+    records = read_samples(config.analyze)  # validated: rows are non-negative ints (they become folder names)
     summary = json.loads((config.analyze / "summary.json").read_text())
     chosen = choose_samples(records, config.samples, config.count)
     if not chosen:
@@ -140,12 +126,12 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
     methods = config.methods or list_methods()
     index = {"model": name, "analyze": str(config.analyze), "samples": []}
     for record in chosen:
-        folder = config.output / f"sample-{record['row']}"
-        spans = _instruction_spans(record)
-        text, pspan, rspan = render_prompt_response(model.tokenizer, record["prompt"], record["response"],
+        folder = config.output / f"sample-{record.row}"
+        spans = record.instruction_spans()
+        text, pspan, rspan = render_prompt_response(model.tokenizer, record.prompt, record.response,
                                                     chat_template=chat)
-        cf_prompt = remove_spans(record["prompt"], spans)
-        cf_text, cf_pspan, cf_rspan = render_prompt_response(model.tokenizer, cf_prompt, record["response"],
+        cf_prompt = record.pruned_prompt()
+        cf_text, cf_pspan, cf_rspan = render_prompt_response(model.tokenizer, cf_prompt, record.response,
                                                              chat_template=chat)
         x, xs = encode_text(model.tokenizer, text, pspan, rspan), encode_text(model.tokenizer, cf_text, cf_pspan,
                                                                              cf_rspan)
@@ -165,7 +151,7 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
                                         source_mask=target if reverse else cf_target)
                 stem = f"patching_{component}" + ("_reverse" if reverse else "")
                 into = "X into X\\A" if reverse else "X\\A into X"
-                payload = {**result.to_json(), "direction": into, "row": record["row"],
+                payload = {**result.to_json(), "direction": into, "row": record.row,
                            "tokens": cf_labels if reverse else labels}
                 write_json_atomic(folder / f"{stem}.json", payload)
                 columns = ("head", [str(h) for h in range(result.effect.shape[1])]) if component == "head" else (
@@ -179,7 +165,7 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
         confounder = token_gold(x.offsets, spans, base=pspan[0]) & x.prompt_mask   # tokens overlapping a span
         [focus] = head_focus(model, [x.input_ids], [x.response_mask], [x.prompt_mask], [confounder])
         write_json_atomic(folder / "head_focus.json", {
-            "row": record["row"], "share_on_confounders": [[None if v != v else round(float(v), 6) for v in row]
+            "row": record.row, "share_on_confounders": [[None if v != v else round(float(v), 6) for v in row]
                                                          for row in focus.tolist()],
             "confounder_tokens": int(confounder.sum()), "instruction_tokens": int(x.prompt_mask.sum()),
             "uniform_share": float(confounder.sum() / max(int(x.prompt_mask.sum()), 1))})
@@ -192,17 +178,17 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
         rows = torch.stack([scores[m][0] for m in methods])
         scaled = rows / rows.abs().amax(-1, keepdim=True).clamp(min=1e-12)
         write_json_atomic(folder / "attributions.json", {
-            "row": record["row"], "tokens": labels, "prompt_tokens": x.prompt_mask.tolist(),
+            "row": record.row, "tokens": labels, "prompt_tokens": x.prompt_mask.tolist(),
             "confounder_tokens": confounder.tolist(),
             "scores": {m: [round(float(v), 7) for v in scores[m][0]] for m in methods}})
         heatmap_png(scaled, folder / "attributions.png", signed=bool((rows < 0).any()),
                     title="attributions on X, each row scaled by its largest |value|", xlabel="token",
                     ylabel="method", xticklabels=labels, yticklabels=methods, colorbar="scaled score")
         written += ["head_focus.json", "head_focus.png", "attributions.json", "attributions.png"]
-        index["samples"].append({"row": record["row"], "id": record["id"], "folder": str(folder),
+        index["samples"].append({"row": record.row, "id": record.id, "folder": str(folder),
                                  "files": written, "pruned_spans": [list(s) for s in spans],
                                  "unpartnered": {"pruned": len(alignment.pruned), "changed": len(alignment.changed)}})
-        log(f"sample {record['row']}: wrote {len(written)} files to {folder}")
+        log(f"sample {record.row}: wrote {len(written)} files to {folder}")
     index["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
     write_json_atomic(config.output / "index.json", index)
     return index

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 from leaf.errors import LeafError
 from leaf.hooks import (Alignment, align_tokens, attribute, attribute_all, encode_prompt_response, head_focus,
                         heatmap_png, list_methods, load_model, patch_all, patching_sweep, render_prompt_response)
-from leaf.hooks.batching import encode_text
+from leaf.hooks.templates import encode_text
 from leaf.spans import remove_spans
 from tests.hooks import reference
 from tests.hooks.test_no_trace import _hook_count
