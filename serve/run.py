@@ -141,6 +141,7 @@ def benchmark(engine, prompt_set: dict, config: ServeConfig):
 
 def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
     from leaf.io import write_json_atomic, write_text_atomic
+    from leaf.run_folder import check_run_folder
     from leaf.serve.focus import FocusSample
     from leaf.serve.prompts import load_problems
     from leaf.serve.report import markdown, plot
@@ -149,9 +150,8 @@ def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
                   clean_field=config.clean_field, answer_field=config.answer_field, id_field=config.id_field,
                   gold_field=config.gold_field, limit=config.limit)
     problems = load_problems(config.data, **fields) if config.data is not None else []
-    if config.output.exists() and any(config.output.iterdir()):
-        if not (config.output / "results.json").exists():
-            raise LeafError(f"{config.output} exists and holds other files; choose a new --output.")
+    # a folder of an earlier leaf serve (results.json) is measured again and overwritten; any other is refused
+    check_run_folder(config.output, config.output / "results.json", None, resume=True, what="a serve")
     engine_args = dict(device=config.device, dtype=config.dtype, seed=config.seed,
                        max_model_len=config.max_model_len, tensor_parallel_size=config.tensor_parallel_size,
                        data_parallel_size=config.data_parallel_size,
