@@ -5,7 +5,7 @@
 - `FolderLock` refuses a second live run on the same folder;
 - `file_digest`, `versions`, `describe_model`: what a manifest or summary records;
 - `processes`, `process_device`, `gpu_share`: one process per GPU under `accelerate launch`, and each process's share
-  of the GPUs for a teacher spread with `--device-map auto`.
+  of the GPUs for a teacher spread with `--device-map auto`; `launch_processes` starts such a run (--num-processes).
 """
 
 from __future__ import annotations
@@ -119,6 +119,22 @@ def processes(device: str):
     from accelerate import PartialState
 
     return PartialState(cpu=device == "cpu", timeout=datetime.timedelta(hours=12))
+
+
+def launch_processes(count: int, args: list[str], log=print) -> int:
+    """Re-run a leaf command (args start with "leaf") under `accelerate launch` with `count` processes; its exit
+    code. accelerate's multi-process launcher is torchrun; on CPU the processes talk over gloo."""
+    import shutil
+    import subprocess
+    import sys
+
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if accelerate is None:
+        raise LeafError("--num-processes needs accelerate's `accelerate` command (pip install accelerate).")
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", str(count), "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "leaf", *args[1:]]
+    log("running: " + " ".join(launch))
+    return subprocess.run(launch).returncode
 
 
 def process_device(device: str, ranks, share: dict[int, int] | None = None) -> str:

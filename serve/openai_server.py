@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from leaf.errors import LeafError
+from leaf.io import check_output_folder
 from leaf.serve.backends import vllm_installed
 
 HOST = "127.0.0.1"
@@ -109,6 +110,31 @@ def start(model: str, port: int, *, timeout: float = 300, log: Path | None = Non
     stop(process)
     raise LeafError(f"vLLM's OpenAI server for {model!r} did not answer on port {port} within {timeout:.0f} s "
                     f"(log: {log}):\n{log_tail(log)}")
+
+
+# `leaf serve` options that the server takes (server_command's keywords)
+SERVER_OPTIONS = ("dtype", "device", "max_model_len", "tensor_parallel_size", "seed", "gpu_memory_utilization",
+                  "allow_pickle", "trust_remote_code")
+
+
+def serve_openai(options: dict, port: int, *, api_key: str | None = None, say=print) -> None:
+    """`leaf serve --openai`: the server for the first of options["models"] (`leaf serve`'s option values), its log
+    in options["output"]/openai_server.log when an output folder is given, until Ctrl-C or SIGTERM. `say` prints
+    where it answers; a server that exits on its own is a LeafError with its exit code and log tail."""
+    model, output = options["models"][0], options.get("output")
+    log = None
+    if output is not None:
+        output = check_output_folder(output, allow_nonempty=True)
+        output.mkdir(parents=True, exist_ok=True)
+        log = output / "openai_server.log"
+    process = start(model, port, log=log, api_key=api_key, **{k: options[k] for k in SERVER_OPTIONS if k in options})
+    say(f"OpenAI-compatible server for {model} at http://{HOST}:{port}/v1 (model name: the path above; log: "
+        f"{process.log}). Ctrl-C or SIGTERM stops it.")
+    code = serve_until_stopped(process)
+    if code is not None:
+        raise LeafError(f"vLLM's OpenAI server exited on its own with code {code} (log: {process.log}):\n"
+                        f"{log_tail(process.log)}")
+    say("stopped the server")
 
 
 def serve_until_stopped(process: subprocess.Popen) -> int:

@@ -1,13 +1,26 @@
 """The `leaf` command: help, unbuilt commands, tiny-model + saliency end to end, errors without tracebacks."""
 
+import dataclasses
+import inspect
 import json
 import subprocess
 import sys
+import typing
+from enum import Enum
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
+from leaf import cli
+from leaf.analyze import AnalyzeConfig
 from leaf.cli import app
+from leaf.demo.run import DemoConfig
+from leaf.distill import DistillConfig
+from leaf.inspect import InspectConfig
+from leaf.inspect.saliency import SaliencyReportConfig
+from leaf.options import _without_none, field_help
+from leaf.serve.run import ServeConfig
 
 runner = CliRunner()
 
@@ -90,18 +103,84 @@ def test_installed_import_names_from_another_folder(tmp_path):
     assert help_out.returncode == 0 and "analyze" in help_out.stdout
 
 
-def test_cli_choices_match_the_library_registries():
-    from leaf.analyze import THRESHOLD_MODES
-    from leaf.cli import Family, Threshold
-    from leaf.analyze.scoring import list_thresholds
-    from leaf.models.tiny import FAMILIES
+def _annotation(command, name: str):
+    """The type a command's option has (typer reads it from the command's signature, made from its config)."""
+    return typing.get_args(inspect.signature(getattr(cli, command)).parameters[name].annotation)[0]
 
-    assert list(THRESHOLD_MODES) == list_thresholds() == [m.value for m in Threshold]
-    from leaf.analyze import SPAN_UNITS
+
+def _choices(command: str, name: str) -> list[str]:
+    enum = _without_none(_annotation(command, name))
+    return [m.value for m in (typing.get_args(enum)[0] if typing.get_origin(enum) is list else enum)]
+
+
+def test_cli_choices_match_the_library_registries():
+    from leaf.analyze import SPAN_UNITS, THRESHOLD_MODES
+    from leaf.analyze.thresholds import gradient_modes, list_thresholds
+    from leaf.distill import MODES
+    from leaf.hooks import COMPONENTS
+    from leaf.distill.losses import DIVERGENCES
+    from leaf.models.tiny import FAMILIES
+    from leaf.serve.backends import BACKENDS
     from leaf.spans import SPAN_UNITS as units
 
-    assert SPAN_UNITS == units
-    assert [f.value for f in Family] == list(FAMILIES)
+    assert list(THRESHOLD_MODES) == list_thresholds() == _choices("analyze", "threshold")
+    assert _choices("analyze", "baseline_count") == gradient_modes()
+    assert SPAN_UNITS == units and _choices("analyze", "span_unit") == list(units)
+    assert _choices("distill", "mode") == list(MODES) and _choices("distill", "divergence") == list(DIVERGENCES)
+    assert _choices("inspect", "components") == list(COMPONENTS)
+    assert _choices("serve", "backend") == _choices("demo", "backend") == _choices("analyze", "generator") == list(
+        BACKENDS)
+    assert [f.value for f in cli.Family] == list(FAMILIES)
+
+
+CONFIG_COMMANDS = {"analyze": AnalyzeConfig, "distill": DistillConfig, "serve": ServeConfig,
+                   "inspect": InspectConfig, "demo": DemoConfig, "saliency": SaliencyReportConfig}
+
+
+@pytest.mark.parametrize("command", CONFIG_COMMANDS)
+def test_every_config_field_is_an_option_with_its_type_default_and_help(command):
+    """The options of a config-backed command are made from its dataclass: a field without an option, or an option
+    whose type, default or help differs from its field's, fails here."""
+    config_class = CONFIG_COMMANDS[command]
+    params = {p.name: p for p in typer.main.get_command(app).commands[command.replace("_", "-")].params}
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        param = params[f.name]
+        assert param.help == field_help(config_class, f.name), f.name
+        default = param.default.value if isinstance(param.default, Enum) else param.default
+        if f.default is not dataclasses.MISSING:
+            assert default == f.default and not param.required, f.name
+        elif f.default_factory is not dataclasses.MISSING:
+            assert default is None and not param.required, f.name   # not given: the factory's value
+        else:
+            assert param.required or (command, f.name) == ("serve", "output"), f.name  # --openai needs no --output
+        field_type = _without_none(hints[f.name])
+        if f.name in cli.FLAGS and cli.FLAGS[f.name].choices:   # a str field offered as its choices
+            assert field_type in (str, list[str]) and _choices(command, f.name) == list(cli.FLAGS[f.name].choices)
+        else:
+            assert _without_none(_annotation(command, f.name)) == field_type, f.name
+
+
+def test_flags_keep_their_names_aliases_and_switches():
+    commands = typer.main.get_command(app).commands
+    opts = {(c, p.name): (p.opts, p.secondary_opts, p.hidden) for c, cmd in commands.items() for p in cmd.params}
+    assert opts["distill", "lam"][0] == ["--lambda", "--lambda-schedule"]
+    assert opts["analyze", "max_new_tokens"][0] == ["--max-tokens"]
+    assert [o for (c, _), o in opts.items() if c == "analyze" and "--max-new-tokens" in o[0]] == [
+        (["--max-new-tokens"], [], True)]                                     # the old name: read, not shown
+    assert opts["serve", "models"][0] == ["--model"] and opts["serve", "names"][0] == ["--name"]
+    assert [opts["inspect", n][0] for n in ("samples", "components", "methods", "layers")] == [
+        ["--sample"], ["--component"], ["--method"], ["--layer"]]
+    assert opts["demo", "settings"][0] == ["--setting"]
+    for command in set(CONFIG_COMMANDS) - {"demo"}:                          # one switch, no --no-allow-pickle
+        assert opts[command, "allow_pickle"][:2] == (["--allow-pickle"], [])
+    assert opts["demo", "quick"][:2] == (["--quick"], []) and opts["analyze", "select"][1] == ["--no-select"]
+
+
+def test_the_command_line_loads_no_torch():
+    code = "import sys, leaf.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_json_puts_only_the_summary_on_stdout(tmp_path):

@@ -1,10 +1,17 @@
-"""Normalisation, Δ and every threshold mode against hand-computed cases."""
+"""Normalisation, Δ and every threshold mode against hand-computed cases; a mode is one registry entry."""
+
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from leaf.errors import LeafError
-from leaf.analyze.scoring import ThresholdContext, delta, flag, list_thresholds, minmax
+from leaf.analyze import thresholds
+from leaf.analyze.detect import contexts
+from leaf.analyze.scoring import delta, minmax
+from leaf.analyze.thresholds import Flags, ThresholdContext, ThresholdMode, flag, list_thresholds
 
 
 def test_minmax_hand_values_and_degenerate_vectors():
@@ -67,11 +74,6 @@ def test_unknown_mode_lists_the_registry():
 def test_a_constant_delta_flags_nothing_in_any_mode():
     """Teacher = student gives Δ = 0 everywhere: no mode may flag (quantile used to flag its first 5%, absolute all);
     the baselines copy a gradient mode's count, which is then 0."""
-    from types import SimpleNamespace
-
-    from leaf.analyze.detect import contexts
-    from leaf.analyze.scoring import delta, flag, list_thresholds
-
     g = torch.rand(40, generator=torch.Generator().manual_seed(0))
     d = delta(g, g)
     assert torch.equal(d, torch.zeros(40))
@@ -80,3 +82,45 @@ def test_a_constant_delta_flags_nothing_in_any_mode():
         ctxs = contexts(config, d, torch.rand(40), seed=0)
         for mode in list_thresholds():
             assert not flag(mode, d, ctxs[mode]).mask.any(), (count_mode, mode)
+
+
+def _toy(d: torch.Tensor, ctx: ThresholdContext) -> Flags:
+    """A made-up mode: flag the tokens whose surprisal exceeds τ."""
+    return Flags(ctx.surprisal > ctx.tau, ctx.tau)
+
+
+def test_a_mode_is_one_registry_entry(monkeypatch, tmp_path):
+    """A toy mode registered in THRESHOLDS alone, needing τ and the surprisal, is checked by AnalyzeConfig, handed
+    what it needs by detect.contexts (and its count by the baselines, as a gradient mode), run by flag, and offered
+    by `leaf analyze --threshold` (a fresh process: the CLI reads the registry at import)."""
+    from leaf.analyze import AnalyzeConfig
+
+    monkeypatch.setitem(thresholds.THRESHOLDS, "toy", ThresholdMode(_toy, needs=("tau", "surprisal")))
+    paths = dict(teacher="t", student="s", data=tmp_path / "d.jsonl", output=tmp_path / "o")
+    with pytest.raises(LeafError, match="--threshold toy needs --tau."):
+        AnalyzeConfig(**paths, threshold="toy")
+    with pytest.raises(LeafError, match="--baseline-count toy needs --tau."):
+        AnalyzeConfig(**paths, baseline_count="toy")
+    AnalyzeConfig(**paths, threshold="toy", baseline_count="toy", tau=0.5)
+    assert "toy" in thresholds.gradient_modes() and "toy" not in thresholds.baseline_modes()
+
+    d, surprisal = torch.tensor([0.2, 0.5, 0.9]), torch.tensor([0.1, 0.9, 0.7])
+    ctxs = contexts(SimpleNamespace(tau=0.5, quantile=0.05, baseline_count="toy"), d, surprisal, seed=0)
+    assert ctxs["toy"].tau == 0.5 and ctxs["toy"].surprisal is surprisal and ctxs["toy"].count is None
+    assert flag("toy", d, ctxs["toy"]).mask.tolist() == [False, True, True]
+    assert ctxs["random"].count == ctxs["ppl"].count == 2          # the baselines copy the toy's count
+    assert not thresholds.THRESHOLDS["toy"].can_run(ThresholdContext(tau=0.5))  # no surprisal: left out
+
+    code = ("from leaf.analyze import thresholds as t\n"
+            "t.THRESHOLDS['toy'] = t.ThresholdMode(lambda d, ctx: None, needs=('tau',))\n"
+            "from typer.testing import CliRunner\nfrom leaf.cli import app\n"
+            "r = CliRunner().invoke(app, ['analyze', '--teacher', 't', '--student', 's', '--data', 'd.jsonl',\n"
+            "                             '--output', 'o', '--threshold', 'toy'])\n"
+            "print(r.exit_code, r.output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.startswith("1 ") and "--threshold toy needs --tau." in out.stdout, out.stdout + out.stderr
+
+
+def test_a_mode_must_need_context_fields():
+    with pytest.raises(ValueError, match="not fields of ThresholdContext"):
+        ThresholdMode(_toy, needs=("tau", "temperature"))

@@ -10,8 +10,9 @@ from leaf.io import check_output_folder
 from leaf.options import doc
 from leaf.run_folder import file_digest
 from leaf.analyze.teacher_scores import TeacherScores
+from leaf.analyze.thresholds import THRESHOLDS, baseline_modes, get_threshold, gradient_modes, options_given
 
-THRESHOLD_MODES = ("iqr", "absolute", "quantile", "random", "ppl")  # leaf.analyze.scoring.THRESHOLDS, without torch
+THRESHOLD_MODES = tuple(THRESHOLDS)
 LEVELS = ("instruction", "response", "both")
 PRUNING = ("span", "collective")
 SPAN_UNITS = ("token", "word", "clause", "sentence")  # leaf.spans.SPAN_UNITS, without torch
@@ -27,11 +28,12 @@ class AnalyzeConfig:
         "Dataset: JSONL/JSON/CSV/Parquet file or saved HF dataset folder."))
     output: Path | None = field(default=None, metadata=doc(
         "Output folder (samples.jsonl, scores.safetensors, summary.json, report.html)."))
-    threshold: str = field(default="iqr", metadata=doc("Threshold mode: iqr, absolute, quantile, random, ppl."))
+    threshold: str = field(default="iqr", metadata=doc(f"Threshold mode: {', '.join(THRESHOLDS)}."))
     tau: float | None = field(default=None, metadata=doc("τ for --threshold absolute (paper: 0.10 instr, 0.15 resp)."))
     quantile: float = field(default=0.05, metadata=doc("Fraction flagged by --threshold quantile (0.05 math, 0.10 code)."))
     baseline_count: str = field(default="iqr", metadata=doc(
-        "Gradient mode whose flag count the random and ppl baselines copy: iqr, absolute or quantile."))
+        f"Gradient mode whose flag count the {' and '.join(baseline_modes())} baselines copy: "
+        f"{', '.join(gradient_modes())}."))
     level: str = field(default="instruction", metadata=doc("Where to look: instruction, response, both."))
     segments: int = field(default=2, metadata=doc("Response segments at response level: 2 or 3."))
     pruning: str = field(default="span", metadata=doc("span: one counterfactual per span; collective: all at once."))
@@ -83,8 +85,6 @@ class AnalyzeConfig:
     report_samples: int = field(default=100, metadata=doc("Samples shown in report.html."))
 
     def __post_init__(self) -> None:
-        from leaf.analyze.scoring import GRADIENT_MODES, get_threshold
-
         get_threshold(self.threshold)
         for name in ("data", "output"):
             if getattr(self, name) is None:
@@ -116,9 +116,10 @@ class AnalyzeConfig:
             (self.segments in (2, 3), f"--segments must be 2 or 3, got {self.segments}."),
             (0 < self.quantile < 1, f"--quantile must be in (0, 1), got {self.quantile}."),
             (self.tau is None or 0 <= self.tau <= 1, f"--tau must be in [0, 1] (Δ is normalised), got {self.tau}."),
-            (self.threshold != "absolute" or self.tau is not None, "--threshold absolute needs --tau."),
-            (self.baseline_count in GRADIENT_MODES, f"--baseline-count must be one of {', '.join(GRADIENT_MODES)}."),
-            (self.baseline_count != "absolute" or self.tau is not None, "--baseline-count absolute needs --tau."),
+            options_given("--threshold", self.threshold, self),
+            (self.baseline_count in gradient_modes(),
+             f"--baseline-count must be one of {', '.join(gradient_modes())}."),
+            options_given("--baseline-count", self.baseline_count, self),
             (not (self.gold and self.gold_pair), "Give --gold or --gold-pair, not both."),
             (self.gold_pair is None or len(self.gold_pair.split(",")) == 2,
              f"--gold-pair takes two field names separated by a comma, got {self.gold_pair!r}."),

@@ -13,7 +13,8 @@ import torch
 from leaf.gold import DetectionCounts, token_gold
 from leaf.records import AnalysedUnit, Counterfactual, Span, TokenScore
 from leaf.hooks.templates import tokens_in
-from leaf.analyze.scoring import THRESHOLDS, Flags, ThresholdContext, delta, flag, group_mean, minmax
+from leaf.analyze.scoring import delta, group_mean, minmax
+from leaf.analyze.thresholds import THRESHOLDS, Flags, ThresholdContext, flag
 from leaf.spans import grow_spans, is_whitespace, piece_index, pieces, project, remove_spans, token_spans
 
 
@@ -36,13 +37,18 @@ def candidates(text: str, offsets: torch.Tensor, special: torch.Tensor, region: 
 
 
 def contexts(config, d: torch.Tensor, surprisal: torch.Tensor | None, seed: int) -> dict[str, ThresholdContext]:
-    """One ThresholdContext per mode; the baselines copy the count of config.baseline_count's gradient mask."""
-    base = ThresholdContext(tau=config.tau, quantile=config.quantile)
-    count = int(flag(config.baseline_count, d, base).mask.sum())
-    generator = torch.Generator().manual_seed(seed)
-    return {"iqr": base, "absolute": base, "quantile": base,
-            "random": ThresholdContext(count=count, generator=generator),
-            "ppl": ThresholdContext(count=count, surprisal=surprisal)}
+    """One ThresholdContext per mode, with the fields its registry entry needs: --tau, --quantile, the student's
+    surprisal, a generator seeded with `seed`, and for the baselines the count config.baseline_count's gradient
+    mode flags on Δ (d)."""
+    values = {"tau": config.tau, "quantile": config.quantile, "surprisal": surprisal}
+
+    def context(name: str) -> ThresholdContext:
+        needs = THRESHOLDS[name].needs
+        fresh = {"generator": torch.Generator().manual_seed(seed)} if "generator" in needs else {}
+        return ThresholdContext(**{need: values[need] for need in needs if need in values}, **fresh)
+
+    values["count"] = int(flag(config.baseline_count, d, context(config.baseline_count)).mask.sum())
+    return {name: context(name) for name in THRESHOLDS}
 
 
 def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, t_scores: torch.Tensor,

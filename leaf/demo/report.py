@@ -246,3 +246,25 @@ def plot_results(results: dict, path: Path) -> None:
     figure.tight_layout()
     write_bytes_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
     plt.close(figure)
+
+
+CLOSING = """What this shows: a student trained on clean problems is misled by distractor sentences; its teacher is not.
+leaf analyze found the tokens the student leans on and the teacher ignores (detection tables above), and leaf distill
+taught the student on originals and on counterfactuals with those tokens pruned (LeaF rows), with random, perplexity
+or perfect (oracle) masks instead (controls), or on originals only (KD rows); the verdict reads the intervals.
+Open {output}/RESULTS.md, {output}/accuracy.png, {output}/serve.png and {output}/analyze_report.html.
+
+The same pipeline on real models (GPUs; see README "Real models"):
+  leaf analyze --teacher Qwen/Qwen2.5-7B-Instruct --student Qwen/Qwen2.5-Math-1.5B --data train.jsonl \
+      --output runs/analyze --select --device cuda --dtype bfloat16
+  accelerate launch --config_file configs/accelerate/ddp.yaml -m leaf distill --teacher Qwen/Qwen2.5-7B-Instruct \
+      --student Qwen/Qwen2.5-Math-1.5B --data runs/analyze --output runs/distill --device cuda --dtype bfloat16
+  leaf serve --model Qwen/Qwen2.5-Math-1.5B --model runs/distill/final --data runs/analyze --output runs/serve \
+      --device cuda --dtype bfloat16
+Ready run files for the paper's pairings and a budget one: recipes/ (leaf analyze --config recipes/NAME.toml).
+Which layers, heads and tokens carry a distractor: leaf inspect --analyze {output}/seed-0/analyze --output {output}/inspect"""
+
+
+def closing_text(output: Path) -> str:
+    """What `leaf demo` prints at the end: RESULTS.md, what it shows, and the same pipeline on real models."""
+    return f"{(Path(output) / 'RESULTS.md').read_text()}\n{CLOSING.format(output=output)}"
