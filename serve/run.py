@@ -55,7 +55,8 @@ class ServeConfig:
     data_parallel_size: int = field(default=1, metadata=doc("vLLM: model replicas."))
     gpu_memory_utilization: float = field(default=0.9, metadata=doc("vLLM on GPU: fraction of device memory."))
     seed: int = field(default=0, metadata=doc("Seed of vLLM and of the random prompts."))
-    allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights (HF backend and focus)."))
+    allow_pickle: bool = field(default=False, metadata=doc(
+        "Allow pickle (.bin) weights (HF backend and focus): only for files you trust (pickle can run code)."))
     trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoint (only if trusted)."))
 
     def __post_init__(self) -> None:

@@ -40,9 +40,9 @@ def test_the_distractor_is_flagged_pruned_and_scored_perfectly(tmp_path):
     gold = spans_from_text(PROMPT, DISTRACTOR)
     record, tensors = detect(config, unit, text, s_enc, t_enc, s_scores, t_scores, None, seed=0,
                              gold_spans=gold, counts=[counts])
-    assert [s["text"] for s in record["spans"]] == [DISTRACTOR]
-    assert record["counterfactuals"] == [{"field": "prompt", "removed": [list(gold[0])],
-                                          "prompt": "Tom has 3 apples. He buys 2 more apples. How many apples?"}]
+    assert [s.text for s in record.spans] == [DISTRACTOR]
+    assert [cf.to_json() for cf in record.counterfactuals] == [{
+        "field": "prompt", "removed": [list(gold[0])], "prompt": "Tom has 3 apples. He buys 2 more apples. How many apples?"}]
     assert counts["iqr"].metrics()["token"]["f1"] == 1.0 and counts["iqr"].metrics()["span"]["f1"] == 1.0
     # whitespace and special tokens are never candidates
     cand = candidates(text, s_enc.offsets, s_enc.special_mask, unit.region)
@@ -56,8 +56,8 @@ def test_different_tokenizers_find_the_same_span(tmp_path):
     config = AnalyzeConfig(teacher="t", student="s", data=tmp_path, output=tmp_path / "o", pruning="collective")
     record, _ = detect(config, unit, text, s_enc, t_enc, s_scores, t_scores, None, seed=0, gold_spans=None,
                        counts=None)
-    assert [s["text"] for s in record["spans"]] == [DISTRACTOR]
-    assert len(record["counterfactuals"]) == 1
+    assert [s.text for s in record.spans] == [DISTRACTOR]
+    assert len(record.counterfactuals) == 1
 
 
 def test_one_flagged_word_grows_to_its_sentence_and_the_distractor_is_removed(tmp_path):
@@ -76,8 +76,8 @@ def test_one_flagged_word_grows_to_its_sentence_and_the_distractor_is_removed(tm
         record, _ = detect(config, unit, text, s_enc, t_enc, s_scores, t_scores, None, seed=0, gold_spans=gold,
                            counts=[counts])
         out[span_unit] = (record, counts["iqr"].metrics())
-    assert [s["text"] for s in out["word"][0]["spans"]] == ["hat"]
-    assert [s["text"] for s in out["sentence"][0]["spans"]] == [DISTRACTOR]
+    assert [s.text for s in out["word"][0].spans] == ["hat"]
+    assert [s.text for s in out["sentence"][0].spans] == [DISTRACTOR]
     assert out["word"][1]["distractors"] == {"count": 1, "touched": 1.0, "numbers_removed": None, "removed": 0.0}
     assert out["sentence"][1]["distractors"]["removed"] == 1.0
     assert out["sentence"][1]["pruned"]["f1"] == 1.0 and out["word"][1]["pruned"]["recall"] < 0.3
@@ -93,7 +93,7 @@ def test_aggregating_over_sentences_flags_the_sentence_with_the_lowest_mean_delt
     record, _ = detect(config, unit, text, s_enc, t_enc, s_scores, t_scores, None, seed=0,
                        gold_spans=spans_from_text(PROMPT, DISTRACTOR), counts=[counts])
     # one sentence of four is flagged (the lowest 1 %, at least one), whole: the distractor
-    assert [s["text"] for s in record["spans"]] == [DISTRACTOR]
+    assert [s.text for s in record.spans] == [DISTRACTOR]
     assert counts["quantile"].metrics()["distractors"]["removed"] == 1.0
     # the random baseline flags as many sentences (one), whole
     assert counts["random"].spans_predicted == 1

@@ -67,9 +67,11 @@ class AnalyzeConfig:
     batch_size: int = field(default=8, metadata=doc("Samples per forward/backward pass."))
     window: int = field(default=64, metadata=doc("Samples per part file: the unit of --resume, sorted by length."))
     seed: int = field(default=0, metadata=doc("Seed of the random baseline."))
-    device: str = field(default="cpu", metadata=doc("torch device."))
-    dtype: str = field(default="float32", metadata=doc("Model dtype."))
-    allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights."))
+    device: str = field(default="cpu", metadata=doc("torch device: cpu, cuda, cuda:1, ..."))
+    dtype: str = field(default="float32", metadata=doc(
+        "Model dtype: float32, bfloat16, float16 or auto (the checkpoint's)."))
+    allow_pickle: bool = field(default=False, metadata=doc(
+        "Allow pickle (.bin) weights: only for files you trust (pickle can run code)."))
     trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoint (only if trusted)."))
     resume: bool = field(default=False, metadata=doc("Continue an interrupted run in --output."))
     teacher_only: bool = field(default=False, metadata=doc(

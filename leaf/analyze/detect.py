@@ -77,8 +77,7 @@ def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, 
     ctxs = contexts(config, d_units, s_units, seed)
     modes = list(THRESHOLDS) if counts is not None else [config.threshold]
     if counts is not None:  # every mode that can run, for the detection table
-        modes = [m for m in modes if m == config.threshold or not (
-            (m == "absolute" and config.tau is None) or (m == "ppl" and surprisal is None))]
+        modes = [m for m in modes if m == config.threshold or THRESHOLDS[m].can_run(ctxs[m])]
     chosen = None
     for mode in modes:
         flags = flag(mode, d_units, ctxs[mode])

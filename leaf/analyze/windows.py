@@ -177,12 +177,15 @@ class WindowRun:
         return [TeacherScore(saliency=t.saliency, loss=t.loss) for t in results]
 
     def student_scores(self, jobs: list[Job]) -> list:
-        """The student's saliency and loss per job, and its per-token surprisal when the ppl baseline needs it (the
+        """The student's saliency and loss per job, and its per-token surprisal when a threshold mode needs it (the
         chosen mode, or a row of the detection table)."""
         from leaf.hooks import HookPlan, run
 
         config = self.config
-        need_ppl = config.threshold == "ppl" or config.gold is not None or config.gold_pair is not None
+        from leaf.analyze.thresholds import THRESHOLDS
+
+        with_gold = config.gold is not None or config.gold_pair is not None  # the detection table runs every mode
+        need_ppl = any("surprisal" in THRESHOLDS[m].needs for m in (THRESHOLDS if with_gold else [config.threshold]))
         return run(self.an.student, [j.student.input_ids for j in jobs],
                    HookPlan(saliency="grad", target_mask=[j.student_target for j in jobs], token_nll=need_ppl,
                             gradient_checkpointing=config.gradient_checkpointing),

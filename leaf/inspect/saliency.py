@@ -28,7 +28,8 @@ class SaliencyReportConfig:
     chat_template: bool = field(default=True, metadata=doc("Render with the tokenizer's chat template."))
     device: str = field(default="cpu", metadata=doc("torch device, e.g. cpu, cuda, cuda:1."))
     dtype: str = field(default="float32", metadata=doc("float32, bfloat16, float16 or auto."))
-    allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights. Only for trusted files."))
+    allow_pickle: bool = field(default=False, metadata=doc(
+        "Allow pickle (.bin) weights: only for files you trust (pickle can run code)."))
     trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoint (only if trusted)."))
     output: Path | None = field(default=None, metadata=doc("Write the report as JSON here."))
 

@@ -53,9 +53,11 @@ class InspectConfig:
         "included: a 30-layer model's full sweep takes hours on a CPU)."))
     ig_steps: int = field(default=32, metadata=doc("Integrated-gradients steps."))
     batch_size: int = field(default=32, metadata=doc("Patched copies per forward pass."))
-    device: str = field(default="cpu", metadata=doc("torch device."))
-    dtype: str = field(default="float32", metadata=doc("Model dtype."))
-    allow_pickle: bool = field(default=False, metadata=doc("Allow pickle (.bin) weights."))
+    device: str = field(default="cpu", metadata=doc("torch device: cpu, cuda, cuda:1, ..."))
+    dtype: str = field(default="float32", metadata=doc(
+        "Model dtype: float32, bfloat16, float16 or auto (the checkpoint's)."))
+    allow_pickle: bool = field(default=False, metadata=doc(
+        "Allow pickle (.bin) weights: only for files you trust (pickle can run code)."))
     trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoint."))
 
     def __post_init__(self) -> None:
