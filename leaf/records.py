@@ -82,14 +82,8 @@ class Counterfactual:
                 sample.response if self.response is None else self.response)
 
     def to_json(self) -> dict:
-        out: dict = {"field": self.field, "removed": [list(r) for r in self.removed]}
-        if self.prompt is not None:
-            out["prompt"] = self.prompt
-        if self.response is not None:
-            out["response"] = self.response
-        if self.verified is not None:
-            out["verified"] = self.verified
-        return out
+        return _with_set({"field": self.field, "removed": [list(r) for r in self.removed]}, prompt=self.prompt,
+                         response=self.response, verified=self.verified)
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> Counterfactual:
@@ -119,14 +113,11 @@ class AnalysedUnit:
     nll: dict[str, float] | None = None      # {"teacher": .., "student": ..}: each model's mean NLL of the target
 
     def to_json(self) -> dict:
-        out = {"level": self.level, "segment": self.segment, "target_span": list(self.target_span),
-               "region_span": list(self.region_span), "threshold_mode": self.threshold_mode,
-               "threshold": self.threshold, "tokens": [t.__dict__ for t in self.tokens],
-               "spans": [s.__dict__ for s in self.spans],
-               "counterfactuals": [c.to_json() for c in self.counterfactuals]}
-        if self.nll is not None:
-            out["nll"] = self.nll
-        return out
+        return _with_set({"level": self.level, "segment": self.segment, "target_span": list(self.target_span),
+                          "region_span": list(self.region_span), "threshold_mode": self.threshold_mode,
+                          "threshold": self.threshold, "tokens": [t.__dict__ for t in self.tokens],
+                          "spans": [s.__dict__ for s in self.spans],
+                          "counterfactuals": [c.to_json() for c in self.counterfactuals]}, nll=self.nll)
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> AnalysedUnit:
@@ -190,23 +181,14 @@ class AnalysedSample:
         return remove_spans(self.prompt, spans) if spans else None
 
     def to_json(self) -> dict:
-        out: dict = {"row": self.row, "id": self.id, "status": self.status, "text": self.text,
-                     "prompt": self.prompt, "response": self.response, "prompt_span": list(self.prompt_span),
-                     "response_span": list(self.response_span)}
-        if self.text_sha256 is not None:
-            out["text_sha256"] = self.text_sha256
-        if self.selection is not None:
-            out["selection"] = self.selection
-        if self.lengths is not None:
-            out["tokens"] = self.lengths
-        if self.gold_spans is not None:
-            out["gold_spans"] = [list(g) for g in self.gold_spans]
-            out["gold_exact"] = self.gold_exact
-        if self.units is not None:
-            out["units"] = [u.to_json() for u in self.units]
-        if self.nll is not None:
-            out["nll"] = self.nll
-        return out
+        gold = self.gold_spans is not None
+        return _with_set({"row": self.row, "id": self.id, "status": self.status, "text": self.text,
+                          "prompt": self.prompt, "response": self.response, "prompt_span": list(self.prompt_span),
+                          "response_span": list(self.response_span)},
+                         text_sha256=self.text_sha256, selection=self.selection, tokens=self.lengths,
+                         gold_spans=[list(g) for g in self.gold_spans] if gold else None,
+                         gold_exact=self.gold_exact if gold else None,
+                         units=None if self.units is None else [u.to_json() for u in self.units], nll=self.nll)
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> AnalysedSample:
@@ -339,6 +321,12 @@ def is_samples_file(path: Path) -> bool:
         return isinstance(row := json.loads(first), dict) and {"row", "status", "prompt", "response"} <= set(row)
     except json.JSONDecodeError:
         return False
+
+
+def _with_set(out: dict, **optional) -> dict:
+    """`out` and, in order, the optional entries that are set: a record leaves out what does not apply to it."""
+    out.update((key, value) for key, value in optional.items() if value is not None)
+    return out
 
 
 # -- validation helpers --------------------------------------------------------------------------------------------
