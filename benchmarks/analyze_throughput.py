@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
 from leaf.analyze import AnalyzeConfig, run_analyze
-from common import emit_json, print_table
+from common import emit_json, pad_encodings, print_table
 from leaf.hooks import encode_text, load_model, render_prompt_response
 from leaf.models.tiny import build_tiny_model
 
@@ -45,14 +45,7 @@ def floor_seconds(model_dir: str, rows: list[dict], batch_size: int, renderer_di
     total = 0.0
     for start in range(0, len(encs), batch_size):
         batch = encs[start: start + batch_size]
-        width = max(len(e.input_ids) for e in batch)
-        ids = torch.full((len(batch), width), model.pad_token_id)
-        mask = torch.zeros_like(ids)
-        target = torch.zeros_like(ids, dtype=torch.bool)
-        for r, e in enumerate(batch):
-            ids[r, : len(e.input_ids)] = e.input_ids
-            mask[r, : len(e.input_ids)] = 1
-            target[r, : len(e.input_ids)] = e.response_mask
+        ids, mask, target = pad_encodings(batch, model.pad_token_id)
         t0 = time.perf_counter()
         embeds = hf.get_input_embeddings()(ids).detach().requires_grad_(True)
         logits = hf(inputs_embeds=embeds, attention_mask=mask).logits

@@ -59,3 +59,31 @@ def _status_kb(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def pad_encodings(encs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (ids, attention mask, response mask) of EncodedSamples: the plain-PyTorch floor's batch."""
+    width = max(len(e.input_ids) for e in encs)
+    ids = torch.full((len(encs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    target = torch.zeros_like(ids, dtype=torch.bool)
+    for r, e in enumerate(encs):
+        ids[r, : len(e.input_ids)] = e.input_ids
+        mask[r, : len(e.input_ids)] = 1
+        target[r, : len(e.input_ids)] = e.response_mask
+    return ids, mask, target
+
+
+def tiny_pair_and_data(folder, size: str, rows: list[dict]) -> tuple[str, str, object]:
+    """A tiny Llama teacher and student (seeds 1 and 2) and the rows as data.jsonl, all under `folder`."""
+    import json
+    from pathlib import Path
+
+    from leaf.models.tiny import build_tiny_model
+
+    folder = Path(folder)
+    teacher = str(build_tiny_model("llama", folder / "teacher", size=size, seed=1))
+    student = str(build_tiny_model("llama", folder / "student", size=size, seed=2))
+    data = folder / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return teacher, student, data

@@ -21,9 +21,8 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from leaf.analyze import AnalyzeConfig, run_analyze
-from common import emit_json, print_table
+from common import emit_json, print_table, tiny_pair_and_data
 from leaf.distill import DistillConfig, run_distill
-from leaf.models.tiny import build_tiny_model
 
 hf_logging.disable_progress_bar()
 GSM_PLUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "gsm_plus_distraction_dev.jsonl"
@@ -47,10 +46,7 @@ def main() -> None:
     rows = sorted(rows, key=lambda r: len(r["question"]) + len(r["solution"]))[:samples]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        teacher = str(build_tiny_model("llama", tmp / "teacher", size=size, seed=1))
-        student = str(build_tiny_model("llama", tmp / "student", size=size, seed=2))
-        data = tmp / "data.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        teacher, student, data = tiny_pair_and_data(tmp, size, rows)
         run_analyze(AnalyzeConfig(teacher=teacher, student=student, data=data, output=tmp / "analyze",
                                   threshold="quantile", quantile=0.05, level="both"), progress=False)
         common = dict(teacher=teacher, student=student, data=tmp / "analyze", max_steps=steps,

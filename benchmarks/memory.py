@@ -40,22 +40,16 @@ def peak_mb() -> float:
 
 def batch(model_path: str, rows: int):
     """The first `rows` GSM-Plus rows rendered with the model's chat template."""
-    import torch
     from transformers import AutoTokenizer
+
+    from common import pad_encodings
 
     from leaf.hooks import encode_prompt_response
 
     tok = AutoTokenizer.from_pretrained(model_path)
     records = [json.loads(line) for line in DATA.read_text().splitlines()[:rows]]
     encs = [encode_prompt_response(tok, r["question"], r["solution"]) for r in records]
-    width = max(len(e.input_ids) for e in encs)
-    ids = torch.full((len(encs), width), tok.pad_token_id or 0, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    target = torch.zeros_like(ids, dtype=torch.bool)
-    for i, e in enumerate(encs):
-        ids[i, : len(e.input_ids)] = e.input_ids
-        mask[i, : len(e.input_ids)] = 1
-        target[i, : len(e.input_ids)] = e.response_mask
+    ids, mask, target = pad_encodings(encs, tok.pad_token_id or 0)
     return records, encs, ids, mask, target
 
 
