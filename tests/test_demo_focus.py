@@ -6,6 +6,7 @@ import torch
 from leaf.demo.focus import choose_head, distractor_shares, focus_summary
 from leaf.demo.task import generate
 from leaf.demo.train import STUDENT_SIZE, new_model
+from tests.hooks.reference import instruction_and_confounders
 
 
 def test_distractor_shares_match_output_attentions_at_number_positions(tmp_path):
@@ -25,12 +26,7 @@ def test_distractor_shares_match_output_attentions_at_number_positions(tmp_path)
         names = tok.convert_ids_to_tokens(enc.input_ids.tolist())
         queries = [t for t in range(len(names) - 1) if enc.response_mask[t + 1] and names[t + 1].isdigit()]
         assert queries, "every solution states numbers"
-        instruction = enc.prompt_mask & ~enc.special_mask
-        instruction[0] = False
-        distractor = torch.zeros_like(instruction)
-        for a, b in p.distractor_spans:
-            distractor |= (enc.offsets[:, 0] < b + enc.prompt_span[0]) & (enc.offsets[:, 1] > a + enc.prompt_span[0])
-        distractor &= instruction
+        instruction, distractor = instruction_and_confounders(enc, p.distractor_spans)
         for layer, att in enumerate(attentions):
             rows = att[0][:, queries]                                   # (H, Q, T)
             on_question = rows[..., instruction].sum((-1, -2))

@@ -30,13 +30,17 @@ def analyzed(tmp_path_factory):
     return root / "analyze", student
 
 
+def _inspect(folder, out, *args) -> dict:
+    """`leaf inspect` on an analyze folder; its index.json."""
+    result = runner.invoke(app, ["inspect", "--analyze", str(folder), "--output", str(out), *args])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "index.json").read_text())
+
+
 def test_inspect_writes_every_map_for_the_chosen_samples(analyzed, tmp_path):
     folder, student = analyzed
     out = tmp_path / "inspect"
-    result = runner.invoke(app, ["inspect", "--analyze", str(folder), "--output", str(out), "--sample", "1",
-                                 "--sample", "4", "--ig-steps", "4"])
-    assert result.exit_code == 0, result.output
-    index = json.loads((out / "index.json").read_text())
+    index = _inspect(folder, out, "--sample", "1", "--sample", "4", "--ig-steps", "4")
     assert [s["row"] for s in index["samples"]] == [1, 4] and index["model"] == str(student)
     for sample in index["samples"]:
         sub = out / f"sample-{sample['row']}"
@@ -62,10 +66,7 @@ def test_inspect_writes_every_map_for_the_chosen_samples(analyzed, tmp_path):
 def test_inspect_defaults_and_errors(analyzed, tmp_path):
     folder, _ = analyzed
     out = tmp_path / "default"
-    result = runner.invoke(app, ["inspect", "--analyze", str(folder), "--output", str(out), "--count", "1",
-                                 "--component", "resid", "--method", "grad_norm"])
-    assert result.exit_code == 0, result.output
-    [sample] = json.loads((out / "index.json").read_text())["samples"]
+    [sample] = _inspect(folder, out, "--count", "1", "--component", "resid", "--method", "grad_norm")["samples"]
     assert sorted(sample["files"]) == sorted(["patching_resid.json", "patching_resid.png", "patching_resid_reverse.json",
                                               "patching_resid_reverse.png", "head_focus.json", "head_focus.png",
                                               "attributions.json", "attributions.png"])

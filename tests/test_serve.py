@@ -17,6 +17,7 @@ from leaf.hooks import encode_prompt_response, load_model
 from leaf.serve import ServeConfig, run_serve
 from leaf.serve.engines import HF_LABEL, HFEngine, VLLMEngine, check_vllm_can_load
 from leaf.serve.focus import FocusSample, attention_focus
+from tests.hooks.reference import instruction_and_confounders
 from leaf.serve.metrics import RequestTiming, percentile, summarize, summarize_iterations
 from leaf.serve.prompts import from_dataset, render
 from leaf.models.tiny import TinySize, build_tiny_model
@@ -152,12 +153,7 @@ def test_attention_focus_matches_plain_output_attentions(pair):
     per_sample = []
     for s in samples:
         enc = encode_prompt_response(model.tokenizer, s.prompt, s.response)
-        instruction = enc.prompt_mask & ~enc.special_mask
-        instruction[0] = False
-        conf = torch.zeros_like(instruction)
-        for a, b in s.confounders:
-            conf |= (enc.offsets[:, 0] < b + enc.prompt_span[0]) & (enc.offsets[:, 1] > a + enc.prompt_span[0])
-        conf &= instruction
+        instruction, conf = instruction_and_confounders(enc, s.confounders)
         with torch.no_grad():
             attentions = hf(input_ids=enc.input_ids[None], output_attentions=True).attentions
         layers = []

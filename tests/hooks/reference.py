@@ -159,3 +159,14 @@ def rollout(probs: torch.Tensor, target: torch.Tensor, residual: float = 0.5) ->
         result = a @ result
     rows = [t - 1 for t in target.nonzero().flatten().tolist() if t >= 1]
     return result[rows].mean(0).float()
+
+
+def instruction_and_confounders(enc, spans) -> tuple[torch.Tensor, torch.Tensor]:
+    """By hand, from offsets: (instruction tokens (prompt, not special, not the sink at 0), the instruction tokens
+    that overlap any confounder character span (prompt-relative))."""
+    instruction = enc.prompt_mask & ~enc.special_mask
+    instruction[0] = False
+    confounders = torch.zeros_like(instruction)
+    for a, b in spans:
+        confounders |= (enc.offsets[:, 0] < b + enc.prompt_span[0]) & (enc.offsets[:, 1] > a + enc.prompt_span[0])
+    return instruction, confounders & instruction
