@@ -1,14 +1,27 @@
-"""Final-answer extraction and comparison for math data: `#### 42`, `\\boxed{42}`, or the last number.
+"""Final-answer checking for math data: math-verify (HuggingFace's parser and equivalence checker) by default, and
+the regex checker (`#### 42`, `\\boxed{42}`, or the last number, with numeric normalisation) as its fallback.
 
-    extract_answer("... so 3 + 2 = 5.\\n#### 5")  -> "5"
-    answers_match("$1,200.00", "1200")          -> True
+    extract_answer("... so 3 + 2 = 5.\\n#### 5")      -> "5"
+    answers_match("$1,200.00", "1200")               -> True  (regex normalisation)
+    is_correct("so $x \\in (0, 1]$", "(0, 1]")        -> True  (math-verify; the regex checker says False)
+
+is_correct(generation, reference, checker=...) is what analyze --select/--verify, serve's accuracy and the demo call.
+Checkers: "math-verify" (the default when the package is importable) and "regex". math-verify decides unless it
+cannot parse one side (no math in it), raises or times out, or the generation is GSM8K-style (`####`): then the
+regex checker does. tests/test_answers_math_verify.py tables where the two differ.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import threading
 from fractions import Fraction
 
+from leaf.errors import LeafError
+
+CHECKERS = ("math-verify", "regex")
+MATH_VERIFY_TIMEOUT_S = 5  # per parse and per comparison (math-verify's default); signal.alarm counts whole seconds
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\$?\.\d+")
 
 
@@ -68,6 +81,62 @@ def answers_match(predicted: str | None, reference: str | None) -> bool:
     return a is not None and a == b
 
 
-def is_correct(generation: str, reference_answer: str) -> bool:
-    """Whether a generated solution's final answer equals the reference answer after normalisation."""
+def list_checkers() -> list[str]:
+    return list(CHECKERS)
+
+
+def default_checker() -> str:
+    """The checker is_correct uses when none is named: math-verify when importable, else the regex checker."""
+    return "math-verify" if importlib.util.find_spec("math_verify") is not None else "regex"
+
+
+def _gold_text(reference: str) -> str:
+    """The reference as math-verify should read it: boxed (bare LaTeX outside `$`/`\\boxed{}` is not extracted, and
+    `(0, 1]` would parse as its last number); a plain number with `$`, commas or words (`$1,234.00`, `18 dollars`)
+    first normalised by the regex checker, which reads those as GSM8K means them (percentages keep their `%`)."""
+    if "\\boxed" in reference:
+        return reference
+    if "\\" not in reference and "%" not in reference:
+        number = normalize_answer(reference)
+        if number is not None and re.fullmatch(r"-?\d+(?:/\d+)?", number):
+            reference = number
+    return f"\\boxed{{{reference}}}"
+
+
+def math_verify_match(generation: str, reference_answer: str) -> bool | None:
+    """math-verify's verdict on a generation against the reference (gold first, as verify() expects), or None when
+    it cannot decide: math-verify missing, no parsable math on one side, an error or a timeout.
+
+    math-verify times out with signal.alarm, which works in the main thread only: in other threads (a server's
+    worker, a thread pool) it runs without a timeout rather than raise."""
+    try:
+        from math_verify import parse, verify
+        from math_verify.errors import TimeoutException
+    except ImportError:
+        return None
+    seconds = MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    try:
+        gold = parse(_gold_text(reference_answer), parsing_timeout=seconds, raise_on_error=True)
+        predicted = parse(generation, parsing_timeout=seconds, raise_on_error=True)
+        # each is [sympy object, extracted text], [text] when only the extraction worked, or []
+        if all(isinstance(x, str) for x in gold) or all(isinstance(x, str) for x in predicted):
+            return None
+        return verify(gold, predicted, timeout_seconds=seconds, raise_on_error=True)
+    except (Exception, TimeoutException):
+        return None
+
+
+def is_correct(generation: str, reference_answer: str, checker: str | None = None) -> bool:
+    """Whether a generated solution's final answer equals the reference answer.
+
+    checker: "math-verify" (default when importable) or "regex"; math-verify falls back to the regex checker when it
+    cannot decide (see math_verify_match) and for GSM8K-style generations (`####`), whose line after `####` the
+    regex checker reads exactly (math-verify would take the last number of any text that follows)."""
+    checker = checker or default_checker()
+    if checker not in CHECKERS:
+        raise LeafError(f"Unknown answer checker {checker!r}. Available: {', '.join(CHECKERS)}.")
+    if checker == "math-verify" and generation and "####" not in generation:
+        verdict = math_verify_match(generation, reference_answer)
+        if verdict is not None:
+            return verdict
     return answers_match(extract_answer(generation), reference_answer)
