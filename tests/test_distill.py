@@ -220,10 +220,10 @@ def test_a_plain_dataset_with_a_counterfactual_file(setup, tmp_path):
 
     data, cfs, rows = _plain_dataset(tmp_path)
     records, identical = read_dataset(data, cfs)
-    assert [r["id"] for r in records] == ["q0", "q1", "q2", "q3"] and identical == 0
-    assert [len(r["units"]) for r in records] == [1, 1, 0, 1]
-    unit = records[0]["units"][0]
-    assert unit["level"] == "instruction" and unit["counterfactuals"][0]["prompt"] == rows[0]["seed_question"]
+    assert [r.id for r in records] == ["q0", "q1", "q2", "q3"] and identical == 0
+    assert [len(r.units) for r in records] == [1, 1, 0, 1]
+    unit = records[0].units[0]
+    assert unit.level == "instruction" and unit.counterfactuals[0].prompt == rows[0]["seed_question"]
     summary = run_distill(_config(setup, tmp_path / "out", data=data, counterfactuals=cfs, mode="instr",
                                   lam="0.5"), progress=False)
     assert summary["samples"] == 4 and summary["with_counterfactual"] == 3
@@ -338,17 +338,18 @@ def test_cache_only_then_training_without_the_teacher(setup, tmp_path, monkeypat
 
 def test_the_teacher_cache_is_split_across_processes_by_shard(setup, tmp_path, monkeypatch):
     """Shard s is written by process s mod N; the union equals a one-process cache."""
-    import leaf.distill.run as distill_module
+    import leaf.distill.teacher_cache
     from leaf.distill.data import build_examples
+    from leaf.distill.run import load_records_for
+    from leaf.distill.teacher_cache import TeacherCache
     from leaf.hooks import load_model
 
-    monkeypatch.setattr(distill_module, "SHARD", 2)
+    monkeypatch.setattr(leaf.distill.teacher_cache, "SHARD", 2)
     config = _config(setup, tmp_path / "x", cache_teacher=True)
     teacher = load_model(setup[0])
-    records, _ = distill_module.load_records_for(config)
+    records, _ = load_records_for(config)
     examples, _ = build_examples(records, teacher.tokenizer, config.mode, 1024)
     vocab = teacher.hf_model.get_output_embeddings().weight.shape[0]
-    TeacherCache = distill_module.TeacherCache
     TeacherCache.write(tmp_path / "one", teacher, examples, config, vocab)
     for rank in (0, 1):
         TeacherCache.write(tmp_path / "two", teacher, examples, config, vocab, rank=rank, processes=2)
@@ -368,7 +369,8 @@ def test_the_loss_covers_the_end_of_turn_token(setup):
     from leaf.distill.data import build_examples
 
     tok = AutoTokenizer.from_pretrained(setup[1])
-    [example], _ = build_examples([{"prompt": "2+3?", "response": "5", "units": []}], tok, "kd", None)
+    [example], _ = build_examples([AnalysedSample(row=0, id="0", status="ok", prompt="2+3?", response="5", units=[])],
+                                  tok, "kd", None)
     masked = [tok.convert_ids_to_tokens(i) for i, m in zip(example.input_ids, example.response_mask) if m]
     assert masked == ["5", "<|end|>"]
 
@@ -439,3 +441,80 @@ def test_the_console_shows_losses_on_stderr_and_stdout_is_only_json(setup, tmp_p
     lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in lines] == ["2/3", "3/3"], result.stderr
     assert "kd_original" in lines[0] and "kd_counterfactual" in lines[0] and "λ" in lines[0]
+
+
+def _reference_kl(student, teacher, batch, prefix, temperature):
+    """Per-row mean over the response positions of KL(p_T || p_S) · t² for the rows `prefix` names in the batch
+    ("" originals, "cf_" counterfactuals), by hand on the full logits: logit t predicts token t + 1."""
+    ids, attention = batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"]
+    with torch.no_grad():
+        s_logits = student(input_ids=ids, attention_mask=attention).logits
+        t_logits = teacher(input_ids=ids, attention_mask=attention).logits
+    out = []
+    for s, t, mask in zip(s_logits, t_logits, batch[f"{prefix}response_mask"]):
+        rows = []
+        for pos in range(len(mask) - 1):
+            if mask[pos + 1]:
+                p_t = torch.softmax(t[pos, :s.shape[-1]].double() / temperature, -1)
+                p_s = torch.softmax(s[pos].double() / temperature, -1)
+                rows.append((p_t * (p_t.log() - p_s.log())).sum() * temperature ** 2)
+        out.append(torch.stack(rows).mean())
+    return torch.stack(out)
+
+
+def test_one_training_step_equals_a_plain_pytorch_computation(tmp_path):
+    """distill_step without a Trainer: the loss is λ·KL(original) + (1-λ)·KL(counterfactual) per sample (the mean
+    of a sample's instruction- and response-level terms; KL(original) alone without one), averaged over the batch,
+    computed here on full logits in plain PyTorch; gradients reach the student and not the teacher."""
+    from leaf.distill.data import PairedData, build_examples, make_collator, read_dataset
+    from leaf.distill.losses import forward_kl
+    from leaf.distill.step import distill_step
+
+    teacher = AutoModelForCausalLM.from_pretrained(build_tiny_model("qwen2", tmp_path / "t", seed=1)).eval()
+    student = AutoModelForCausalLM.from_pretrained(build_tiny_model("qwen2", tmp_path / "s", seed=2))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "s")
+    rows = [("q0", "Tom has 3 apples and a red hat. How many apples?", "3 apples."), ("q1", "2+3?", "5"),
+            ("q2", "Ann is 7. She runs. Age?", "7")]
+    pruned = [("q0", "Tom has 3 apples. How many apples?", "3 apples."),     # instruction level
+              ("q0", "Tom has 3 apples and a red hat. How many apples?", "3."),  # response level
+              ("q2", "Ann is 7. Age?", "7")]
+    for name, lines in (("data", rows), ("cf", pruned)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"id": i, "question": q, "solution": a}) + "\n"
+                                                        for i, q, a in lines))
+    records, _ = read_dataset(tmp_path / "data.jsonl", tmp_path / "cf.jsonl")
+    lam, temperature = 0.3, 2.0
+    for mode in ("instr+resp", "kd"):
+        examples, _ = build_examples(records, tok, mode, None)
+        data = PairedData(examples, seed=0)
+        batch = make_collator(tok.pad_token_id)([data[i] for i in range(3)])
+        assert ("cf_index" in batch) == (mode != "kd")
+        student.zero_grad()
+        loss, terms = distill_step(student, teacher, batch, lam=lam, divergence=forward_kl, temperature=temperature,
+                                   chunk_size=5)
+        original = _reference_kl(student, teacher, batch, "", temperature)
+        mixed = original.clone()
+        if mode != "kd":
+            per_row, owners = _reference_kl(student, teacher, batch, "cf_", temperature), batch["cf_index"].tolist()
+            assert owners == [0, 0, 2]          # sample 0: an instruction and a response counterfactual
+            counterfactual = {i: per_row[[k for k, o in enumerate(owners) if o == i]].mean() for i in set(owners)}
+            for i, value in counterfactual.items():
+                mixed[i] = lam * original[i] + (1 - lam) * value
+            assert terms.kd_counterfactual == pytest.approx(float(sum(counterfactual.values()) / 2), rel=1e-5)
+        else:
+            assert terms.kd_counterfactual is None
+        assert float(loss.detach()) == pytest.approx(float(mixed.mean()), rel=1e-5)
+        assert terms.lam == lam and terms.kd_original == pytest.approx(float(original.mean()), rel=1e-5)
+        assert terms.tokens == int(batch["attention_mask"].sum()) + (
+            int(batch["cf_attention_mask"].sum()) if mode != "kd" else 0)
+        loss.backward()
+        grads = [p.grad for p in student.parameters()]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+        assert all(p.grad is None for p in teacher.parameters())
+    # ce_weight adds that weight x the student's mean NLL of the response (here on the kd batch)
+    with_ce, _ = distill_step(student, teacher, batch, lam=lam, divergence=forward_kl, temperature=temperature,
+                              ce_weight=0.5)
+    with torch.no_grad():
+        logp = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+        nll = [-torch.stack([logp[b, p - 1, batch["input_ids"][b, p]] for p in range(1, logp.shape[1])
+                             if batch["response_mask"][b, p]]).mean() for b in range(logp.shape[0])]
+    assert float((with_ce - loss).detach()) == pytest.approx(0.5 * float(torch.stack(nll).mean()), rel=1e-4)

@@ -1,0 +1,104 @@
+"""The settings of `leaf distill` (stage 2): one dataclass whose field help the CLI reuses, checked on creation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from leaf.errors import LeafError
+from leaf.io import check_output_folder
+from leaf.options import doc
+
+MODES = ("kd", "instr", "instr+resp")
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = field(metadata=doc("Teacher model: local HF folder or hub id (same vocabulary as the student)."))
+    student: str = field(metadata=doc("Student model to train: local HF folder or hub id."))
+    data: Path = field(metadata=doc(
+        "A `leaf analyze` output folder (or its samples.jsonl), or any dataset analyze reads (with --counterfactuals)."))
+    output: Path = field(metadata=doc("Output folder: checkpoints/, log.jsonl, final/ (the distilled student)."))
+    mode: str = field(default="instr+resp", metadata=doc(
+        "kd: originals only (the paper's KD w/o mask); instr: + instruction counterfactuals; instr+resp: + both."))
+    lam: str = field(default="linear:0.8:0.5", metadata=doc(
+        "λ: a constant (1.0 = plain KD) or a schedule linear:START:END / cosine:START:END over training."))
+    divergence: str = field(default="forward_kl", metadata=doc("forward_kl, reverse_kl or jsd."))
+    beta: float = field(default=0.5, metadata=doc("β of the jsd divergence."))
+    temperature: float = field(default=1.0, metadata=doc("Softmax temperature t (loss scaled by t²)."))
+    ce_weight: float = field(default=0.0, metadata=doc("Weight of a cross-entropy term on the reference response."))
+    max_steps: int = field(default=100, metadata=doc("Optimizer steps."))
+    batch_size: int = field(default=4, metadata=doc("Samples per device per forward/backward."))
+    grad_accum: int = field(default=1, metadata=doc("Gradient accumulation steps (effective batch = batch x accum x devices)."))
+    lr: float = field(default=1e-5, metadata=doc("AdamW learning rate (paper: 1e-5)."))
+    warmup: float = field(default=0.03, metadata=doc("Warmup, as a fraction of the steps."))
+    save_steps: int = field(default=50, metadata=doc("Checkpoint every N steps."))
+    max_length: int | None = field(default=None, metadata=doc("Drop samples longer than this (default: the model's)."))
+    chunk_size: int = field(default=1024, metadata=doc("Positions per float32 log-softmax chunk in the loss."))
+    seed: int = field(default=0, metadata=doc("Seed of initialisation order, data order and counterfactual pairing."))
+    device: str = field(default="cpu", metadata=doc("cpu or cuda (under accelerate launch, set by accelerate)."))
+    dtype: str = field(default="float32", metadata=doc("float32 or bfloat16 (mixed precision on GPU)."))
+    gradient_checkpointing: bool = field(default=False, metadata=doc("Trade compute for activation memory."))
+    cache_teacher: bool = field(default=False, metadata=doc(
+        "First write the teacher's top-k log-probs of every original and counterfactual to OUTPUT/teacher_cache, "
+        "then train from it without the teacher in memory (the path for very large teachers)."))
+    top_k: int = field(default=64, metadata=doc("Entries per position in the teacher cache (the tail mass is kept)."))
+    cache_only: bool = field(default=False, metadata=doc(
+        "Write the teacher cache (--cache-teacher) and stop; a later run on the same --output trains from it "
+        "without loading the teacher (e.g. the cache in one process with --teacher-device-map auto, training "
+        "under accelerate launch)."))
+    cross_tokenizer: bool = field(default=False, metadata=doc(
+        "Distil a teacher whose tokenizer differs from the student's: responses aligned through character offsets, "
+        "the divergence over the vocabulary entries both spell the same plus the rest of the mass, and ULD's "
+        "sorted-probability distance on the rest (see leaf/distill/cross_tokenizer.py). Same tokenizer: plain KD."))
+    uld_weight: float = field(default=1.0, metadata=doc(
+        "--cross-tokenizer: weight of the sorted-probability (ULD) term on the entries that do not correspond."))
+    teacher_device_map: str | None = field(default=None, metadata=doc(
+        "Spread the teacher over all visible GPUs (transformers device_map, e.g. auto); one process only."))
+    counterfactuals: Path | None = field(default=None, metadata=doc(
+        "With a plain --data dataset: a file in the same format whose rows hold the id of their original and its "
+        "pruned prompt and/or response."))
+    prompt_field: str | None = field(default=None, metadata=doc("Prompt field of a plain dataset (as in analyze)."))
+    response_field: str | None = field(default=None, metadata=doc("Response field of a plain dataset."))
+    id_field: str = field(default="id", metadata=doc("Id field matching counterfactual rows to originals."))
+    allow_pickle: bool = field(default=False, metadata=doc(
+        "Allow pickle (.bin) weights: only for files you trust (pickle can run code)."))
+    trust_remote_code: bool = field(default=False, metadata=doc("Run model code from the checkpoints (only if trusted)."))
+    logging_steps: int = field(default=10, metadata=doc(
+        "Print step, losses, λ, lr and tokens/s on stderr every N steps (and at the last); 0: never."))
+    resume: bool = field(default=False, metadata=doc("Continue from the last checkpoint in --output."))
+
+    def __post_init__(self) -> None:
+        from leaf.distill.losses import get_divergence, lambda_at
+
+        self.data, self.output = Path(self.data), Path(self.output)
+        check_output_folder(self.output, allow_nonempty=True)
+        if self.cache_only:
+            self.cache_teacher = True
+        if self.counterfactuals is not None:
+            self.counterfactuals = Path(self.counterfactuals)
+        checks = [
+            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}."),
+            (self.logging_steps >= 0, f"--logging-steps must be 0 or more, got {self.logging_steps}."),
+            (self.max_steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
+             "--max-steps, --batch-size and --grad-accum must be at least 1."),
+            (self.temperature > 0, f"--temperature must be positive, got {self.temperature}."),
+            (0 <= self.warmup < 1, f"--warmup is a fraction in [0, 1), got {self.warmup}."),
+            (self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}."),
+            (not (self.cross_tokenizer and self.cache_teacher),
+             "--cross-tokenizer needs the teacher's full distributions online: drop --cache-teacher."),
+            (self.uld_weight >= 0, f"--uld-weight must be 0 or more, got {self.uld_weight}."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LeafError(message)
+        get_divergence(self.divergence, self.beta)
+        for step in (0, self.max_steps - 1):
+            value = lambda_at(self.lam, step, self.max_steps)
+            if not 0 <= value <= 1:
+                raise LeafError(f"λ must stay in [0, 1]; {self.lam!r} gives {value} at step {step}.")
+
+    def fingerprint(self) -> dict:
+        skip = {"output", "resume", "save_steps", "cache_only", "teacher_device_map", "trust_remote_code",
+                "logging_steps"}
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
