@@ -11,7 +11,6 @@ frozen: the least work that per-token gradients of both models need. Target: lea
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
 from leaf.analyze import AnalyzeConfig, run_analyze
-from common import emit_json, pad_encodings, print_table
+from common import benchmark_parser, emit_json, parse_benchmark_args, pad_encodings, print_table
 from leaf.hooks import encode_text, load_model, render_prompt_response
 from leaf.models.tiny import build_tiny_model
 
@@ -57,12 +56,10 @@ def floor_seconds(model_dir: str, rows: list[dict], batch_size: int, renderer_di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny models, 8 samples")
+    parser = benchmark_parser(__doc__, "tiny models, 8 samples")
     parser.add_argument("--samples", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+    args = parse_benchmark_args(parser)
     size = "tiny" if args.quick else "small"
     n = args.samples or (8 if args.quick else 48)
     rows = [json.loads(line) for line in GSM_PLUS.read_text().splitlines()]

@@ -87,3 +87,19 @@ def tiny_pair_and_data(folder, size: str, rows: list[dict]) -> tuple[str, str, o
     data = folder / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return teacher, student, data
+
+
+def benchmark_parser(doc: str, quick: str):
+    """The argument parser every benchmark starts from: its docstring as help, and --quick (what the tests run)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    return parser
+
+
+def parse_benchmark_args(parser):
+    """Parsed arguments, with torch on the 2 threads every figure in the README was measured with."""
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    return args

@@ -11,17 +11,15 @@ per-step seconds after the first step. Target: LeaF / KD <= 2.1.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
 from pathlib import Path
 
-import torch
 from transformers.utils import logging as hf_logging
 
 from leaf.analyze import AnalyzeConfig, run_analyze
-from common import emit_json, print_table, tiny_pair_and_data
+from common import benchmark_parser, emit_json, parse_benchmark_args, print_table, tiny_pair_and_data
 from leaf.distill import DistillConfig, run_distill
 
 hf_logging.disable_progress_bar()
@@ -34,12 +32,10 @@ def step_seconds(folder: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny models, 3 steps")
+    parser = benchmark_parser(__doc__, "tiny models, 3 steps")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=4)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+    args = parse_benchmark_args(parser)
     size, steps = ("tiny", args.steps or 3) if args.quick else ("small", args.steps or 8)
     samples = 8 if args.quick else 32
     rows = [json.loads(line) for line in GSM_PLUS.read_text().splitlines()]
