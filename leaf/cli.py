@@ -4,7 +4,7 @@
     leaf tiny-model --family qwen2 --output /tmp/tiny-qwen2
     leaf saliency --model /tmp/tiny-qwen2 --prompt "Tom has 3 apples and a red hat. How many apples?" --response "3"
 
-Every option of analyze, distill, serve, inspect, demo and saliency is a field of that command's config dataclass:
+Every option of analyze, distill, serve, eval, inspect, demo and saliency is a field of that command's config dataclass:
 its type, default and help are the field's (leaf.options.config_options); FLAGS below holds what the command line
 adds (choices, other names). A command parses, builds its config, calls one library function and prints. A LeafError
 (bad input) prints its message and exits with code 1, without a traceback.
@@ -29,6 +29,7 @@ from leaf.analyze.thresholds import gradient_modes, list_thresholds
 from leaf.demo.run import DemoConfig
 from leaf.inspect import InspectConfig
 from leaf.distill import MODES, DistillConfig
+from leaf.eval import EvalConfig, list_tasks
 from leaf.inspect.saliency import SaliencyReportConfig
 from leaf.serve.backends import BACKENDS
 from leaf.serve.run import ServeConfig
@@ -85,7 +86,7 @@ FLAGS = {
     "max_new_tokens": Flag("--max-tokens", hidden="--max-new-tokens"),  # vLLM's name, as in serve; the old one read
     "mode": Flag(choices=MODES), "lam": Flag("--lambda", "--lambda-schedule"),
     "divergence": Flag(choices=("forward_kl", "reverse_kl", "jsd")),  # leaf.distill.losses.DIVERGENCES
-    "backend": Flag(choices=BACKENDS),
+    "backend": Flag(choices=BACKENDS), "tasks": Flag(choices=list_tasks()),  # leaf eval's benchmarks
     "components": Flag(choices=("resid", "attn", "mlp", "head")),  # leaf.hooks.COMPONENTS
     "methods": Flag(metavar="saliency|input_x_gradient|integrated_gradients|attention_rollout"),
     "method": Flag(metavar="saliency|input_x_gradient_norm"), "norm": Flag(choices=("l2", "l1")),
@@ -243,6 +244,24 @@ def serve(*, config_file: Annotated[Path | None, ConfigOption("serve")] = None, 
         return typer.echo(json.dumps(results, indent=2))
     typer.echo((config.output / "results.md").read_text())
     typer.echo(f"wrote {config.output}/results.json, results.md, results.png, generations.jsonl")
+
+
+@app.command("eval")
+@user_errors
+@config_options(EvalConfig, FLAGS, {**PANELS, "tasks": INPUTS, "paper": INPUTS, "num_fewshot": BENCHMARK})
+def evaluate(*, config_file: Annotated[Path | None, ConfigOption("eval")] = None, fields: ConfigFields,
+             json_out: JsonOut = False) -> None:
+    """Run the standard benchmarks (lm-evaluation-harness: GSM8K CoT, MATH-500) on models from local data, with the
+    same settings for each: one table, beside the paper's numbers when a recipe has them.
+
+    Example: leaf eval --model runs/student --name pre-kd --model runs/distill/final --name leaf --task gsm8k_cot
+    --data data --output runs/eval   (required: --model, --output; data from recipes/prepare_data.py)
+    """
+    from leaf.eval.run import run_eval
+
+    config = EvalConfig(**{**fields, "paper": fields["paper"] or config_file})  # a recipe's paper numbers by default
+    results = run_eval(config, log=_progress)
+    typer.echo(json.dumps(results, indent=2) if json_out else (config.output / "results.md").read_text())
 
 
 @app.command("demo")

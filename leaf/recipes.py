@@ -1,11 +1,12 @@
-"""Recipe files: the flags of a whole run, analyze -> distill -> serve, in one TOML or YAML file.
+"""Recipe files: the flags of a whole run, analyze -> distill -> eval -> serve, in one TOML or YAML file.
 
     leaf analyze --config recipes/qwen2.5-math-1.5b-from-qwen2.5-72b.toml
     leaf distill --config recipes/qwen2.5-math-1.5b-from-qwen2.5-72b.toml --max-steps 10   # flags override
 
-A recipe has an [analyze], a [distill] and a [serve] section whose keys are the commands' flags (underscores or
-dashes: `batch_size` = `batch-size`; `lambda` for --lambda, `model` for serve's --model list), and an optional
-[recipe] section that only describes it (name, pairing, data, expected cost, the paper's numbers).
+A recipe has an [analyze], a [distill], an [eval] and a [serve] section whose keys are the commands' flags
+(underscores or dashes: `batch_size` = `batch-size`; `lambda` for --lambda, `model` / `name` / `task` for the
+--model / --name / --task lists), and an optional [recipe] section that only describes it (name, pairing, data,
+expected cost, the paper's numbers: `paper_numbers`, which `leaf eval` puts beside its table).
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ from typing import Any
 
 from leaf.errors import LeafError
 
-ALIASES = {"lambda": "lam", "lambda_schedule": "lam", "model": "models", "name": "names"}
+ALIASES = {"lambda": "lam", "lambda_schedule": "lam", "model": "models", "name": "names", "task": "tasks"}
 
 
 def _config_classes() -> dict[str, type]:
     from leaf.analyze import AnalyzeConfig
     from leaf.distill import DistillConfig
+    from leaf.eval import EvalConfig
     from leaf.serve.run import ServeConfig
 
-    return {"analyze": AnalyzeConfig, "distill": DistillConfig, "serve": ServeConfig}
+    return {"analyze": AnalyzeConfig, "distill": DistillConfig, "eval": EvalConfig, "serve": ServeConfig}
 
 
 def read_recipe(path: Path | str) -> dict[str, Any]:
@@ -52,12 +54,12 @@ def read_recipe(path: Path | str) -> dict[str, Any]:
     except Exception as exc:  # tomllib, yaml and json each raise their own parse error types
         raise LeafError(f"Recipe file {path} does not parse: {exc}") from None
     if not isinstance(recipe, dict):
-        raise LeafError(f"Recipe file {path} must hold sections ([analyze], [distill], [serve]), not a "
+        raise LeafError(f"Recipe file {path} must hold sections ([analyze], [distill], [eval], [serve]), not a "
                         f"{type(recipe).__name__}.")
     unknown = set(recipe) - {"recipe", *_config_classes()}
     if unknown:
         raise LeafError(f"Recipe file {path} has unknown section(s) {', '.join(sorted(unknown))}; use analyze, "
-                        "distill, serve (and recipe for a description).")
+                        "distill, eval, serve (and recipe for a description).")
     return recipe
 
 
@@ -79,8 +81,8 @@ def section_values(path: Path | str, section: str) -> dict[str, Any]:
 
 
 def build_configs(path: Path | str) -> dict[str, Any]:
-    """Every section of a recipe as its run configuration (AnalyzeConfig, DistillConfig, ServeConfig), validated,
-    without loading a model or reading data."""
+    """Every section of a recipe as its run configuration (AnalyzeConfig, DistillConfig, EvalConfig, ServeConfig),
+    validated, without loading a model or reading data."""
     recipe = read_recipe(path)
     return {section: cls(**section_values(path, section)) for section, cls in _config_classes().items()
             if section in recipe}

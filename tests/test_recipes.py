@@ -1,5 +1,6 @@
-"""recipes/: every shipped recipe parses and builds its three run configurations (no model loaded); --config on
-the CLI reads a recipe and flags override it; the data preparation maps each source's rows correctly."""
+"""recipes/: every shipped recipe parses and builds its four run configurations (no model loaded), its stages chain
+(data -> analyze -> distill -> eval -> serve); --config on the CLI reads a recipe and flags override it; the data
+preparation maps each source's rows correctly."""
 
 import json
 import re
@@ -12,6 +13,8 @@ from leaf.analyze import AnalyzeConfig
 from leaf.cli import app
 from leaf.distill import DistillConfig
 from leaf.errors import LeafError
+from leaf.eval import EvalConfig
+from leaf.eval.tasks import get_task
 from leaf.recipes import build_configs, read_recipe
 from leaf.serve.run import ServeConfig
 
@@ -28,16 +31,27 @@ def test_the_recipes_cover_the_paper_and_a_budget_pairing():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_each_recipe_builds_its_run_configurations(path):
     configs = build_configs(path)
-    analyze, distill, serve = configs["analyze"], configs["distill"], configs["serve"]
+    analyze, distill, evaluate, serve = configs["analyze"], configs["distill"], configs["eval"], configs["serve"]
     assert isinstance(analyze, AnalyzeConfig) and isinstance(distill, DistillConfig)
-    assert isinstance(serve, ServeConfig)
+    assert isinstance(evaluate, EvalConfig) and isinstance(serve, ServeConfig)
     # the stages chain: distill reads analyze's output, serve compares the student before and after
     assert distill.data == analyze.output and distill.student == analyze.student
     assert serve.models[0] == analyze.student and serve.models[1] == str(distill.output / "final")
     assert len(serve.names) == len(serve.models)
+    # eval: Pre-KD / KD / LeaF, the same student before and after each distillation, on data prepare_data.py makes
+    assert evaluate.model_names()[:3] == ["pre-kd", "kd", "leaf"] and evaluate.models[0] == analyze.student
+    assert evaluate.models[1:3] == [str(distill.output.parent / "distill-kd" / "final"), str(distill.output / "final")]
     meta = read_recipe(path)["recipe"]
     assert meta["name"] == path.stem and "prepare_data.py" in meta["data"] and meta["expected_gpu_hours"]
     assert meta["paper"]
+    assert all(f"--output {folder}/{get_task(task).data_file}" in meta["data"] for task in evaluate.tasks
+               for folder in evaluate.data)
+    numbers = meta["paper_numbers"]   # beside leaf eval's table: every evaluated model the paper has a number for
+    assert all(isinstance(v, (int, float)) for row in numbers.values() for v in row.values())
+    assert numbers == {} if meta["setting"] == "budget" else {"pre-kd", "kd", "leaf"} <= set(numbers)
+    header = [line.split(":")[0].strip("# ") for line in path.read_text().splitlines()
+              if line.startswith("#   ") and ":" in line.split()[1]]
+    assert header == ["data", "analyze", "distill", "eval", "serve"]
     if meta["setting"] == "paper":
         assert distill.lr == 1e-5 and distill.max_length == 4096 and distill.cache_teacher
         assert analyze.device_map == "auto" and analyze.gradient_checkpointing

@@ -1,0 +1,196 @@
+"""`leaf eval`: the standard benchmarks on each model through lm-evaluation-harness, from local data; one table.
+
+    leaf eval --model Qwen/Qwen2.5-Math-1.5B --name pre-kd --model runs/kd/final --name kd \
+        --model runs/distill/final --name leaf --task gsm8k_cot --task math500 --data data --output runs/eval
+
+The harness does the evaluating: its task definitions (prompts, few-shot examples, answer extraction, metrics;
+leaf.eval.tasks points them at local data), its model backends (`vllm`, `hf`) and `simple_evaluate`. leaf fixes what
+every model of the comparison shares (greedy decoding, the model's chat template with the few-shot examples as
+earlier turns, one token budget, one seed), applies its loading policy (safetensors only unless --allow-pickle, no
+checkpoint code unless --trust-remote-code), and writes results.json (per model and task: lm-eval's metric values,
+n, the settings, the harness version), results.md (one table, with the paper's numbers when a recipe has them),
+tasks/ (what the harness read) and samples/ (every prompt, answer and verdict).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+from pathlib import Path
+
+from leaf.errors import LeafError
+from leaf.eval.config import EvalConfig
+from leaf.eval.report import format_table, paper_numbers
+from leaf.eval.tasks import data_files, get_task, harness_root, write_task
+
+
+def run_eval(config: EvalConfig, *, log=print) -> dict:
+    """Evaluate every model on every task; results.json and results.md are rewritten after each model."""
+    from leaf.io import write_json_atomic, write_text_atomic
+    from leaf.run_folder import versions
+    from leaf.serve.backends import resolve_backend
+
+    harness_root()  # installed? (before anything is written or loaded)
+    for name in config.tasks:
+        if missing := get_task(name).missing():
+            raise LeafError(f"--task {name}: {missing}")
+    files = data_files(config.tasks, config.data)
+    backend = resolve_backend(config.backend)
+    paper = paper_numbers(config.paper) if config.paper is not None else None
+    tasks = {name: write_task(name, files[name], config.output / "tasks") for name in config.tasks}
+
+    from importlib.metadata import version
+
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(config.output / "tasks"), include_defaults=False)
+    results = {"harness": {"name": "lm-evaluation-harness", "version": version("lm_eval")},
+               "settings": {**config.settings(), "backend": backend, "greedy": True,
+                            "fewshot_as_multiturn": config.chat_template},
+               "versions": {**versions(), "vllm": _vllm_version() if backend == "vllm" else None},
+               "tasks": tasks, "models": [], "paper": paper}
+    for name, path in zip(config.model_names(), config.models):
+        log(f"leaf eval: {name} ({path}) on {', '.join(config.tasks)} with lm-eval's {backend} backend")
+        lm = harness_model(backend, path, config)
+        try:
+            raw = evaluate(lm, [task["task"] for task in tasks.values()], config, manager)
+        finally:
+            _close(lm)
+            del lm
+        results["models"].append({"name": name, "model": path,
+                                  "tasks": {task: _scores(raw, tasks[task]) for task in config.tasks}})
+        _write_samples(config.output / "samples" / name, raw, tasks)
+        write_json_atomic(config.output / "results.json", results)
+        write_text_atomic(config.output / "results.md", format_table(results))
+    return results
+
+
+def evaluate(lm, task_names: list[str], config: EvalConfig, manager) -> dict:
+    """One model through lm-eval's simple_evaluate, with the settings every model shares."""
+    from lm_eval import simple_evaluate
+
+    return simple_evaluate(
+        model=lm, tasks=task_names, task_manager=manager, limit=config.limit, num_fewshot=config.num_fewshot,
+        apply_chat_template=config.chat_template, fewshot_as_multiturn=config.chat_template,
+        gen_kwargs={"do_sample": False, "temperature": 0.0, "max_gen_toks": config.max_tokens},
+        random_seed=config.seed, numpy_random_seed=config.seed, torch_random_seed=config.seed,
+        fewshot_random_seed=config.seed, log_samples=True)
+
+
+def harness_model(backend: str, path: str, config: EvalConfig):
+    """lm-eval's own model class for `path` (vllm.VLLM or huggingface.HFLM), after leaf's loading checks."""
+    from leaf.hooks.loading import check_local_folder, resolve_source
+
+    source = resolve_source(path)
+    if backend == "hf":
+        from lm_eval.models.huggingface import HFLM
+
+        if Path(source).exists():
+            check_local_folder(Path(source), config.allow_pickle)
+        return HFLM(pretrained=source, device=config.device, dtype=config.dtype, batch_size=config.batch_size,
+                    trust_remote_code=config.trust_remote_code,
+                    **({} if config.allow_pickle else {"use_safetensors": True}))
+    from leaf.serve.engines import check_vllm_can_load
+
+    # in-process, quiet, logging to stderr (stdout holds the table or --json), and on CPU eager with a 1 GiB KV
+    # cache, as leaf.serve.engines.VLLMEngine; values already set win (read when vLLM is first imported)
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    if config.device == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    load_format = check_vllm_can_load(source, config.device, allow_pickle=config.allow_pickle,
+                                      trust_remote_code=config.trust_remote_code)
+    try:
+        return _harness_vllm_class()(
+            pretrained=source, dtype=config.dtype, seed=config.seed, trust_remote_code=config.trust_remote_code,
+            tensor_parallel_size=config.tensor_parallel_size, max_model_len=config.max_model_len, batch_size="auto",
+            load_format=load_format, enforce_eager=config.device == "cpu")
+    except Exception as exc:  # vLLM raises many types; the message is what the user needs
+        raise LeafError(f"vLLM could not load {path!r} through lm-eval: {type(exc).__name__}: {str(exc)[:600]}\n"
+                        "Check that the folder is a complete HF model (config.json, safetensors weights, tokenizer), "
+                        "or use --backend hf.") from None
+
+
+def _harness_vllm_class():
+    """lm-eval's VLLM model. It reads vLLM's version from the `vllm` distribution; the CPU build installs the same
+    `vllm` module as the `vllm-cpu` distribution, so that name is read instead, as vLLM itself does for its platform
+    (vllm.platforms.vllm_version_matches_substr: version("vllm-cpu") + "+cpu")."""
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm")
+    except metadata.PackageNotFoundError:
+        real = metadata.version
+
+        def version(name: str) -> str:
+            return real("vllm-cpu") + "+cpu" if name == "vllm" else real(name)
+
+        metadata.version = version  # while the module is imported (its import-time check)
+        try:
+            import lm_eval.models.vllm_causallms as module
+        finally:
+            metadata.version = real
+        module.version = version  # and for its later checks
+    from lm_eval.models.vllm_causallms import VLLM
+
+    return VLLM
+
+
+def _vllm_version() -> str | None:
+    from importlib import metadata
+
+    for name in ("vllm", "vllm-cpu"):
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _close(lm) -> None:
+    """Free a model (and vLLM's KV cache) before the next one loads."""
+    core = getattr(getattr(getattr(lm, "model", None), "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _number(value) -> float | None:
+    """lm-eval's metric values as plain floats ("N/A" stderrs as None)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _scores(raw: dict, task: dict) -> dict:
+    """One model's figures on one task, as lm-eval reported them: every `metric,filter` value, and the headline."""
+    name = task["task"]
+    metrics = {k: _number(v) for k, v in raw["results"][name].items() if "," in k}
+    metric, _, where = task["metric"].partition(",")
+    return {"score": metrics.get(task["metric"]), "stderr": metrics.get(f"{metric}_stderr,{where}"),
+            "n": raw["n-samples"][name]["effective"], "num_fewshot": raw["n-shot"].get(name),
+            "task_version": raw["versions"].get(name), "metrics": metrics}
+
+
+def _write_samples(folder: Path, raw: dict, tasks: dict) -> None:
+    """samples/NAME/TASK.jsonl: per problem the prompt the harness sent, the answer, and each filter's extraction
+    and verdict (lm-eval logs one entry per problem and filter)."""
+    from leaf.io import write_text_atomic
+
+    for name, task in tasks.items():
+        problems: dict = {}
+        for s in raw["samples"][task["task"]]:
+            entry = problems.setdefault(s["doc_id"], {
+                "doc_id": s["doc_id"], "prompt": s["arguments"][0][0], "response": s["resps"][0][0],
+                "target": s["target"], "doc": s["doc"], "filters": {}})
+            entry["filters"][s["filter"]] = {"extracted": s["filtered_resps"][0],
+                                             **{m: _number(s[m]) for m in s["metrics"]}}
+        write_text_atomic(folder / f"{name}.jsonl", "".join(json.dumps(p, ensure_ascii=False, default=str) + "\n"
+                                                            for p in problems.values()))
