@@ -91,6 +91,7 @@ FLAGS = {
     "methods": Flag(metavar="saliency|input_x_gradient|integrated_gradients|attention_rollout"),
     "method": Flag(metavar="saliency|input_x_gradient_norm"), "norm": Flag(choices=("l2", "l1")),
     "batch_size": Flag(min=1), "seeds": Flag(min=1),
+    "lora_target_modules": Flag("--lora-target-modules", "--lora-target-module"),  # TRL's name, plural
     "allow_pickle": Flag("--allow-pickle"), "quick": Flag("--quick"), "full": Flag("--full"),  # no --no-x switch
 }
 

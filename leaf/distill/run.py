@@ -6,13 +6,16 @@
 Per step, over response positions only: λ·D(p_T(·|X) || p_S(·|X)) + (1-λ)·D(p_T(·|X\\A) || p_S(·|X\\A)), each original
 paired with one counterfactual per level it has (instruction, response; the second term is then their mean), every
 counterfactual used in turn over the original's appearances; samples without one use the first term alone. Built on
-the transformers Trainer (custom loss): AdamW, cosine schedule with warmup, gradient accumulation, bf16, gradient
-checkpointing, checkpoints and `--resume`; under `accelerate launch` the same command runs DDP/FSDP/DeepSpeed.
+the transformers Trainer (custom loss): AdamW, cosine schedule with warmup, steps or epochs, gradient accumulation,
+bf16, gradient checkpointing, checkpoints and `--resume`, a held-out evaluation (--eval-data), the curves through its
+report_to integrations, LoRA through peft (--lora-r); under `accelerate launch` the same command runs
+DDP/FSDP/DeepSpeed.
 
 run_distill goes: check the output folder -> read the data -> load the models -> build the examples -> (write the
 teacher cache) -> train -> summarise. The parts: config.py (DistillConfig), data.py (examples, pairing, batches),
 step.py (the loss of one batch, no Trainer), losses.py and cross_tokenizer.py (the math), trainer.py
-(DistillTrainer), teacher_cache.py, log.py (log.jsonl, TensorBoard, console), checkpoints.py.
+(DistillTrainer: the loss, the held-out evaluation, leaf's terms in the Trainer's logs), teacher_cache.py, log.py
+(log.jsonl, console), checkpoints.py (resuming, LoRA, final/).
 """
 
 from __future__ import annotations
@@ -47,8 +50,10 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     say = partial(_say, progress and ranks.is_main_process)
     last = check_output(config, main=ranks.is_main_process)
     records, identical = load_records_for(config)
+    held_out = load_records_for(config, held_out=True)[0] if config.eval_data is not None else None
     student, teacher = load_models(config, say, records=len(records))
     data = training_set(config, records, identical, student, teacher)
+    evaluation = held_out_set(config, held_out, student, teacher) if held_out is not None else None
     vocab = student.hf_model.get_output_embeddings().weight.shape[0]
     cache_meta = TeacherCache.meta(config, data.examples, config.fingerprint(), vocab)
     cached = config.cache_teacher and TeacherCache.complete(config.output / "teacher_cache", cache_meta)
@@ -65,9 +70,10 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
         source = frozen(teacher.hf_model)
     if ranks.is_main_process:  # a resumed run drops the log lines past its checkpoint; a new one starts afresh
         trim_log(config.output / "log.jsonl", last)
-    trainer = train(config, student, source, matched, data, ranks, last=last, progress=progress, say=say,
-                    pad_ids=(student.pad_token_id, teacher.pad_token_id if teacher is not None else None))
-    return summarise(config, trainer, student, data, ranks)
+    trainer, final = train(config, student, source, matched, data, ranks, last=last, progress=progress, say=say,
+                           pad_ids=(student.pad_token_id, teacher.pad_token_id if teacher is not None else None),
+                           evaluation=evaluation)
+    return summarise(config, trainer, student, data, ranks, final)
 
 
 @dataclass
@@ -110,26 +116,29 @@ def claim_output(config: DistillConfig, ranks) -> None:
         write_json_atomic(config.output / "leaf_distill.json", config.fingerprint())
 
 
-def load_records_for(config: DistillConfig) -> tuple[list[dict], int]:
+def load_records_for(config: DistillConfig, *, held_out: bool = False) -> tuple[list[dict], int]:
     """Originals with counterfactuals, from an analyze output or a dataset + counterfactual file; and the number of
-    counterfactual rows dropped as identical to their original."""
-    if not config.data.exists():
-        raise LeafError(f"--data {str(config.data)!r} does not exist.")
-    if config.counterfactuals is None and is_analyze_output(config.data):
-        return read_analyze_output(config.data), 0
-    if config.counterfactuals is not None and is_analyze_output(config.data):
-        raise LeafError(f"{config.data} is a `leaf analyze` output, which holds its own counterfactuals; drop "
+    counterfactual rows dropped as identical to their original. held_out: --eval-data instead of --data, read the
+    same way but without --counterfactuals (a plain dataset there is scored on its originals only)."""
+    data, flag = (config.eval_data, "--eval-data") if held_out else (config.data, "--data")
+    counterfactuals = None if held_out else config.counterfactuals
+    if not data.exists():
+        raise LeafError(f"{flag} {str(data)!r} does not exist.")
+    if counterfactuals is None and is_analyze_output(data):
+        return read_analyze_output(data), 0
+    if counterfactuals is not None and is_analyze_output(data):
+        raise LeafError(f"{data} is a `leaf analyze` output, which holds its own counterfactuals; drop "
                         "--counterfactuals, or pass the plain dataset as --data.")
     saved = ("dataset_info.json", "state.json", "dataset_dict.json")
-    if config.data.is_dir() and not any((config.data / name).exists() for name in saved):
-        raise LeafError(f"{str(config.data)!r} is neither a `leaf analyze` output (no samples.jsonl) nor a dataset "
+    if data.is_dir() and not any((data / name).exists() for name in saved):
+        raise LeafError(f"{str(data)!r} is neither a `leaf analyze` output (no samples.jsonl) nor a dataset "
                         "saved with save_to_disk. Run leaf analyze first and pass its output folder, or pass a "
                         "dataset file with --counterfactuals FILE.")
-    if config.counterfactuals is None and config.mode != "kd":
-        raise LeafError(f"{config.data} is a plain dataset without counterfactuals, so --mode {config.mode} has "
+    if counterfactuals is None and config.mode != "kd" and not held_out:
+        raise LeafError(f"{data} is a plain dataset without counterfactuals, so --mode {config.mode} has "
                         "nothing to prune: pass --counterfactuals FILE, run leaf analyze on it first, or use "
                         "--mode kd.")
-    return read_dataset(config.data, config.counterfactuals, prompt_field=config.prompt_field,
+    return read_dataset(data, counterfactuals, prompt_field=config.prompt_field,
                         response_field=config.response_field, id_field=config.id_field)
 
 
@@ -217,17 +226,32 @@ def matched_vocabulary(teacher, student):
 def training_set(config: DistillConfig, records: list[dict], identical: int, student, teacher) -> TrainingSet:
     """Render and tokenize the records for the student (and, with --cross-tokenizer, the teacher); LeafError when
     nothing fits or the mode finds no counterfactual."""
-    examples, dropped = build_examples(records, student.tokenizer, config.mode,
-                                       config.max_length or student.max_length,
-                                       teacher_tokenizer=teacher.tokenizer if teacher else None,
-                                       teacher_max_length=teacher.max_length if teacher else None)
-    if not examples:
-        raise LeafError(f"No sample of {config.data} fits (all {dropped} longer than the context).")
+    examples, dropped = fitting_examples(config, records, student, teacher, what=str(config.data))
     with_cf = sum(bool(e.counterfactuals) for e in examples)
     if config.mode != "kd" and with_cf == 0:
         raise LeafError(f"--mode {config.mode} but no sample in {config.data} has a counterfactual of that level. "
                         "Use --mode kd, or analyze with another threshold / --level both.")
     return TrainingSet(examples, with_cf, dropped, identical)
+
+
+def held_out_set(config: DistillConfig, records: list[dict], student, teacher) -> list[dict]:
+    """The --eval-data batches' items: each held-out original once, with the first counterfactual of each level
+    the mode allows (PairedData's first round, fixed by --seed)."""
+    examples, _ = fitting_examples(config, records, student, teacher, what=f"--eval-data {config.eval_data}")
+    paired = PairedData(examples, config.seed)
+    return [paired[i] for i in range(len(examples))]
+
+
+def fitting_examples(config: DistillConfig, records: list[dict], student, teacher, *, what: str):
+    """build_examples for the run's models and --max-length, and how many samples were too long; LeafError when
+    none fits."""
+    examples, dropped = build_examples(records, student.tokenizer, config.mode,
+                                       config.max_length or student.max_length,
+                                       teacher_tokenizer=teacher.tokenizer if teacher else None,
+                                       teacher_max_length=teacher.max_length if teacher else None)
+    if not examples:
+        raise LeafError(f"No sample of {what} fits (all {dropped} longer than the context).")
+    return examples, dropped
 
 
 def teacher_cache(config: DistillConfig, teacher, examples: list[Example], vocab: int, meta: dict, *, write: bool,
@@ -264,62 +288,103 @@ def frozen(model):
     return model
 
 
-def training_arguments(config: DistillConfig, *, progress: bool):
+def training_arguments(config: DistillConfig, *, progress: bool, evaluate: bool = False):
+    """The Trainer's settings; leaf's option names and their TrainingArguments names are tabled in README."""
     from transformers import TrainingArguments
 
+    length = dict(max_steps=config.max_steps) if config.max_steps else dict(num_train_epochs=config.num_train_epochs)
+    every = config.logging_steps
+    eval_every = config.eval_steps if config.eval_steps is not None else every
     return TrainingArguments(
-        output_dir=str(config.output / "checkpoints"), max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        output_dir=str(config.output / "checkpoints"), **length,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup, weight_decay=0.0,
         optim="adamw_torch", seed=config.seed, data_seed=config.seed, save_strategy="steps",
-        save_steps=config.save_steps, save_total_limit=2, logging_strategy="no", report_to=[],
+        save_steps=config.save_steps, save_total_limit=2, logging_strategy="steps" if every else "no",
+        logging_steps=every or 500, report_to=config.report_to or "none",
+        # the last step is evaluated (and logged) by JsonlLog whatever the intervals
+        eval_strategy="steps" if evaluate and eval_every else "no", eval_steps=eval_every or None,
         remove_unused_columns=False, dataloader_num_workers=0, use_cpu=config.device == "cpu",
         bf16=config.dtype in ("bfloat16", "bf16"), gradient_checkpointing=config.gradient_checkpointing,
         disable_tqdm=not progress)
 
 
 def train(config: DistillConfig, student, source, matched, data: TrainingSet, ranks, *, last: str | None,
-          progress: bool, say, pad_ids: tuple[int, int | None]):
-    """Run the Trainer (resuming from `last` with --resume) and save the student to OUTPUT/final; returns it.
+          progress: bool, say, pad_ids: tuple[int, int | None], evaluation: list[dict] | None = None):
+    """Run the Trainer (resuming from `last` with --resume; evaluating on `evaluation`, the --eval-data items)
+    and save the student to OUTPUT/final; returns the trainer and what save_final says of final/.
     source: the frozen teacher model or the TeacherCache."""
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from leaf.distill.checkpoints import save_final, with_lora
     from leaf.distill.log import BarOnly, JsonlLog
     from leaf.distill.trainer import DistillTrainer
 
     out = config.output
-    terms = []
-    trainer = DistillTrainer(model=student.hf_model, args=training_arguments(config, progress=progress),
-                             train_dataset=PairedData(data.examples, config.seed),
-                             data_collator=make_collator(*pad_ids),
-                             callbacks=[JsonlLog(out / "log.jsonl", terms, logging_steps=config.logging_steps,
-                                                 board=out / "tensorboard" if ranks.is_main_process else None)],
-                             distill=config, teacher=source, terms=terms, matched=matched)
-    if progress:  # the bar on stderr, without the Trainer's final dict on stdout
-        trainer.remove_callback(ProgressCallback)
+    model = student.hf_model
+    if config.lora_r:
+        model = with_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                          target_modules=config.lora_target_modules,
+                          gradient_checkpointing=config.gradient_checkpointing)
+    terms, lines = [], []
+    try:
+        trainer = DistillTrainer(
+            model=model, args=training_arguments(config, progress=progress, evaluate=evaluation is not None),
+            train_dataset=PairedData(data.examples, config.seed), eval_dataset=evaluation,
+            data_collator=make_collator(*pad_ids),
+            callbacks=[JsonlLog(out / "log.jsonl", terms, lines, logging_steps=config.logging_steps,
+                                evaluate=evaluation is not None)],
+            distill=config, teacher=source, terms=terms, lines=lines, matched=matched)
+    except RuntimeError as exc:  # an integration's package is missing (transformers' *Callback raise this)
+        if "requires" not in str(exc):
+            raise
+        raise LeafError(f"--report-to {','.join(config.report_to)}: {exc}") from None
+    if config.lora_r and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        raise LeafError("--lora-r is tested with one process and DDP only: merging the adapter into FSDP- or "
+                        "ZeRO-3-sharded weights is not supported here; train full-parameter, or use DDP.")
+    board_to_output(trainer, out / "tensorboard")
+    # the bar on stderr, without the Trainer's final dict on stdout; without the bar, no dict printed either
+    trainer.remove_callback(ProgressCallback if progress else PrinterCallback)
+    if progress:
         trainer.add_callback(BarOnly())
     resume = last if config.resume and last else None
-    say(f"training {config.max_steps} steps on {len(data.examples)} samples ({data.with_counterfactual} with "
-        f"counterfactuals), mode {config.mode}" + (f", resuming from {Path(last).name}" if resume else ""))
+    length = (f"{config.max_steps} steps" if config.max_steps else f"{config.num_train_epochs:g} epoch(s)")
+    say(f"training {length} on {len(data.examples)} samples ({data.with_counterfactual} with counterfactuals), "
+        f"mode {config.mode}" + (f", LoRA r={config.lora_r}" if config.lora_r else "")
+        + (f", resuming from {Path(last).name}" if resume else ""))
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(out / "final"))
-    return trainer
+    return trainer, save_final(trainer, out / "final")
 
 
-def summarise(config: DistillConfig, trainer, student, data: TrainingSet, ranks) -> dict:
+def board_to_output(trainer, folder: Path) -> None:
+    """The Trainer's TensorBoard curves into OUTPUT/tensorboard (where leaf always wrote them) instead of its
+    default checkpoints/runs/DATE_HOST, unless TENSORBOARD_LOGGING_DIR says otherwise."""
+    import os
+
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and not os.environ.get("TENSORBOARD_LOGGING_DIR"):
+            callback.logging_dir = str(folder)
+
+
+def summarise(config: DistillConfig, trainer, student, data: TrainingSet, ranks, final_kind: dict) -> dict:
     """The run's report; the main process also saves the tokenizer beside the final student and writes it to
-    OUTPUT/summary.json, with the last log line."""
+    OUTPUT/summary.json, with the last training line of log.jsonl (and the last evaluation's)."""
     final = config.output / "final"
     ranks.wait_for_everyone()
-    common = {"final": str(final), "steps": trainer.state.global_step, "samples": len(data.examples),
+    common = {"final": str(final), **final_kind, "steps": trainer.state.global_step, "samples": len(data.examples),
               "with_counterfactual": data.with_counterfactual}
     if not ranks.is_main_process:
         return {**common, "last": None, "rank": ranks.process_index}
     student.tokenizer.save_pretrained(str(final))
     log = [json.loads(line) for line in (config.output / "log.jsonl").read_text().splitlines()]
+    steps, evals = [line for line in log if not line.get("eval")], [line for line in log if line.get("eval")]
     summary = {**common, "dropped_too_long": data.dropped_too_long,
                "identical_counterfactuals_dropped": data.identical_dropped, "processes": ranks.num_processes,
-               "distributed": str(ranks.distributed_type).split(".")[-1], "last": log[-1] if log else None,
+               "distributed": str(ranks.distributed_type).split(".")[-1], "last": steps[-1] if steps else None,
+               **({"eval": evals[-1]} if evals else {}),
                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}}
     write_json_atomic(config.output / "summary.json", summary)
     return summary

@@ -40,15 +40,16 @@ class StepTerms:
 def distill_step(student, teacher, batch: dict, *, lam: float, divergence: Divergence, temperature: float = 1.0,
                  chunk_size: int = 1024, ce_weight: float = 0.0,
                  matched: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 uld_weight: float = 1.0) -> tuple[torch.Tensor, StepTerms]:
+                 uld_weight: float = 1.0, score_counterfactuals: bool = False) -> tuple[torch.Tensor, StepTerms]:
     """The training loss of one batch (a scalar with the student's graph) and its logged terms.
 
     teacher: the online teacher model (run under no_grad, on the device it is on; its logits are moved to the
     student's) or a TeacherCache. matched: the (teacher ids, student ids) pair of --cross-tokenizer
     (`leaf.distill.cross_tokenizer.vocabulary_map`), which needs the online teacher and the collator's cross
     views in the batch. ce_weight adds that weight x the student's mean NLL of the reference response.
-    Counterfactual rows run only when the batch has some and λ < 1."""
-    use_cf = "cf_index" in batch and lam < 1
+    Counterfactual rows run only when the batch has some and λ < 1, or with score_counterfactuals (evaluation
+    reports both terms whatever λ is; the loss is unchanged)."""
+    use_cf = "cf_index" in batch and (lam < 1 or score_counterfactuals)
     if matched is not None:
         if isinstance(teacher, TeacherCache):
             raise LeafError("--cross-tokenizer needs the teacher's full distributions online, not the top-k cache.")
