@@ -74,11 +74,3 @@ def save_safetensors_atomic(path: str | Path, tensors: dict) -> Path:
     from safetensors.torch import save_file
 
     return write_bytes_atomic(path, lambda tmp: save_file(tensors, tmp))
-
-
-def __getattr__(name: str):  # FolderLock and check_same_settings moved to leaf.run_folder
-    if name in ("FolderLock", "check_same_settings"):
-        import leaf.run_folder
-
-        return getattr(leaf.run_folder, name)
-    raise AttributeError(name)

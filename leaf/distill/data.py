@@ -19,7 +19,6 @@ from pathlib import Path
 
 from leaf.errors import LeafError
 from leaf.records import AnalysedSample, AnalysedUnit, Counterfactual
-from leaf.records import is_samples_file as is_analyze_output  # noqa: F401  (distill's name for it)
 
 LEVELS = {"kd": (), "instr": ("instruction",), "instr+resp": ("instruction", "response")}
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 from leaf.distill.checkpoints import last_complete_checkpoint
 from leaf.distill.config import MODES, DistillConfig
-from leaf.distill.data import (Example, PairedData, build_examples, is_analyze_output, make_collator,
-                               read_analyze_output, read_dataset)
+from leaf.distill.data import Example, PairedData, build_examples, make_collator, read_analyze_output, read_dataset
 from leaf.distill.teacher_cache import TeacherCache
 from leaf.errors import LeafError
 from leaf.io import write_json_atomic
+from leaf.records import is_samples_file
 from leaf.run_folder import check_run_folder
 
 __all__ = ["MODES", "DistillConfig", "run_distill"]
@@ -124,9 +124,9 @@ def load_records_for(config: DistillConfig, *, held_out: bool = False) -> tuple[
     counterfactuals = None if held_out else config.counterfactuals
     if not data.exists():
         raise LeafError(f"{flag} {str(data)!r} does not exist.")
-    if counterfactuals is None and is_analyze_output(data):
+    if counterfactuals is None and is_samples_file(data):
         return read_analyze_output(data), 0
-    if counterfactuals is not None and is_analyze_output(data):
+    if counterfactuals is not None and is_samples_file(data):
         raise LeafError(f"{data} is a `leaf analyze` output, which holds its own counterfactuals; drop "
                         "--counterfactuals, or pass the plain dataset as --data.")
     saved = ("dataset_info.json", "state.json", "dataset_dict.json")
