@@ -9,12 +9,13 @@ from leaf.errors import LeafError
 from leaf.io import check_output_folder
 from leaf.options import doc
 from leaf.serve.backends import BACKENDS
+from leaf.sandbox import SandboxOptions
 from leaf.serve.run import ServeConfig
 from leaf.eval.tasks import TASKS, get_task
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(SandboxOptions):
     models: list[str] = field(metadata=doc(
         "Model folders (or hub ids), e.g. the student before distillation, after KD and after LeaF; every model runs "
         "with the same settings."))
@@ -44,6 +45,11 @@ class EvalConfig:
     max_model_len: int | None = field(default=None, metadata=doc("vLLM: context length cap (default: the model's)."))
     tensor_parallel_size: int = field(default=1, metadata=doc("vLLM: GPUs per model."))
     seed: int = field(default=0, metadata=doc("Seed of the harness, the model backends and few-shot sampling."))
+    samples: int = field(default=1, metadata=doc(
+        "Code tasks: generations per problem. 1: greedy, pass@1; N > 1: sampled at --temperature, pass@k for "
+        "k <= N (the unbiased estimator of Chen et al. 2021)."))
+    temperature: float = field(default=0.8, metadata=doc("Code tasks with --samples N > 1: sampling temperature "
+                                                         "(top-p 0.95)."))
     paper: Path | None = field(default=None, metadata=doc(
         "A recipe file whose [recipe] paper_numbers go beside the results (default: the --config recipe)."))
     allow_pickle: bool = field(default=False, metadata=doc(
@@ -73,12 +79,21 @@ class EvalConfig:
              f"--num-fewshot must be 0 or more, got {self.num_fewshot}."),
             (self.batch_size >= 1 and self.tensor_parallel_size >= 1,
              "--batch-size and --tensor-parallel-size must be at least 1."),
+            (self.samples >= 1, f"--samples must be at least 1, got {self.samples}."),
+            (self.samples == 1 or all(get_task(t).code for t in self.tasks),
+             f"--samples {self.samples} (pass@k) is for code tasks; "
+             f"{', '.join(t for t in self.tasks if not get_task(t).code)} are scored greedily: run them apart."),
+            (self.samples == 1 or self.temperature > 0, "--samples N > 1 needs --temperature above 0."),
         ]
         for ok, message in checks:
             if not ok:
                 raise LeafError(message)
+        self.sandbox()  # its options' checks
+
+    def code_tasks(self) -> list[str]:
+        return [name for name in self.tasks if get_task(name).code]
 
     def settings(self) -> dict:
         """What every model of the comparison shares (results.json's `settings`)."""
-        skip = {"models", "names", "output", "tasks", "data", "paper"}
+        skip = {"models", "names", "output", "tasks", "data", "paper", "allow_code_execution"}
         return {k: v for k, v in asdict(self).items() if k not in skip}

@@ -36,9 +36,15 @@ def run_eval(config: EvalConfig, *, log=print) -> dict:
         if missing := get_task(name).missing():
             raise LeafError(f"--task {name}: {missing}")
     files = data_files(config.tasks, config.data)
+    sandbox = config.sandbox()
+    if code := config.code_tasks():  # before any model loads: running model-written programs is opt-in
+        from leaf.data import load_records
+
+        programs = sum(len(load_records(files[name])[:config.limit]) for name in code) * config.samples
+        sandbox.require(f"leaf eval --task {' --task '.join(code)}", programs * len(config.models))
     backend = resolve_backend(config.backend)
     paper = paper_numbers(config.paper) if config.paper is not None else None
-    tasks = {name: write_task(name, files[name], config.output / "tasks") for name in config.tasks}
+    tasks = {name: write_task(name, files[name], config.output / "tasks", config.samples) for name in config.tasks}
 
     from importlib.metadata import version
 
@@ -46,8 +52,9 @@ def run_eval(config: EvalConfig, *, log=print) -> dict:
 
     manager = TaskManager(include_path=str(config.output / "tasks"), include_defaults=False)
     results = {"harness": {"name": "lm-evaluation-harness", "version": version("lm_eval")},
-               "settings": {**config.settings(), "backend": backend, "greedy": True,
+               "settings": {**config.settings(), "backend": backend, "greedy": config.samples == 1,
                             "fewshot_as_multiturn": config.chat_template},
+               "sandbox": sandbox.describe() if code else None,
                "versions": {**versions(), "vllm": _vllm_version() if backend == "vllm" else None},
                "tasks": tasks, "models": [], "paper": paper}
     for name, path in zip(config.model_names(), config.models):
@@ -67,15 +74,22 @@ def run_eval(config: EvalConfig, *, log=print) -> dict:
 
 
 def evaluate(lm, task_names: list[str], config: EvalConfig, manager) -> dict:
-    """One model through lm-eval's simple_evaluate, with the settings every model shares."""
+    """One model through lm-eval's simple_evaluate, with the settings every model shares. Code tasks' programs run
+    in leaf's sandbox (leaf.eval.code.sandbox_executor), with the user's --allow-code-execution as the harness's
+    confirm_run_unsafe_code."""
     from lm_eval import simple_evaluate
 
-    return simple_evaluate(
-        model=lm, tasks=task_names, task_manager=manager, limit=config.limit, num_fewshot=config.num_fewshot,
-        apply_chat_template=config.chat_template, fewshot_as_multiturn=config.chat_template,
-        gen_kwargs={"do_sample": False, "temperature": 0.0, "max_gen_toks": config.max_tokens},
-        random_seed=config.seed, numpy_random_seed=config.seed, torch_random_seed=config.seed,
-        fewshot_random_seed=config.seed, log_samples=True)
+    from leaf.eval.code import sandbox_executor
+
+    sampling = {"do_sample": True, "temperature": config.temperature, "top_p": 0.95} if config.samples > 1 else \
+        {"do_sample": False, "temperature": 0.0}
+    with sandbox_executor(config.sandbox()):
+        return simple_evaluate(
+            model=lm, tasks=task_names, task_manager=manager, limit=config.limit, num_fewshot=config.num_fewshot,
+            apply_chat_template=config.chat_template, fewshot_as_multiturn=config.chat_template,
+            gen_kwargs={**sampling, "max_gen_toks": config.max_tokens},
+            random_seed=config.seed, numpy_random_seed=config.seed, torch_random_seed=config.seed,
+            fewshot_random_seed=config.seed, log_samples=True, confirm_run_unsafe_code=config.allow_code_execution)
 
 
 def harness_model(backend: str, path: str, config: EvalConfig):

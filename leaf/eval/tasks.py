@@ -69,6 +69,40 @@ def _prompt_solution_answer(row: dict) -> tuple[str, str, str]:
     return str(prompt), str(solution), str(answer)
 
 
+def _code_fields(row: dict, needed: tuple[str, ...], dataset: str) -> None:
+    """A code row must hold its tests (valid Python) and the fields the harness's prompt reads."""
+    from leaf.programs import has_tests, tests_of
+
+    where = f"row {row.get('task_id', row.get('id', '?'))!r}"
+    if not has_tests(row):
+        raise LeafError(f"Code {where} has no tests (looked for tests, test, test_list, test_cases): it cannot be "
+                        f"graded. Make the file with {PREPARE.format(dataset=dataset, path='FILE')}.")
+    tests_of(row, where)
+    missing = [name for name in needed if row.get(name) in (None, "", [])]
+    if missing:
+        raise LeafError(f"Code {where} lacks {', '.join(missing)}, which this task's prompt reads. Make the file "
+                        f"with {PREPARE.format(dataset=dataset, path='FILE')}.")
+
+
+def _humaneval_row(row: dict) -> dict:
+    """HumanEval(+)'s schema: the function stub `prompt`, `test` (def check(candidate)), `entry_point`."""
+    _code_fields(row, ("prompt", "test", "entry_point"), "humaneval")
+    keys = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+    return {k: row.get(k, "") for k in keys}
+
+
+def _mbpp_row(row: dict) -> dict:
+    """MBPP's schema: `text`, reference `code`, three or more `test_list` asserts, `test_setup_code`."""
+    row = {**row, "text": row.get("text") or row.get("prompt")}
+    _code_fields(row, ("text", "test_list"), "mbpp")
+    if not isinstance(row["test_list"], list) or len(row["test_list"]) < 3:
+        raise LeafError(f"MBPP row {row.get('task_id', '?')!r}: 'test_list' must hold at least 3 asserts (the "
+                        "task's prompt shows three).")
+    return {"task_id": row.get("task_id", ""), "text": row["text"], "code": row.get("code", ""),
+            "test_list": row["test_list"], "test_setup_code": row.get("test_setup_code") or "",
+            "challenge_test_list": row.get("challenge_test_list") or []}
+
+
 def _antlr_411() -> str | None:
     """lm-eval's minerva_math scores with sympy's LaTeX parser, which needs the ANTLR 4.11 runtime."""
     from importlib.metadata import PackageNotFoundError, version
@@ -97,6 +131,14 @@ class EvalTask:
     to_harness: Callable[[dict], dict]  # a data row -> the upstream dataset's row
     describe: str
     missing: Callable[[], str | None] = lambda: None  # what the harness lacks to run it, if anything
+    code: bool = False  # its answers are programs, graded by running the tests (leaf's sandbox)
+    code_filter: str = "none"  # code: the upstream filter's name (the results key is pass@k,<filter>)
+
+    def headline(self, samples: int) -> str:
+        """The results entry of the table's number: with --samples N a code task is scored by leaf's pass@k."""
+        if self.code and samples > 1:
+            return f"pass@1,{self.code_filter if self.code_filter != 'none' else 'all'}"
+        return self.metric
 
 
 _GSM8K = dict(dataset="gsm8k", data_file="gsm8k_test.jsonl", to_harness=_gsm8k_row)
@@ -114,6 +156,29 @@ TASKS: dict[str, EvalTask] = {
     "hendrycks_math500": EvalTask("hendrycks_math500", "hendrycks_math/hendrycks_math500.yaml", "exact_match,none",
                                   describe="MATH-500, zero-shot, Hendrycks' answer match", **_MATH500),
 }
+
+
+_HUMANEVAL = dict(dataset="humaneval", data_file="humaneval.jsonl", to_harness=_humaneval_row, code=True,
+                  code_filter="create_test")
+_MBPP = dict(dataset="mbpp", data_file="mbpp.jsonl", to_harness=_mbpp_row, code=True)
+TASKS.update({
+    "humaneval": EvalTask("humaneval", "humaneval/humaneval.yaml", "pass@1,create_test",
+                          describe="HumanEval, completion of the function stub, pass@1", **_HUMANEVAL),
+    "humaneval_instruct": EvalTask("humaneval_instruct", "humaneval/humaneval_instruct.yaml", "pass@1,create_test",
+                                   describe="HumanEval, instruction prompt with the stub as answer prefix, pass@1",
+                                   **_HUMANEVAL),
+    "humaneval_plus": EvalTask("humaneval_plus", "humaneval/humaneval_plus.yaml", "pass@1,create_test",
+                               describe="HumanEval+ (EvalPlus tests; --data: a file holding them), pass@1",
+                               **{**_HUMANEVAL, "dataset": "humaneval_plus", "data_file": "humaneval_plus.jsonl"}),
+    "mbpp": EvalTask("mbpp", "mbpp/mbpp.yaml", "pass_at_1,none", describe="MBPP, 3-shot, pass@1", **_MBPP),
+    "mbpp_instruct": EvalTask("mbpp_instruct", "mbpp/mbpp_instruct.yaml", "pass_at_1,extract_code",
+                              describe="MBPP, 3-shot instruction prompt, pass@1",
+                              **{**_MBPP, "code_filter": "extract_code"}),
+    "mbpp_plus": EvalTask("mbpp_plus", "mbpp/mbpp_plus.yaml", "pass_at_1,none",
+                          describe="MBPP+ prompts (lm-eval scores its three base asserts), pass@1",
+                          **{**_MBPP, "dataset": "mbpp_plus", "data_file": "mbpp_plus.jsonl"}),
+})
+CODE_METRIC_MODULE = "leaf_code_metric"  # written beside the task YAMLs: !function leaf_code_metric.pass_at_k
 
 
 def list_tasks() -> list[str]:
@@ -153,7 +218,7 @@ def data_files(tasks: list[str], data: list[Path]) -> dict[str, Path]:
     return files
 
 
-def write_task(name: str, data: Path, folder: Path) -> dict:
+def write_task(name: str, data: Path, folder: Path, samples: int = 1) -> dict:
     """The local copy of `data` in the upstream schema and the task YAML that reads it, in `folder`; returns what
     the run records about the task."""
     from leaf.data import load_records
@@ -175,7 +240,17 @@ def write_task(name: str, data: Path, folder: Path) -> dict:
               "test_split": "test", "training_split": None, "validation_split": None, "fewshot_split": None}
     # only a test split exists: few-shot examples come from the upstream YAML (inline in every task here).
     # JSON is YAML: one line per key, and no PyYAML needed to write it
-    write_text_atomic(folder / f"{yaml_name}.yaml", "".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
+    text = "".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items())
+    if task.code and samples > 1:  # N samples per problem, scored by leaf's pass@k (leaf.eval.code)
+        write_text_atomic(folder / f"{CODE_METRIC_MODULE}.py", "from leaf.eval.code import keep_all, pass_at_k  "
+                          "# noqa: F401  (the metric and filter of `leaf eval --samples N`)\n")
+        ks = [k for k in (1, 2, 5, 10, 20, 50, 100) if k <= samples]
+        text += (f"repeats: {samples}\nmetric_list:\n  - metric: !function {CODE_METRIC_MODULE}.pass_at_k\n"
+                 f"    aggregation: mean\n    higher_is_better: true\n    k: {json.dumps(ks)}\n")
+        if task.code_filter == "none":
+            text += (f"filter_list:\n  - name: all\n    filter:\n      - function: custom\n"
+                     f"        filter_fn: !function {CODE_METRIC_MODULE}.keep_all\n")
+    write_text_atomic(folder / f"{yaml_name}.yaml", text)
     return {"harness_task": task.harness_task, "harness_yaml": task.harness_yaml, "task": yaml_name,
-            "metric": task.metric, "describe": task.describe, "data": str(data), "data_sha256": file_digest(data),
+            "metric": task.headline(samples), "code": task.code, "describe": task.describe, "data": str(data), "data_sha256": file_digest(data),
             "rows": len(rows), "local_copy": str(copy)}
