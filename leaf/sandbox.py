@@ -158,13 +158,17 @@ def isolation_support() -> dict[str, bool]:
     unshare = shutil.which("unshare")
     return {"bwrap": bool(bwrap) and _probe([bwrap, *_bwrap_flags(), "--", "true"]),
             "unshare": bool(unshare) and os.geteuid() == 0 and _probe([unshare, *_UNSHARE_FLAGS, "--", "true"]),
-            "none": True}
+            # as root the program runs as its own user, who must be able to reach this Python without mounts
+            "none": os.geteuid() != 0 or not _hidden()}
 
 
 def available_isolation() -> str:
     """The strongest isolation that works here: bwrap, else unshare, else none."""
     support = isolation_support()
-    return next(name for name in ("bwrap", "unshare", "none") if support[name])
+    for name in ("bwrap", "unshare", "none"):
+        if support[name]:
+            return name
+    raise LeafError(_unsupported("none"))
 
 
 def resolve_isolation(name: str) -> str:
@@ -174,13 +178,19 @@ def resolve_isolation(name: str) -> str:
     if name == "auto":
         return available_isolation()
     if not isolation_support()[name]:
-        fix = {"bwrap": "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap); without root it also needs "
-                        "unprivileged user namespaces",
-               "unshare": "run as root (util-linux's unshare needs it for a network namespace), or install "
-                          "bubblewrap"}[name]
-        raise LeafError(f"Sandbox isolation {name!r} does not work on this machine: {fix}. Or use "
-                        "--sandbox-isolation auto (the strongest that works).")
+        raise LeafError(_unsupported(name))
     return name
+
+
+def _unsupported(name: str) -> str:
+    fix = {"bwrap": "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap); without root it also needs "
+                    "unprivileged user namespaces",
+           "unshare": "run as root (util-linux's unshare needs it for a network namespace), or install bubblewrap",
+           "none": f"as root the sandbox runs programs as an unprivileged user, who cannot enter "
+                   f"{(_hidden() or [('?',)])[0][0]} to reach this Python; install bubblewrap (apt-get install "
+                   "bubblewrap), use unshare (both mount it in), or a Python every user can read"}[name]
+    return (f"Sandbox isolation {name!r} does not work on this machine: {fix}. Or use --sandbox-isolation auto "
+            "(the strongest that works).")
 
 
 _UNSHARE_FLAGS = ["--net", "--pid", "--fork", "--kill-child", "--ipc", "--uts", "--mount"]
@@ -298,10 +308,6 @@ def run_program(source: str, *, stdin: str = "", limits: Limits = Limits(), isol
     """Run one Python program in the sandbox; returns its Execution (never raises for what the program does)."""
     isolation = resolve_isolation(isolation)
     uid = _sandbox_uid(slot)
-    if uid is not None and isolation == "none" and _hidden():
-        raise LeafError(f"The sandbox runs programs as an unprivileged user, who cannot enter {_hidden()[0][0]} to "
-                        "reach this Python. Use --sandbox-isolation bwrap or unshare (they mount it in), or a Python "
-                        "installed where every user can read it.")
     folder = Path(tempfile.mkdtemp(prefix="leaf-sandbox-"))
     work = folder / "work"
     try:

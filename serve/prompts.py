@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leaf.errors import LeafError
+from leaf.programs import CodeTests
 from leaf.records import SAMPLES
 
 CLEAN_FIELDS = ("seed_question", "clean_question", "original_question")
@@ -37,6 +38,7 @@ class Problem:
     pruned: str | None = None
     confounders: list[tuple[int, int]] = field(default_factory=list)
     confounder_source: str | None = None  # gold or detected
+    tests: CodeTests | None = None  # a code row: graded by running its tests (leaf.grading), not by `answer`
 
 
 def _answer_of(record: dict, response: str | None, answer_field: str | None) -> str | None:
@@ -83,10 +85,13 @@ def from_dataset(path: Path, *, prompt_field: str | None = None, response_field:
             spans = spans_from_field(prompt, record.get(gold_field) or [])
         else:  # the words the question adds to its clean twin
             spans = spans_from_pair(prompt, clean) if clean and clean != prompt else []
-        answer = _answer_of(record, response, answer_field)
+        from leaf.programs import has_tests, tests_of
+
+        tests = tests_of(record, f"{path}: row {number}") if has_tests(record) else None
+        answer = None if tests is not None else _answer_of(record, response, answer_field)
         clean_answer = str(record["seed_answer"]) if clean and record.get("seed_answer") not in (None, "") else answer
         problems.append(Problem(sample_id, prompt, response, answer, clean, clean_answer, None, spans,
-                                "gold" if spans else None))
+                                "gold" if spans else None, tests=tests))
     return problems
 
 

@@ -17,11 +17,12 @@ from pathlib import Path
 from leaf.errors import LeafError
 from leaf.io import check_output_folder
 from leaf.options import doc
+from leaf.sandbox import SandboxOptions
 from leaf.serve.backends import BACKENDS
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(SandboxOptions):
     models: list[str] = field(metadata=doc("Model folders (or hub ids); the first is the baseline of every ratio."))
     output: Path = field(metadata=doc("Results folder: results.json, results.md, results.png, generations.jsonl."))
     data: Path | None = field(default=None, metadata=doc(
@@ -104,25 +105,32 @@ def _sets(problems, tokenizer, config: ServeConfig) -> dict[str, dict]:
         if pairs:
             sets[name] = {"prompts": [render(tokenizer, t, chat_template=config.chat_template) for _, t in pairs],
                           "answers": [p.clean_answer if name == "clean" else p.answer for p, _ in pairs],
+                          "tests": [p.tests for p, _ in pairs],
                           "ignore_eos": False, "ids": [p.id for p, _ in pairs]}
     if config.random_prompts:
         sets["random"] = {"prompts": random_prompts(tokenizer, config.random_prompts, config.random_input_len,
                                                     config.seed),
-                          "answers": None, "ignore_eos": True, "ids": list(range(config.random_prompts))}
+                          "answers": None, "tests": None, "ignore_eos": True,
+                          "ids": list(range(config.random_prompts))}
     for name, prompt_set in sets.items():
         budget = config.random_output_len if name == "random" else config.max_tokens
         prompt_set["max_tokens"] = [budget] * len(prompt_set["prompts"])
     return sets
 
 
-def _accuracy(completions, answers) -> dict | None:
-    from leaf.answers import is_correct
+def _accuracy(completions, prompt_set: dict, sandbox) -> dict | None:
+    """Greedy accuracy: math rows by their final answer, code rows by running their tests in the sandbox (pass@1)."""
+    from leaf.grading import Item, grade
 
-    scored = [(c, a) for c, a in zip(completions, answers) if a is not None]
-    if not scored:
+    items = [Item(c.text, answer=a, tests=t) for c, a, t in zip(completions, prompt_set["answers"],
+                                                                 prompt_set["tests"])]
+    verdicts = [v for v in grade(items, sandbox, description="running the tests of code answers") if v is not None]
+    if not verdicts:
         return None
-    correct = sum(is_correct(c.text, a) for c, a in scored)
-    return {"accuracy": correct / len(scored), "correct": correct, "scored": len(scored)}
+    correct = sum(verdicts)
+    code = sum(t is not None for t in prompt_set["tests"])
+    return {"accuracy": correct / len(verdicts), "correct": correct, "scored": len(verdicts),
+            **({"pass@1": correct / len(verdicts), "code_rows": code} if code else {})}
 
 
 def benchmark(engine, prompt_set: dict, config: ServeConfig):
@@ -151,6 +159,8 @@ def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
                   clean_field=config.clean_field, answer_field=config.answer_field, id_field=config.id_field,
                   gold_field=config.gold_field, limit=config.limit)
     problems = load_problems(config.data, **fields) if config.data is not None else []
+    if code := sum(p.tests is not None for p in problems):  # before any model loads: running code is opt-in
+        config.sandbox().require(f"leaf serve on {config.data} ({code} code rows)", code * len(config.models))
     # a folder of an earlier leaf serve (results.json) is measured again and overwritten; any other is refused
     check_run_folder(config.output, config.output / "results.json", None, resume=True, what="a serve")
     engine_args = dict(device=config.device, dtype=config.dtype, seed=config.seed,
@@ -207,7 +217,7 @@ def _serve_one(name, path, problems, focus_items, config, engine_args, generatio
         for set_name, prompt_set in _sets(problems, engine.tokenizer, config).items():
             figures, completions = benchmark(engine, prompt_set, config)
             if prompt_set["answers"] is not None:
-                figures.update(_accuracy(completions, prompt_set["answers"]) or {})
+                figures.update(_accuracy(completions, prompt_set, config.sandbox()) or {})
             entry["sets"][set_name] = figures
             generations += [{"model": name, "set": set_name, "id": i, "text": c.text,
                              "output_tokens": len(c.token_ids)} for i, c in zip(prompt_set["ids"], completions)]

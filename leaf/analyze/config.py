@@ -9,6 +9,7 @@ from leaf.errors import LeafError
 from leaf.io import check_output_folder
 from leaf.options import doc
 from leaf.run_folder import file_digest
+from leaf.sandbox import SandboxOptions
 from leaf.analyze.teacher_scores import TeacherScores
 from leaf.analyze.thresholds import THRESHOLDS, baseline_modes, get_threshold, gradient_modes, options_given
 
@@ -21,7 +22,7 @@ TEMPLATES = ("own", "student", "teacher", "none")  # leaf.rendering.TEMPLATES, w
 
 
 @dataclass
-class AnalyzeConfig:
+class AnalyzeConfig(SandboxOptions):
     teacher: str | None = field(default=None, metadata=doc("Teacher model: local HF folder or hub id."))
     student: str | None = field(default=None, metadata=doc("Student model: local HF folder or hub id."))
     data: Path | None = field(default=None, metadata=doc(
@@ -149,7 +150,8 @@ class AnalyzeConfig:
     def fingerprint(self) -> dict:
         """What must match for --resume to continue a run: everything that changes the results."""
         # what changes memory or speed but not the results may change on --resume (e.g. after running out of memory)
-        skip = {"output", "resume", "report_samples", "device_map", "gradient_checkpointing"}
+        skip = {"output", "resume", "report_samples", "device_map", "gradient_checkpointing", "sandbox_workers",
+                "allow_code_execution"}
         values = {k: v for k, v in self.as_json().items() if k not in skip}
         extra = {"teacher_scores_sha256": TeacherScores(self.teacher_scores).digest()} if self.teacher_scores else {}
         return {**values, "data_sha256": file_digest(self.data), **extra}

@@ -139,6 +139,12 @@ class Analyzer:
             samples = samples[: config.limit]
         for sample in samples:  # gold fields checked up front, before any model loads
             gold_spans(config, sample)
+        if config.select or config.verify:  # code rows' tests: valid, and permission to run answers, up front
+            from leaf.programs import has_tests, tests_of
+
+            code = [tests_of(s.record, f"{config.data}: sample {s.id}") for s in samples if has_tests(s.record)]
+            if code:
+                config.sandbox().require(f"leaf analyze --select/--verify on {len(code)} code rows", 2 * len(code))
         self.check_output(config.fingerprint())  # an existing folder or other settings: said before loading
         share = gpu_share(ranks) if config.device_map == "auto" and ranks.num_processes > 1 else None
         say = self.say if ranks.is_main_process else (lambda message: None)

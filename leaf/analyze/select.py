@@ -41,19 +41,35 @@ class AnswerChecks:
         return [generate_texts(engine, heads[who], max_new_tokens=config.max_new_tokens)
                 for who, engine in zip(("teacher", "student"), self.engines)]
 
+    def tests(self, row: int):
+        """A code row's tests (they grade it, in the sandbox), else None."""
+        from leaf.programs import has_tests, tests_of
+
+        record = self.samples[row].record
+        return tests_of(record, f"row {row}") if has_tests(record) else None
+
+    def grade(self, rows: list[int], generations: list[str]) -> list[bool]:
+        """Each generation against its row: tests in the sandbox for code rows, the reference answer otherwise."""
+        from leaf.grading import Item, grade
+
+        items = [Item(g, answer=self.reference_answer(r), tests=self.tests(r)) for r, g in zip(rows, generations)]
+        return [bool(v) for v in grade(items, self.config.sandbox(), description="leaf analyze: running code answers")]
+
     def select(self, rows: list[int]) -> dict[int, dict]:
         """--select: greedy answers of both models; keep rows where the teacher is right and the student wrong."""
-        from leaf.answers import extract_answer, is_correct
+        from leaf.answers import extract_answer
 
         teacher, student = self.answer_all({who: [self.renderer.head(who, self.samples[r].prompt) for r in rows]
                                             for who in ("teacher", "student")})
+        verdicts = {"teacher": self.grade(rows, teacher), "student": self.grade(rows, student)}
         out = {}
         for k, r in enumerate(rows):
-            reference = self.reference_answer(r)
+            code = self.tests(r) is not None
+            reference = "tests" if code else self.reference_answer(r)
             result = {"reference": reference}
             for name, gens in (("teacher", teacher), ("student", student)):
-                result[f"{name}_answer"] = extract_answer(gens[k])
-                result[f"{name}_correct"] = bool(reference) and is_correct(gens[k], reference)
+                result[f"{name}_answer"] = None if code else extract_answer(gens[k])
+                result[f"{name}_correct"] = bool(reference) and verdicts[name][k]
             result["kept"] = result["teacher_correct"] and not result["student_correct"]
             out[r] = result
         return out
@@ -61,8 +77,6 @@ class AnswerChecks:
     def verify(self, records: list[AnalysedSample]) -> int:
         """--verify: drop instruction-level counterfactuals that either model answers wrongly; returns how many.
         Response-level counterfactuals change the reference, not the question: they are not checked."""
-        from leaf.answers import is_correct
-
         jobs = []  # (row, counterfactual)
         for record in records:
             for _, cf in record.counterfactuals(["instruction"]):
@@ -72,9 +86,11 @@ class AnswerChecks:
                     cf.verified = False
         gens = self.answer_all({who: [self.renderer.head(who, cf.prompt) for _, cf in jobs]
                                 for who in ("teacher", "student")}) if jobs else []
+        rows = [row for row, _ in jobs]
+        verdicts = [self.grade(rows, g) for g in gens]
         for k, (row, cf) in enumerate(jobs):
-            reference = self.reference_answer(row)
-            cf.verified = bool(reference) and all(is_correct(g[k], reference) for g in gens)
+            gradable = self.tests(row) is not None or bool(self.reference_answer(row))
+            cf.verified = gradable and all(v[k] for v in verdicts)
         dropped = 0
         for record in records:
             for unit in record.units:
