@@ -5,7 +5,8 @@
     [r.status for r in results]   # ["passed", "timeout"]
 
 One program, one run (`run_program`):
-- a fresh temporary folder (its working directory and HOME), deleted afterwards; the program is `main.py` there;
+- a fresh interpreter (`python -I -S`: no user site, no environment variables read, this environment's
+  site-packages on its path) in a fresh temporary folder (its working directory and HOME), deleted afterwards; the program is `main.py` there;
 - resource limits set before the program's first line (`setrlimit`: CPU seconds, address space, file size, open
   files, processes), so a 20 GB allocation fails with MemoryError and a fork bomb runs out of processes;
 - when leaf runs as root, the program runs as an unprivileged user id of its own (one per worker slot), so the
@@ -137,7 +138,8 @@ for name, value in spec["rlimits"].items():
 if os.getuid() == 0 and spec["uid"] is not None:
     os.setgroups([]); os.setgid(spec["uid"]); os.setuid(spec["uid"])
 sys.argv = ["main.py"]
-sys.path.insert(0, os.getcwd())
+sys.path[:0] = [os.getcwd()]
+sys.path += spec["site"]  # -S: no site.py (two thirds of the interpreter's start), its folders added by hand
 del json, os, resource, spec
 import runpy
 runpy.run_path("main.py", run_name="__main__")
@@ -222,6 +224,14 @@ def _python_roots() -> set[str]:
     roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, os.path.dirname(sys.executable))}
     roots |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
     return roots
+
+
+@functools.cache
+def _site_folders() -> list[str]:
+    """This interpreter's site-packages folders: the program imports what leaf's environment has (numpy, ...)."""
+    import site
+
+    return [p for p in [*site.getsitepackages(), site.getusersitepackages()] if os.path.isdir(p)]
 
 
 def _hidden() -> list[tuple[str, list[str]]]:
@@ -317,8 +327,8 @@ def run_program(source: str, *, stdin: str = "", limits: Limits = Limits(), isol
             os.chown(work, uid, uid)
             os.chmod(folder, 0o711)
         spec = {"rlimits": {**limits.rlimits(), "RLIMIT_NPROC": _nproc_limit(limits, uid)}, "uid": uid,
-                "mounts": _hidden() if uid is not None and isolation == "unshare" else []}
-        command = _wrap(isolation, folder, [sys.executable, "-I", "-c", _LAUNCHER, json.dumps(spec)])
+                "mounts": _hidden() if uid is not None and isolation == "unshare" else [], "site": _site_folders()}
+        command = _wrap(isolation, folder, [sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(spec)])
         (folder / "stdin").write_text(stdin, encoding="utf-8")
         with open(folder / "stdin", "rb") as cin, open(folder / "stdout", "wb") as out, \
                 open(folder / "stderr", "wb") as err:
