@@ -19,14 +19,6 @@ class Item:
     answer: str | None = None        # math: the reference answer
     tests: CodeTests | None = None   # code: the tests (they decide; the answer is not read)
 
-    @property
-    def gradable(self) -> bool:
-        return self.tests is not None or bool(self.answer)
-
-
-def code_items(items: Sequence[Item]) -> int:
-    return sum(item.tests is not None for item in items)
-
 
 def grade(items: Sequence[Item], sandbox=None, *, description: str = "grading code answers",
           progress: bool = False) -> list[bool | None]:

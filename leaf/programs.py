@@ -19,7 +19,7 @@ import ast
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from leaf.errors import LeafError
 
@@ -36,20 +36,6 @@ class CodeTests:
     stdio: list[tuple[str, str]] = field(default_factory=list)  # (stdin, expected stdout) cases
     entry_point: str | None = None              # the function the tests call
     stub: str | None = None                     # HumanEval's prompt (signature + docstring): put before a body
-
-    def to_json(self) -> dict:
-        return {k: ([list(c) for c in v] if k == "stdio" else v) for k, v in asdict(self).items() if v}
-
-    @classmethod
-    def from_json(cls, obj: dict) -> CodeTests:
-        return cls(code=obj.get("code", ""), setup=obj.get("setup", ""),
-                   stdio=[(str(a), str(b)) for a, b in obj.get("stdio", [])], entry_point=obj.get("entry_point"),
-                   stub=obj.get("stub"))
-
-    @property
-    def count(self) -> int:
-        """Programs one solution needs: one for test code, one per stdin case."""
-        return len(self.stdio) or 1
 
 
 def has_tests(row: dict) -> bool:

@@ -50,7 +50,6 @@ from pathlib import Path
 from leaf.errors import LeafError
 
 ISOLATIONS = ("auto", "bwrap", "unshare", "none")
-STATUSES = ("passed", "failed", "timeout")
 UID_BASE = 100_000  # sandbox user ids when leaf runs as root: UID_BASE + 64 * (pid % 10_000) + slot
 UID_SLOTS = 64
 

@@ -17,6 +17,7 @@ class AnswerChecks:
         self.config, self.samples, self.renderer = config, samples, renderer
         self.teacher, self.student = teacher, student
         self.engines: list = []  # (teacher, student), started on first use
+        self.code_tests: dict = {}  # row -> its CodeTests or None, read (and parsed) once
 
     def reference_answer(self, row: int) -> str | None:
         """--answer-field's value, else the final answer extracted from the reference response."""
@@ -45,8 +46,10 @@ class AnswerChecks:
         """A code row's tests (they grade it, in the sandbox), else None."""
         from leaf.programs import has_tests, tests_of
 
-        record = self.samples[row].record
-        return tests_of(record, f"row {row}") if has_tests(record) else None
+        if row not in self.code_tests:
+            record = self.samples[row].record
+            self.code_tests[row] = tests_of(record, f"row {row}") if has_tests(record) else None
+        return self.code_tests[row]
 
     def grade(self, rows: list[int], generations: list[str]) -> list[bool]:
         """Each generation against its row: tests in the sandbox for code rows, the reference answer otherwise."""
