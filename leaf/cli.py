@@ -24,7 +24,7 @@ import typer
 
 from leaf.errors import LeafError
 from leaf.options import ConfigFields, Flag, choices, command_line, config_options
-from leaf.analyze import AGGREGATES, LEVELS, PRUNING, SPAN_UNITS, TEMPLATES, AnalyzeConfig
+from leaf.analyze import AGGREGATES, DOMAINS, LEVELS, PRUNING, SPAN_UNITS, TEMPLATES, UNPARSABLE, AnalyzeConfig
 from leaf.analyze.thresholds import gradient_modes, list_thresholds
 from leaf.demo.run import DemoConfig
 from leaf.inspect import InspectConfig
@@ -63,8 +63,8 @@ PANELS = {
     **dict.fromkeys(("teacher", "student", "model", "data", "output", "models", "names", "prompt_field",
                      "response_field", "id_field", "answer_field", "clean_field", "gold_field", "limit",
                      "counterfactuals", "template", "chat_template", "resume", "analyze", "samples", "count"), INPUTS),
-    **dict.fromkeys(("threshold", "tau", "quantile", "baseline_count", "level", "segments", "pruning", "span_unit",
-                     "aggregate", "gold", "gold_pair", "select", "verify", "max_new_tokens", "generator",
+    **dict.fromkeys(("domain", "answer_prefix", "unparsable", "threshold", "tau", "quantile", "baseline_count",
+                     "level", "segments", "pruning", "span_unit", "aggregate", "gold", "gold_pair", "select", "verify", "max_new_tokens", "generator",
                      "report_samples"), DETECTION),
     **dict.fromkeys(("mode", "lam", "divergence", "beta", "temperature", "ce_weight", "max_steps", "grad_accum", "lr",
                      "save_steps", "max_length", "cross_tokenizer", "uld_weight", "logging_steps", "num_train_epochs",
@@ -84,7 +84,8 @@ PANELS = {
 FLAGS = {
     "threshold": Flag(choices=list_thresholds()), "baseline_count": Flag(choices=gradient_modes()),
     "level": Flag(choices=LEVELS), "pruning": Flag(choices=PRUNING), "span_unit": Flag(choices=SPAN_UNITS),
-    "aggregate": Flag(choices=AGGREGATES), "template": Flag(choices=TEMPLATES), "generator": Flag(choices=BACKENDS),
+    "aggregate": Flag(choices=AGGREGATES), "template": Flag(choices=TEMPLATES), "domain": Flag(choices=DOMAINS),
+    "unparsable": Flag(choices=UNPARSABLE), "generator": Flag(choices=BACKENDS),
     "max_new_tokens": Flag("--max-tokens", hidden="--max-new-tokens"),  # vLLM's name, as in serve; the old one read
     "mode": Flag(choices=MODES), "lam": Flag("--lambda", "--lambda-schedule"),
     "divergence": Flag(choices=("forward_kl", "reverse_kl", "jsd")),  # leaf.distill.losses.DIVERGENCES

@@ -38,8 +38,20 @@ class CodeTests:
     stub: str | None = None                     # HumanEval's prompt (signature + docstring): put before a body
 
 
+# every field tests_of reads: what a record keeps of its row so that a later stage can grade it
+TEST_KEYS = (*TEST_FIELDS, "entry_point", "test_setup_code", "test_imports", "setup", "prompt")
+
+
 def has_tests(row: dict) -> bool:
     return any(row.get(name) not in (None, "", []) for name in TEST_FIELDS)
+
+
+def test_fields(row: dict) -> dict | None:
+    """The fields of a code row that tests_of reads (None for a row without tests): what leaf analyze keeps in a
+    record so that serve grades it from the analyze folder."""
+    if not has_tests(row):
+        return None
+    return {key: row[key] for key in TEST_KEYS if row.get(key) not in (None, "", [])}
 
 
 def _lines(value, where: str) -> str:
@@ -98,6 +110,26 @@ def parses(code: str) -> bool:
         return True
     except (SyntaxError, ValueError):
         return False
+
+
+def python_blocks(text: str) -> list[str] | None:
+    """The Python code of a text, for a parse check: its fenced Python (or unlabelled) blocks; the whole text when it
+    has no fence and parses; None when it holds no Python to check (prose)."""
+    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "python", "py", "python3")]
+    if blocks:
+        return blocks
+    return [text] if "```" not in text and parses(text) else None
+
+
+def still_parses(original: str, pruned: str) -> bool | None:
+    """Whether pruning left the code of a text valid: None when the original holds no code that parses (nothing to
+    keep valid), else whether the pruned text has as many code blocks, each of which parses."""
+    before = python_blocks(original)
+    if not before or not all(parses(block) for block in before):
+        return None
+    after = [body for lang, body in _FENCE.findall(pruned) if lang.lower() in ("", "python", "py", "python3")] \
+        if "```" in original else [pruned]
+    return len(after) == len(before) and all(parses(block) for block in after)
 
 
 def extract_code(generation: str) -> str:

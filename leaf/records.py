@@ -64,12 +64,14 @@ class Span:
 @dataclass
 class Counterfactual:
     """The sample with spans removed. `prompt` / `response` hold the field(s) the pruning changed; None means the
-    original's. `verified`: both models answer it correctly (--verify), False if not, None when not checked."""
+    original's. `verified`: both models answer it correctly (--verify), False if not, None when not checked.
+    `parses`: code: whether the pruned field's code still parses (None when not checked: math, or prose)."""
 
     removed: list[tuple[int, int]] = field(default_factory=list)
     prompt: str | None = None
     response: str | None = None
     verified: bool | None = None
+    parses: bool | None = None
 
     @property
     def field(self) -> str:
@@ -83,7 +85,7 @@ class Counterfactual:
 
     def to_json(self) -> dict:
         return _with_set({"field": self.field, "removed": [list(r) for r in self.removed]}, prompt=self.prompt,
-                         response=self.response, verified=self.verified)
+                         response=self.response, verified=self.verified, parses=self.parses)
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> Counterfactual:
@@ -93,7 +95,7 @@ class Counterfactual:
         _check(isinstance(obj.get(changed), str), where, f"a {changed}-field counterfactual needs its {changed} text")
         cf = cls(removed=[_pair(r, f"{where}.removed") for r in obj.get("removed", [])],
                  prompt=_optional(obj, "prompt", str, where), response=_optional(obj, "response", str, where),
-                 verified=_optional(obj, "verified", bool, where))
+                 verified=_optional(obj, "verified", bool, where), parses=_optional(obj, "parses", bool, where))
         return cf
 
 
@@ -155,6 +157,8 @@ class AnalysedSample:
     gold_exact: bool | None = None
     nll: dict[str, float] | None = None             # the instruction-level unit's NLLs
     text_sha256: str | None = None                  # teacher-only parts: the key of the stored scores
+    answer_prefix: str | None = None                # text between the generation prompt and the response (code)
+    tests: dict | None = None                       # a code row's test fields (leaf.programs.test_fields)
 
     @property
     def analysed(self) -> bool:
@@ -188,7 +192,8 @@ class AnalysedSample:
                          text_sha256=self.text_sha256, selection=self.selection, tokens=self.lengths,
                          gold_spans=[list(g) for g in self.gold_spans] if gold else None,
                          gold_exact=self.gold_exact if gold else None,
-                         units=None if self.units is None else [u.to_json() for u in self.units], nll=self.nll)
+                         units=None if self.units is None else [u.to_json() for u in self.units], nll=self.nll,
+                         answer_prefix=self.answer_prefix, tests=self.tests)
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> AnalysedSample:
@@ -213,7 +218,9 @@ class AnalysedSample:
                    selection=_optional(obj, "selection", dict, where), lengths=_optional(obj, "tokens", dict, where),
                    gold_spans=None if gold is None else [_pair(g, f"{where}.gold_spans") for g in gold],
                    gold_exact=_optional(obj, "gold_exact", bool, where), nll=_optional(obj, "nll", dict, where),
-                   text_sha256=_optional(obj, "text_sha256", str, where))
+                   text_sha256=_optional(obj, "text_sha256", str, where),
+                   answer_prefix=_optional(obj, "answer_prefix", str, where),
+                   tests=_optional(obj, "tests", dict, where))
 
 
 # -- files ---------------------------------------------------------------------------------------------------------

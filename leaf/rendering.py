@@ -7,6 +7,10 @@ does not. `--template student|teacher` renders one model's template for both, an
 prompt and the response are the same strings in every rendering, so a character span inside either maps from one
 rendering to the other by a shift (`map_span`), and so do token offsets (`map_offsets`): that is how the teacher's
 scores reach the student's tokens when the two templates differ.
+
+An answer prefix (code: the reference's "Below is a Python script ...:\n```python\n", from
+leaf/templates/code_answer_prefix.txt) is written at the start of the assistant turn, between the generation prompt
+and the response: the model answers after it, so it belongs to the head, to neither the prompt nor the response.
 """
 
 from __future__ import annotations
@@ -48,12 +52,28 @@ def needs_bos(tokenizer) -> bool:
     return bool(getattr(tokenizer, "add_bos_token", False)) or "bos_token" in template
 
 
-def own_rendering(tokenizer, prompt: str, response: str) -> Rendering:
-    """The model's own view: its chat template, or plain text (BOS + prompt + newline + response) without one."""
+def prefix_part(prefix: str, response: str) -> str:
+    """What of an answer prefix goes before `response`: all of it, less its closing lines when the response starts
+    with them (a prefix ending in "```python\n" before a response that opens its own fence gets one fence)."""
+    for k, char in enumerate(prefix):
+        if (k == 0 or prefix[k - 1] == "\n") and response.startswith(prefix[k:]) and prefix[k:]:
+            return prefix[:k]
+    return prefix
+
+
+def render(tokenizer, prompt: str, response: str, *, chat_template: bool, answer_prefix: str = "") -> Rendering:
+    """One rendering (leaf.hooks.render_prompt_response) with the answer prefix before the response."""
     from leaf.hooks import render_prompt_response
 
-    text, p, r = render_prompt_response(tokenizer, prompt, response, chat_template=has_chat_template(tokenizer))
-    return Rendering(text, p, r)
+    head = prefix_part(answer_prefix, response)
+    text, p, r = render_prompt_response(tokenizer, prompt, head + response, chat_template=chat_template)
+    return Rendering(text, p, (r[0] + len(head), r[1]))
+
+
+def own_rendering(tokenizer, prompt: str, response: str, answer_prefix: str = "") -> Rendering:
+    """The model's own view: its chat template, or plain text (BOS + prompt + newline + response) without one."""
+    return render(tokenizer, prompt, response, chat_template=has_chat_template(tokenizer),
+                  answer_prefix=answer_prefix)
 
 
 def with_bos(tokenizer, rendering: Rendering) -> Rendering:
@@ -68,22 +88,19 @@ def with_bos(tokenizer, rendering: Rendering) -> Rendering:
 class Renderer:
     """The texts of one analyze run: `render(who, prompt, response)` for who in {"teacher", "student"}."""
 
-    def __init__(self, mode: str, teacher_tokenizer, student_tokenizer=None) -> None:
-        self.mode = mode
+    def __init__(self, mode: str, teacher_tokenizer, student_tokenizer=None, answer_prefix: str = "") -> None:
+        self.mode, self.answer_prefix = mode, answer_prefix
         self.tokenizers = {"teacher": teacher_tokenizer, "student": student_tokenizer or teacher_tokenizer}
 
     def render(self, who: str, prompt: str, response: str) -> Rendering:
-        from leaf.hooks import render_prompt_response
-
-        own = self.tokenizers[who]
+        own, prefix = self.tokenizers[who], self.answer_prefix
         if self.mode == "own":
-            return own_rendering(own, prompt, response)
+            return own_rendering(own, prompt, response, prefix)
         if self.mode == "none":
-            text, p, r = render_prompt_response(own, prompt, response, chat_template=False)
-            return Rendering(text, p, r)
+            return render(own, prompt, response, chat_template=False, answer_prefix=prefix)
         template = self.tokenizers[self.mode]
-        text, p, r = render_prompt_response(template, prompt, response)
-        return with_bos(own, Rendering(text, p, r)) if own is not template else Rendering(text, p, r)
+        rendering = render(template, prompt, response, chat_template=True, answer_prefix=prefix)
+        return with_bos(own, rendering) if own is not template else rendering
 
     def head(self, who: str, prompt: str) -> str:
         return self.render(who, prompt, "").head

@@ -17,12 +17,19 @@ def is_whitespace(text: str) -> bool:
     return text.strip() == ""
 
 
+def never_flagged(text: str) -> bool:
+    """Tokens no threshold may flag (the reference's rule): whitespace or newlines only, or a lone backslash run (a
+    line continuation or half an escape: removing it breaks code and LaTeX alike)."""
+    return text.strip().strip("\\") == ""
+
+
 def token_spans(flags: torch.Tensor, offsets: torch.Tensor, text: str,
-                candidates: torch.Tensor) -> list[tuple[int, int, list[int]]]:
+                candidates: torch.Tensor, *, across_lines: bool = True) -> list[tuple[int, int, list[int]]]:
     """Flagged tokens -> [(char_start, char_end, token_indices)], maximal runs over the candidate tokens.
 
     flags, candidates: (T,) bool over the sequence; offsets (T, 2) character spans in `text`. Non-candidate tokens
-    that are whitespace bridge a run; any other non-flagged token ends it.
+    that are whitespace bridge a run (with across_lines=False, as for code, not one that holds a line break: each
+    line's run is its own span, as in the reference); any other non-flagged token ends it.
     """
     spans: list[tuple[int, int, list[int]]] = []
     current: list[int] = []
@@ -33,7 +40,8 @@ def token_spans(flags: torch.Tensor, offsets: torch.Tensor, text: str,
             current.extend(pending_ws)
             current.append(i)
             pending_ws = []
-        elif current and is_whitespace(text[start:end]) and end > start:
+        elif current and is_whitespace(text[start:end]) and end > start and (across_lines
+                                                                             or "\n" not in text[start:end]):
             pending_ws.append(i)
         elif current:
             spans.append(current)

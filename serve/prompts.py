@@ -99,18 +99,21 @@ def from_analyze(folder: Path, *, limit: int | None = None) -> list[Problem]:
     """The analysed samples of a leaf analyze folder: the reference answer from the response, the clean prompt with
     the gold spans removed (when the run had gold), the pruned prompt with the detected instruction spans removed."""
     from leaf.answers import extract_answer
+    from leaf.programs import tests_of
     from leaf.records import read_samples
     from leaf.spans import remove_spans
 
     problems = []
     for record in read_samples(folder, analysed_only=True):
-        answer, gold = extract_answer(record.response), record.gold_spans or []
+        tests = tests_of(record.tests, f"{folder}: sample {record.id}") if record.tests else None
+        answer = None if tests is not None else extract_answer(record.response)
+        gold = record.gold_spans or []
         detected = record.instruction_spans()
         problems.append(Problem(
             record.id, record.prompt, record.response, answer,
             clean=remove_spans(record.prompt, gold) if gold else None, clean_answer=answer,
             pruned=record.pruned_prompt(), confounders=gold or detected,
-            confounder_source="gold" if gold else ("detected" if detected else None)))
+            confounder_source="gold" if gold else ("detected" if detected else None), tests=tests))
         if limit and len(problems) >= limit:
             break
     return problems

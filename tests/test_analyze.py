@@ -90,7 +90,7 @@ def test_analyze_writes_all_four_outputs_consistently(pair, data, tmp_path):
                 n_spans += len(unit["spans"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["analysed"] == 6
-    assert set(summary["detection"]) == {"iqr", "quantile", "random", "ppl"}
+    assert set(summary["detection"]) == {"iqr", "quantile", "released", "random", "ppl"}
     exact = [r for r in records if r["gold_exact"]]
     if exact:
         assert summary["detection_exact"]["iqr"]["samples"] == len(exact) < 6

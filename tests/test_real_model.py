@@ -153,7 +153,7 @@ def test_smollm2_as_its_own_teacher_gives_zero_delta_and_no_flags(smollm2, gsm8,
         for unit in record["units"]:
             assert all(t["delta"] == 0 for t in unit["tokens"]) and not unit["spans"]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["detection"]) == {"iqr", "quantile", "random", "ppl"}
+    assert set(summary["detection"]) == {"iqr", "quantile", "released", "random", "ppl"}
     for metrics in summary["detection"].values():
         assert metrics["counts"]["token_tp"] + metrics["counts"]["token_fp"] == 0
 

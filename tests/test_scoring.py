@@ -66,8 +66,8 @@ def test_ppl_baseline_flags_the_most_surprising_tokens():
 
 
 def test_unknown_mode_lists_the_registry():
-    assert list_thresholds() == ["iqr", "absolute", "quantile", "random", "ppl"]
-    with pytest.raises(LeafError, match="Unknown threshold mode 'otsu'. Available: iqr, absolute, quantile, random, ppl"):
+    assert list_thresholds() == ["iqr", "absolute", "quantile", "released", "random", "ppl"]
+    with pytest.raises(LeafError, match="Unknown threshold mode 'otsu'. Available: iqr, absolute, quantile, released, random, ppl"):
         flag("otsu", torch.zeros(3), ThresholdContext())
 
 

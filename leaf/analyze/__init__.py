@@ -8,13 +8,15 @@ window's jobs and detection), `select` (--select / --verify by greedy generation
 (no torch), so the CLI starts fast; the rest loads on first use.
 """
 
-from leaf.analyze.config import AGGREGATES, LEVELS, PRUNING, SPAN_UNITS, TEMPLATES, THRESHOLD_MODES, AnalyzeConfig
+from leaf.analyze.config import (AGGREGATES, DOMAINS, LEVELS, PRUNING, SPAN_UNITS, TEMPLATES, THRESHOLD_MODES,
+                                 UNPARSABLE, AnalyzeConfig)
 
 _LAZY = {"run_analyze": "leaf.analyze.run", "merge_output": "leaf.analyze.merge",
          "format_summary": "leaf.analyze.merge", "format_teacher_scores_summary": "leaf.analyze.merge",
          "window_done": "leaf.analyze.parts"}
 
-__all__ = ["AGGREGATES", "LEVELS", "PRUNING", "SPAN_UNITS", "TEMPLATES", "THRESHOLD_MODES", "AnalyzeConfig", *_LAZY]
+__all__ = ["AGGREGATES", "DOMAINS", "LEVELS", "PRUNING", "SPAN_UNITS", "TEMPLATES", "THRESHOLD_MODES", "UNPARSABLE",
+           "AnalyzeConfig", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -19,6 +19,11 @@ PRUNING = ("span", "collective")
 SPAN_UNITS = ("token", "word", "clause", "sentence")  # leaf.spans.SPAN_UNITS, without torch
 AGGREGATES = ("token", "clause", "sentence")
 TEMPLATES = ("own", "student", "teacher", "none")  # leaf.rendering.TEMPLATES, without torch
+DOMAINS = ("auto", "math", "code")
+UNPARSABLE = ("drop", "keep")
+# per domain: --quantile's default (the released scripts: 0.05 math, 0.10 code) and the answer prefix's default
+QUANTILE = {"math": 0.05, "code": 0.10}
+ANSWER_PREFIX = {"math": None, "code": "code_answer_prefix.txt"}   # files in leaf/templates/
 
 
 @dataclass
@@ -31,10 +36,21 @@ class AnalyzeConfig(SandboxOptions):
         "Output folder (samples.jsonl, scores.safetensors, summary.json, report.html)."))
     threshold: str = field(default="iqr", metadata=doc(f"Threshold mode: {', '.join(THRESHOLDS)}."))
     tau: float | None = field(default=None, metadata=doc("τ for --threshold absolute (paper: 0.10 instr, 0.15 resp)."))
-    quantile: float = field(default=0.05, metadata=doc("Fraction flagged by --threshold quantile (0.05 math, 0.10 code)."))
+    quantile: float | None = field(default=None, metadata=doc(
+        "Fraction flagged by --threshold quantile / released (default by --domain: 0.05 math, 0.10 code)."))
     baseline_count: str = field(default="iqr", metadata=doc(
         f"Gradient mode whose flag count the {' and '.join(baseline_modes())} baselines copy: "
         f"{', '.join(gradient_modes())}."))
+    domain: str = field(default="auto", metadata=doc(
+        "math or code settings; auto: code when the rows carry tests. Code (the reference's code run): --quantile "
+        "0.10, the answer prefix of leaf/templates/code_answer_prefix.txt, response segments cut at statement ends, "
+        "spans that never cross a line, and a parse check of every counterfactual (--unparsable)."))
+    answer_prefix: str | None = field(default=None, metadata=doc(
+        "A text file whose text starts the assistant turn, before the response (the models answer after it), or "
+        "'none'. Default by --domain: code, leaf/templates/code_answer_prefix.txt; math, none."))
+    unparsable: str = field(default="drop", metadata=doc(
+        "Code: a counterfactual whose code no longer parses (its original's did) is counted and dropped, or kept "
+        "(marked parses: false): drop, keep."))
     level: str = field(default="instruction", metadata=doc("Where to look: instruction, response, both."))
     segments: int = field(default=2, metadata=doc("Response segments at response level: 2 or 3."))
     pruning: str = field(default="span", metadata=doc("span: one counterfactual per span; collective: all at once."))
@@ -117,7 +133,10 @@ class AnalyzeConfig(SandboxOptions):
              f"--aggregate must be one of {', '.join(AGGREGATES)}, got {self.aggregate!r}."),
             (self.template in TEMPLATES, f"--template must be one of {', '.join(TEMPLATES)}, got {self.template!r}."),
             (self.segments in (2, 3), f"--segments must be 2 or 3, got {self.segments}."),
-            (0 < self.quantile < 1, f"--quantile must be in (0, 1), got {self.quantile}."),
+            (self.quantile is None or 0 < self.quantile < 1, f"--quantile must be in (0, 1), got {self.quantile}."),
+            (self.domain in DOMAINS, f"--domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}."),
+            (self.unparsable in UNPARSABLE,
+             f"--unparsable must be one of {', '.join(UNPARSABLE)}, got {self.unparsable!r}."),
             (self.tau is None or 0 <= self.tau <= 1, f"--tau must be in [0, 1] (Δ is normalised), got {self.tau}."),
             options_given("--threshold", self.threshold, self),
             (self.baseline_count in gradient_modes(),
@@ -131,6 +150,8 @@ class AnalyzeConfig(SandboxOptions):
             (self.max_new_tokens >= 1, f"--max-tokens must be at least 1, got {self.max_new_tokens}."),
             (self.report_samples >= 0, f"--report-samples must be 0 or more, got {self.report_samples}."),
         ]
+        if self.domain != "auto":
+            self.settle_domain(self.domain)
         if self.select or self.verify:
             from leaf.serve.backends import resolve_backend
 
@@ -138,6 +159,41 @@ class AnalyzeConfig(SandboxOptions):
         for ok, message in checks:
             if not ok:
                 raise LeafError(message)
+
+    def settle(self, samples) -> None:
+        """--domain auto decided by the data: code when its rows carry tests, math when none does; a mix is refused
+        (the settings are per run). Then the domain's defaults: --quantile and the answer prefix."""
+        if self.domain == "auto":
+            from leaf.programs import has_tests
+
+            code = sum(has_tests(s.record) for s in samples)
+            if 0 < code < len(samples):
+                raise LeafError(f"{self.data} mixes {code} code rows (with tests) and {len(samples) - code} rows "
+                                "without tests. Code and math take different settings: analyse them apart, or give "
+                                "--domain code or --domain math to use one setting for all.")
+            self.domain = "code" if samples and code == len(samples) else "math"
+        self.settle_domain(self.domain)
+
+    def settle_domain(self, domain: str) -> None:
+        if self.quantile is None:
+            self.quantile = QUANTILE[domain]
+        if self.answer_prefix is None:
+            self.answer_prefix = ANSWER_PREFIX[domain] or "none"
+        self.answer_prefix_text()  # a missing or unreadable file: said before any model loads
+
+    def answer_prefix_text(self) -> str:
+        """The answer prefix's text ('' for none): a file's text; a bare name is a file of leaf/templates/."""
+        name = self.answer_prefix
+        if name in (None, "none", ""):
+            return ""
+        path = Path(name)
+        if not path.exists() and len(path.parts) == 1:
+            path = Path(__file__).resolve().parents[1] / "templates" / name
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LeafError(f"--answer-prefix {name!r}: cannot read it ({exc}). Give a UTF-8 text file, a file "
+                            "name from leaf/templates/, or 'none'.") from None
 
     @property
     def gold_fields(self) -> tuple[str, str] | None:
@@ -153,6 +209,7 @@ class AnalyzeConfig(SandboxOptions):
         skip = {"output", "resume", "report_samples", "device_map", "gradient_checkpointing", "sandbox_workers",
                 "allow_code_execution"}
         values = {k: v for k, v in self.as_json().items() if k not in skip}
+        values["answer_prefix"] = self.answer_prefix_text()  # the text, not the file name
         extra = {"teacher_scores_sha256": TeacherScores(self.teacher_scores).digest()} if self.teacher_scores else {}
         return {**values, "data_sha256": file_digest(self.data), **extra}
 

@@ -15,7 +15,7 @@ from leaf.records import AnalysedUnit, Counterfactual, Span, TokenScore
 from leaf.hooks.templates import tokens_in
 from leaf.analyze.scoring import delta, group_mean, minmax
 from leaf.analyze.thresholds import THRESHOLDS, Flags, ThresholdContext, flag
-from leaf.spans import grow_spans, is_whitespace, piece_index, pieces, project, remove_spans, token_spans
+from leaf.spans import grow_spans, never_flagged, piece_index, pieces, project, remove_spans, token_spans
 
 
 @dataclass
@@ -28,10 +28,10 @@ class Unit:
 
 
 def candidates(text: str, offsets: torch.Tensor, special: torch.Tensor, region: tuple[int, int]) -> torch.Tensor:
-    """Tokens of the region that may be flagged: not special, not whitespace-only."""
+    """Tokens of the region that may be flagged: not special, not whitespace-, newline- or backslash-only."""
     mask = tokens_in(offsets, special, region)
     for i in mask.nonzero().flatten().tolist():
-        if is_whitespace(text[int(offsets[i, 0]): int(offsets[i, 1])]):
+        if never_flagged(text[int(offsets[i, 0]): int(offsets[i, 1])]):
             mask[i] = False
     return mask
 
@@ -85,8 +85,8 @@ def detect(config, unit: Unit, text: str, s_enc, t_enc, s_scores: torch.Tensor, 
             flags = Flags(flags.mask[owner], flags.threshold)
         full = torch.zeros(len(s_enc.offsets), dtype=torch.bool)
         full[idx] = flags.mask
-        spans = grow_spans(token_spans(full, s_enc.offsets, text, cand), text, s_enc.offsets, cand, unit.region,
-                           config.span_unit)
+        runs = token_spans(full, s_enc.offsets, text, cand, across_lines=config.domain != "code")
+        spans = grow_spans(runs, text, s_enc.offsets, cand, unit.region, config.span_unit)
         if counts is not None and gold_spans is not None:
             gold = token_gold(s_enc.offsets, gold_spans, base=unit.base[0])
             predicted = [(a - unit.base[0], b - unit.base[0]) for a, b, _ in spans]

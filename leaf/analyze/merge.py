@@ -101,6 +101,11 @@ def _merge_analysis(output: Path, config: dict, run_info: dict, parts: list, tim
     if counts["no_reference_answer"]:
         notes.append(f"{counts['no_reference_answer']} sample(s) had no reference answer to check "
                      "--select against (give --answer-field); they were filtered out")
+    if counts.get("counterfactuals_unparsable"):
+        kept = config.get("unparsable") == "keep"
+        notes.append(f"{counts['counterfactuals_unparsable']} code counterfactual(s) no longer parsed after pruning "
+                     + ("and were kept (--unparsable keep; marked parses: false)" if kept else
+                        "and were dropped (--unparsable keep keeps them, marked parses: false)"))
     if counts["analysed"] == 0:
         notes.append("no sample was analysed: see the counts above")
     if counts["skipped_too_long"]:
@@ -133,7 +138,12 @@ def format_summary(summary: dict) -> str:
              f"(skipped too long: {c['skipped_too_long']}, filtered by selection: {c['filtered_selection']})",
              f"units {c['units']}, flagged tokens {c['flagged_tokens']} of {c['candidate_tokens']} candidates, "
              f"spans {c['spans']}, counterfactuals {c['counterfactuals']} (dropped by verification: "
-             f"{c['counterfactuals_dropped']})"]
+             f"{c['counterfactuals_dropped']}" + (f"; code that no longer parses: {c['counterfactuals_unparsable']}, "
+                                                 f"{'kept' if summary['config'].get('unparsable') == 'keep' else 'dropped'}"
+                                                 if c.get("counterfactuals_unparsable") else "") + ")"]
+    if summary["config"].get("domain") == "code":
+        lines.append(f"code settings: quantile {summary['config']['quantile']}, answer prefix "
+                     f"{summary['config']['answer_prefix']}, statement-end segments, parse check of counterfactuals")
     for key, title in (("detection", "all samples with gold"), ("detection_exact", "samples whose gold is exact")):
         detection = summary.get(key)
         if not detection:

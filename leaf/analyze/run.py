@@ -137,6 +137,7 @@ class Analyzer:
                              response_field=config.response_field, id_field=config.id_field)
         if config.limit:
             samples = samples[: config.limit]
+        config.settle(samples)  # --domain auto decided by the rows; the domain's --quantile and answer prefix
         for sample in samples:  # gold fields checked up front, before any model loads
             gold_spans(config, sample)
         if config.select or config.verify:  # code rows' tests: valid, and permission to run answers, up front
@@ -196,7 +197,8 @@ class Analyzer:
         records and spans refer to: the student's (the teacher's in a teacher-only run)."""
         from leaf.rendering import Renderer
 
-        self.renderer = Renderer(self.config.template, self.teacher.tokenizer, self.student_tokenizer)
+        self.renderer = Renderer(self.config.template, self.teacher.tokenizer, self.student_tokenizer,
+                                 answer_prefix=self.config.answer_prefix_text())
         self.rendered_teacher = [self.renderer.render("teacher", s.prompt, s.response) for s in samples]
         self.rendered = ([self.renderer.render("student", s.prompt, s.response) for s in samples]
                          if self.student_tokenizer is not None and not self.config.teacher_only

@@ -52,10 +52,13 @@ class AnswerChecks:
         return self.code_tests[row]
 
     def grade(self, rows: list[int], generations: list[str]) -> list[bool]:
-        """Each generation against its row: tests in the sandbox for code rows, the reference answer otherwise."""
+        """Each generation against its row: tests in the sandbox for code rows, the reference answer otherwise. A
+        generation continues the answer prefix (code: it opens the fence the answer closes), so it is graded with it."""
         from leaf.grading import Item, grade
 
-        items = [Item(g, answer=self.reference_answer(r), tests=self.tests(r)) for r, g in zip(rows, generations)]
+        prefix = self.renderer.answer_prefix
+        items = [Item(prefix + g, answer=self.reference_answer(r), tests=self.tests(r))
+                 for r, g in zip(rows, generations)]
         return [bool(v) for v in grade(items, self.config.sandbox(), description="leaf analyze: running code answers")]
 
     def select(self, rows: list[int]) -> dict[int, dict]:

@@ -40,8 +40,9 @@ class Flags:
     threshold: float | None   # the τ actually applied (None for count-based modes)
 
 
-# needs that are `leaf analyze` options: the config check says "--threshold M needs --tau" when one is not given
-OPTIONS = ("tau", "quantile")
+# needs that are `leaf analyze` options without a default: the config check says "--threshold M needs --tau" when
+# one is not given (--quantile has one per --domain)
+OPTIONS = ("tau",)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,14 @@ def _quantile(d: torch.Tensor, ctx: ThresholdContext) -> Flags:
     return Flags(mask, float(d[mask].max()) if mask.any() else None)
 
 
+def _released(d: torch.Tensor, ctx: ThresholdContext) -> Flags:
+    """The released code's exact rule (remove_confounding_tokens_{math,code}.py): τ = min(sorted(Δ)[int(p·N)], 0.5),
+    flag Δ <= τ. Ties at τ are all flagged, so it may flag more than p·N tokens; the cap stops a flat Δ from losing
+    half its tokens."""
+    tau = min(float(d.sort().values[min(int(ctx.quantile * d.numel()), d.numel() - 1)]), 0.5)
+    return Flags(d <= tau, tau)
+
+
 def _random(d: torch.Tensor, ctx: ThresholdContext) -> Flags:
     """Ablation baseline: as many tokens as the gradient mask flags, at random positions."""
     import torch
@@ -121,6 +130,7 @@ THRESHOLDS: dict[str, ThresholdMode] = {
     "iqr": ThresholdMode(_iqr),
     "absolute": ThresholdMode(_absolute, needs=("tau",)),
     "quantile": ThresholdMode(_quantile, needs=("quantile",)),
+    "released": ThresholdMode(_released, needs=("quantile",)),
     "random": ThresholdMode(_random, needs=("count", "generator")),
     "ppl": ThresholdMode(_ppl, needs=("count", "surprisal")),
 }

@@ -72,7 +72,8 @@ def units_of(config, base) -> list[Unit]:
     if config.level in ("instruction", "both"):
         units.append(Unit("instruction", None, target=rspan, region=pspan, base=pspan))
     if config.level in ("response", "both"):
-        segs = [(rspan[0] + a, rspan[0] + b) for a, b in split_response(text[rspan[0]: rspan[1]], config.segments)]
+        segs = [(rspan[0] + a, rspan[0] + b) for a, b in split_response(text[rspan[0]: rspan[1]], config.segments,
+                                                                          code=config.domain == "code")]
         for k in range(1, len(segs)):
             units.append(Unit("response", k + 1, target=segs[k], region=(rspan[0], segs[k][0]), base=rspan))
     return units
@@ -85,7 +86,7 @@ class WindowRun:
         self.an, self.window, self.rows = analyzer, window, rows
         self.config = analyzer.config
         self.counts = {"skipped_too_long": 0, "filtered_selection": 0, "counterfactuals_dropped": 0,
-                       "units_without_target": 0, "no_reference_answer": 0}
+                       "units_without_target": 0, "no_reference_answer": 0, "counterfactuals_unparsable": 0}
         self.detection: dict = {}
         self.exact: dict = {}  # --gold-pair rows whose question is a pure insertion
         self.records: dict[int, AnalysedSample] = {}
@@ -118,6 +119,7 @@ class WindowRun:
         """A record per row, and a job per unit of each row that is analysed (selected, fits both contexts)."""
         from leaf.hooks import encode_text
         from leaf.hooks.templates import tokens_in
+        from leaf.programs import test_fields
         from leaf.rendering import map_span
 
         an, config, teacher_only = self.an, self.config, self.config.teacher_only
@@ -126,7 +128,9 @@ class WindowRun:
             sample, base, t_view = an.samples[r], an.rendered[r], an.rendered_teacher[r]
             record = AnalysedSample(row=r, id=sample.id, status="ok", prompt=sample.prompt, response=sample.response,
                                     text=base.text, prompt_span=base.prompt, response_span=base.response,
-                                    text_sha256=text_digest(base.text) if teacher_only else None)
+                                    text_sha256=text_digest(base.text) if teacher_only else None,
+                                    answer_prefix=an.renderer.answer_prefix or None,
+                                    tests=test_fields(sample.record))
             self.records[r] = record
             if r in selection:
                 record.selection = selection[r]
@@ -217,8 +221,26 @@ class WindowRun:
                                                t.saliency, s.token_nll, seed=config.seed * 1_000_003 + r,
                                                gold_spans=gold, counts=tables)
             unit_record.nll = {"teacher": t.loss, "student": s.loss}
+            if config.domain == "code":
+                self.check_parses(record, unit_record)
             u = len(record.units)
             record.units.append(unit_record)
             if unit.level == "instruction":
                 record.nll = unit_record.nll
             self.tensors.update({f"{r}.{u}.{name}": value.contiguous() for name, value in unit_tensors.items()})
+
+    def check_parses(self, record: AnalysedSample, unit) -> None:
+        """Code: mark each counterfactual whose pruned field no longer parses (when its original's code did), count
+        them, and drop them unless --unparsable keep."""
+        from leaf.programs import still_parses
+
+        kept = []
+        for cf in unit.counterfactuals:
+            original, pruned = (record.response, cf.response) if cf.field == "response" else (record.prompt, cf.prompt)
+            cf.parses = still_parses(original, pruned)
+            if cf.parses is False:
+                self.counts["counterfactuals_unparsable"] += 1
+                if self.config.unparsable == "drop":
+                    continue
+            kept.append(cf)
+        unit.counterfactuals = kept

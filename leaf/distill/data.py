@@ -117,14 +117,15 @@ def build_examples(records: list[AnalysedSample], tokenizer, mode: str, max_leng
     stops = set(stop_ids(tokenizer))
     t_stops = set(stop_ids(teacher_tokenizer)) if teacher_tokenizer is not None else set()
 
-    def encode(prompt: str, response: str):
-        """(ids, response mask) for the student, and the cross view (or None; False when the teacher's is too long)."""
-        view = own_rendering(tokenizer, prompt, response)
+    def encode(prompt: str, response: str, prefix: str):
+        """(ids, response mask) for the student, and the cross view (or None; False when the teacher's is too long).
+        prefix: the answer prefix analyze rendered before the response (code), in the context, not in the loss."""
+        view = own_rendering(tokenizer, prompt, response, prefix)
         enc = encode_text(tokenizer, view.text, view.prompt, view.response)
         ids = enc.input_ids.tolist()
         cross = None
         if teacher_tokenizer is not None:
-            t_view = own_rendering(teacher_tokenizer, prompt, response)
+            t_view = own_rendering(teacher_tokenizer, prompt, response, prefix)
             t_enc = encode_text(teacher_tokenizer, t_view.text, t_view.prompt, t_view.response)
             too_long = teacher_max_length and len(t_enc.input_ids) > teacher_max_length
             cross = False if too_long else cross_view(enc, t_enc, stops, t_stops)
@@ -133,7 +134,8 @@ def build_examples(records: list[AnalysedSample], tokenizer, mode: str, max_leng
     levels = LEVELS[mode]
     examples, dropped = [], 0
     for record in records:
-        ids, mask, cross = encode(record.prompt, record.response)
+        prefix = record.answer_prefix or ""
+        ids, mask, cross = encode(record.prompt, record.response, prefix)
         if (max_length and len(ids) > max_length) or cross is False:
             dropped += 1
             continue
@@ -142,7 +144,7 @@ def build_examples(records: list[AnalysedSample], tokenizer, mode: str, max_leng
             prompt, response = cf.texts(record)
             if not prompt.strip() or not response.strip():
                 continue
-            cf_ids, cf_mask, cf_cross = encode(prompt, response)
+            cf_ids, cf_mask, cf_cross = encode(prompt, response, prefix)
             if any(cf_mask) and not (max_length and len(cf_ids) > max_length) and cf_cross is not False:
                 cfs.append((cf_ids, cf_mask))
                 cf_levels.append(level)
