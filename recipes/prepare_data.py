@@ -22,6 +22,7 @@ from pathlib import Path
 
 from leaf.answers import extract_answer
 from leaf.io import write_text_atomic
+from leaf.programs import extract_code
 
 # name -> (hub id, config, field mapping function)
 SOURCES = {
@@ -72,11 +73,13 @@ def convert_code(name: str, row: dict, index: int) -> dict | None:
             return None
         passing = sorted((i for i in row.get("inferences") or [] if i.get("pass_rate") == 1.0),
                          key=lambda i: len(i["completion"]))
-        out = {"id": row.get("id") or f"acecode-{index}", "instruction": CODE_INSTRUCTION.format(
-               problem=row["question"].strip()), "tests": list(row["test_cases"]), "source": row.get("source", name)}
-        if passing:  # the shortest completion that passes every test is the reference response
-            out["output"] = passing[0]["completion"]
-        return out
+        if not passing:  # training data: the reference response is what the student learns; none passes, no row
+            return None
+        # the shortest completion that passes every test is the reference response, as its code in one fence (the
+        # answer prefix of leaf/templates/code_answer_prefix.txt opens the same fence)
+        return {"id": row.get("id") or f"acecode-{index}", "instruction": CODE_INSTRUCTION.format(
+                problem=row["question"].strip()), "output": _fenced(extract_code(passing[0]["completion"])),
+                "tests": list(row["test_cases"]), "source": row.get("source", name)}
     if name == "livecodebench":
         return _livecodebench(row, index)
     raise ValueError(f"unknown dataset {name!r}")
@@ -171,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             break
     args.output.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    what = "tests" if args.dataset in CODE else "a readable answer"
+    what = ("tests and a passing reference" if args.dataset == "acecode" else "tests") if args.dataset in CODE \
+        else "a readable answer"
     print(f"wrote {len(rows)} samples to {args.output} ({dropped} without {what} dropped)")
     return 0
 

@@ -143,3 +143,55 @@ def test_a_recipe_whose_data_is_missing_says_how_to_make_it(tmp_path, monkeypatc
     text = _unboxed(result.output)
     assert "data/gsm8k_train.jsonl' does not exist" in text
     assert "The recipe's data is made by: python recipes/prepare_data.py --dataset gsm8k" in text
+
+
+def test_prepare_data_maps_the_code_sources_to_rows_whose_tests_grade():
+    """AceCode-87K, MBPP, MBPP+ and LiveCodeBench rows in their hub schemas -> leaf code rows whose tests pass the
+    reference solution and fail a wrong one in the sandbox."""
+    import base64
+    import importlib.util
+    import pickle
+    import zlib
+
+    from leaf.grading import Item, grade
+    from leaf.programs import tests_of
+    from leaf.sandbox import SandboxConfig
+
+    spec = importlib.util.spec_from_file_location("prepare_data", RECIPES[0].parent / "prepare_data.py")
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    ace = {"id": "oss_1", "source": "oss", "question": "Write `double(x)` returning 2x.",
+           "test_cases": ["assert double(2) == 4", "assert double(-1) == -2"],
+           "inferences": [{"completion": "Sure:\n```python\ndef double(x):\n    return x * 2\n```\nDone.", "pass_rate": 1.0},
+                          {"completion": "```python\ndef double(x):\n    return x + x\n```", "pass_rate": 1.0},
+                          {"completion": "def double(x): return x", "pass_rate": 0.0}]}
+    row = prep.convert_code("acecode", ace, 0)
+    assert row["output"] == "```python\ndef double(x):\n    return x + x\n```"   # the shortest passing, fenced
+    assert "Write `double(x)`" in row["instruction"] and row["tests"] == ace["test_cases"]
+    assert prep.convert_code("acecode", {**ace, "inferences": ace["inferences"][2:]}, 1) is None   # none passes
+    mbpp = prep.convert_code("mbpp", {"task_id": 7, "text": "Add two numbers.", "code": "def add(a, b):\n    return a + b",
+                                      "test_list": ["assert add(1, 2) == 3"], "test_setup_code": ""}, 0)
+    plus = prep.convert_code("mbpp_plus", {"task_id": 7, "prompt": "Add two numbers.", "code": "def add(a, b):\n    return a + b",
+                                           "test_list": ["assert add(1, 2) == 3"], "test_imports": ["import math"],
+                                           "test": "assert add(2, 2) == 4\nassert math.isclose(add(0.1, 0.2), 0.3)"}, 0)
+    private = base64.b64encode(zlib.compress(pickle.dumps(json.dumps(
+        [{"input": "5\n", "output": "10\n", "testtype": "stdin"}])))).decode()
+    stdin = prep.convert_code("livecodebench", {
+        "question_id": "abc1", "question_content": "Read n, print 2n.", "platform": "atcoder", "starter_code": "",
+        "public_test_cases": json.dumps([{"input": "3\n", "output": "6\n", "testtype": "stdin"}]),
+        "private_test_cases": private, "metadata": "{}"}, 0)
+    leetcode = prep.convert_code("livecodebench", {
+        "question_id": "lc1", "question_content": "Return a + b.", "platform": "leetcode",
+        "starter_code": "class Solution:\n    def add(self, a: int, b: int) -> int:\n        ",
+        "public_test_cases": json.dumps([{"input": "1\n2", "output": "3", "testtype": "functional"}]),
+        "private_test_cases": "[]", "metadata": json.dumps({"func_name": "add"})}, 0)
+    assert stdin["tests"] == [{"input": "3\n", "output": "6\n"}, {"input": "5\n", "output": "10\n"}]
+    rows = [row, mbpp, plus, stdin, leetcode]
+    right = [row["output"], mbpp["output"], plus["output"], "print(2 * int(input()))",
+             "class Solution:\n    def add(self, a, b):\n        return a + b"]
+    wrong = ["def double(x):\n    return x", "def add(a, b):\n    return a - b", "def add(a, b):\n    return int(a + b)",
+             "print(int(input()))", "class Solution:\n    def add(self, a, b):\n        return a * b"]
+    sandbox = SandboxConfig(allow=True)
+    tests = [tests_of(r, r["id"]) for r in rows]
+    assert grade([Item(g, tests=t) for g, t in zip(right, tests)], sandbox) == [True] * 5
+    assert grade([Item(g, tests=t) for g, t in zip(wrong, tests)], sandbox) == [False] * 5

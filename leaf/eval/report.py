@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 PAPER = "LeaF paper (arXiv 2506.07851), Pre-KD / KD w/o mask / LeaF"
-PAPER_COLUMNS = {"math_avg": "paper: math avg (GSM8K, MATH, OlympiadBench)"}
+PAPER_COLUMNS = {"math_avg": "paper: math avg (GSM8K, MATH, OlympiadBench)",
+                 "code_avg": "paper: code avg (HumanEval+, LeetCode, LiveCodeBench)"}
 
 
 def paper_numbers(recipe: Path) -> dict:
