@@ -20,8 +20,19 @@ runner = CliRunner()
 FINAL = ("samples.jsonl", "scores.safetensors", "summary.json", "report.html")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Every run of this module, in this process and in the launched ones, on one thread: a sharded run is compared
+    with the one-process run to the last bit, and float32 sums are reduced in another order by another thread count
+    (CPU kernels split a reduction per thread), which moves a threshold by an ulp."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, one_thread):
     """A llama teacher and a qwen2 student with different tokenizers, seven GSM-Plus problems, and the
     one-process analyze run every sharded run is compared with (windows of 2: four windows)."""
     root = tmp_path_factory.mktemp("scale")
@@ -44,7 +55,8 @@ def _launch(*leaf_args, processes=2):
     return subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "leaf", *leaf_args],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        timeout=600)
 
 
 def _records(folder):
@@ -109,7 +121,7 @@ def test_an_interrupted_two_process_run_resumes_per_shard(setup):
     # `leaf analyze --num-processes 2` is the same accelerate launch, started by leaf
     resumed = subprocess.run([sys.executable, "-m", "leaf", "analyze", *setup["args"], "--output", str(out),
                               "--resume", "--num-processes", "2"], capture_output=True, text=True,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+                             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert {w: (out / "parts" / f"part-0000{w}.jsonl").stat().st_mtime_ns for w in (0, 3)} == kept  # not redone
     assert_same_analysis(setup["single"], out)
