@@ -30,20 +30,71 @@ def check_run_folder(folder: Path, manifest: Path, fingerprint: dict | None, *, 
             raise LeafError(f"{folder} already holds {what} run. Pass --resume to continue it, or choose another "
                             "--output (nothing was overwritten).")
         if fingerprint is not None:
-            check_same_settings(folder, manifest, fingerprint)
+            check_same_settings(folder, manifest, fingerprint, resume=resume, what=what)
         return True
     if folder.exists() and any(p for p in folder.iterdir() if p not in ignore):
         raise LeafError(f"{folder} exists and is not empty. Choose a new --output (nothing was overwritten).")
     return False
 
 
-def check_same_settings(folder: Path, manifest: Path, fingerprint: dict) -> None:
-    """--resume guard: the run recorded in `manifest` must have used these settings; names the keys that differ."""
+def _shown(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 24 else text[:12] + "…"
+
+
+def check_same_settings(folder: Path, manifest: Path, fingerprint: dict, *, resume: bool = True,
+                        what: str = "a") -> None:
+    """The run recorded in `manifest` must have used these settings (--resume continues it; a run claimed but not
+    started is taken over only with the same settings); names each key that differs, with the run's value and this
+    one's."""
     previous = json.loads(Path(manifest).read_text())
-    changed = sorted(k for k in set(previous) | set(fingerprint) if previous.get(k) != fingerprint.get(k))
-    if changed:
-        raise LeafError(f"Cannot --resume {folder}: the run there used different settings or data (differs in: "
-                        f"{', '.join(changed)}). Use the same settings, or a new --output.")
+    if differs := differences(previous, fingerprint):
+        start = (f"Cannot --resume {folder}: the run there used different settings or data" if resume else
+                 f"{folder} holds {what} run with different settings or data")
+        raise LeafError(f"{start} (differs in: {differs}). Use the same settings, or a new --output (nothing was "
+                        "overwritten).")
+
+
+def differences(previous: dict, now: dict) -> str:
+    """The keys whose values differ, each with the recorded value and this run's: '' when none does."""
+    changed = sorted(k for k in set(previous) | set(now) if previous.get(k) != now.get(k))
+    return ", ".join(f"{k} ({_shown(previous.get(k))} there, {_shown(now.get(k))} now)" for k in changed)
+
+
+def check_rerun_folder(folder: Path, results: Path, fingerprint: dict, *, what: str,
+                       ignore: tuple[Path, ...] = ()) -> bool:
+    """serve and eval measure, they do not resume: the same settings and data into the same folder measure again and
+    replace that run's results; a folder holding another run's results (other settings or data, or none recorded)
+    or other files is refused, with nothing changed. `results` (JSON) records the run's settings under
+    "fingerprint". Returns whether the folder holds this run."""
+    folder, results = Path(folder), Path(results)
+    if results.exists():
+        try:
+            previous = json.loads(results.read_text(encoding="utf-8")).get("fingerprint")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            previous = None
+        if not isinstance(previous, dict):
+            raise LeafError(f"{folder} holds {what} results without recorded settings (an older leaf, or an edited "
+                            f"{results.name}): choose another --output (nothing was overwritten).")
+        if differs := differences(previous, fingerprint):
+            raise LeafError(f"{folder} holds {what} run with different settings or data (differs in: {differs}). "
+                            "Choose another --output, or give the same settings to measure that run again (nothing "
+                            "was overwritten).")
+        return True
+    if folder.exists() and any(p for p in folder.iterdir() if p not in ignore):
+        raise LeafError(f"{folder} exists and is not empty. Choose a new --output (nothing was overwritten).")
+    return False
+
+
+def data_digest(path: Path) -> str:
+    """sha256 of what a data path holds: an analyze folder's samples.jsonl (as its summary records it, the folder
+    checked finished), else the file's bytes (a folder's files)."""
+    from leaf.records import SAMPLES, check_finished
+
+    path = Path(path)
+    if path.is_dir() and (path / SAMPLES).exists():
+        return check_finished(path)["files"][SAMPLES]["sha256"]
+    return file_digest(path)
 
 
 class FolderLock:

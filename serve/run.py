@@ -72,10 +72,30 @@ class ServeConfig(SandboxOptions):
              "No prompts: pass --data (a dataset or a leaf analyze folder) or --random-prompts N."),
             (self.max_tokens >= 1 and self.iterations >= 1 and self.warmup >= 0,
              "--max-tokens and --iterations must be at least 1, --warmup at least 0."),
+            (self.limit is None or self.limit >= 1, f"--limit must be at least 1, got {self.limit}."),
+            (self.random_prompts >= 0 and self.random_input_len >= 1 and self.random_output_len >= 1,
+             "--random-prompts must be 0 or more, --random-input-len and --random-output-len at least 1."),
+            (self.focus_samples >= 0, f"--focus-samples must be 0 or more, got {self.focus_samples}."),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
+            (self.max_model_len is None or self.max_model_len >= 1,
+             f"--max-model-len must be at least 1, got {self.max_model_len}."),
+            (self.tensor_parallel_size >= 1 and self.data_parallel_size >= 1,
+             "--tensor-parallel-size and --data-parallel-size must be at least 1."),
+            (0 < self.gpu_memory_utilization <= 1,
+             f"--gpu-memory-utilization is a fraction in (0, 1], got {self.gpu_memory_utilization}."),
         ]
         for ok, message in checks:
             if not ok:
                 raise LeafError(message)
+
+    def fingerprint(self) -> dict:
+        """What makes two serve runs the same measurement: every setting but where it goes and how many sandbox
+        workers grade it, and the data's sha256 (a path names a file, not its rows)."""
+        from leaf.run_folder import data_digest
+
+        skip = {"output", "allow_code_execution", "sandbox_workers"}
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
+        return {**values, "data_sha256": data_digest(self.data) if self.data is not None else None}
 
     def model_names(self) -> list[str]:
         if self.names:
@@ -149,11 +169,8 @@ def benchmark(engine, prompt_set: dict, config: ServeConfig):
 
 
 def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
-    from leaf.io import write_json_atomic, write_text_atomic
-    from leaf.run_folder import check_run_folder
-    from leaf.serve.focus import FocusSample
+    from leaf.run_folder import FolderLock, check_rerun_folder
     from leaf.serve.prompts import load_problems
-    from leaf.serve.report import markdown, plot
 
     fields = dict(prompt_field=config.prompt_field, response_field=config.response_field,
                   clean_field=config.clean_field, answer_field=config.answer_field, id_field=config.id_field,
@@ -161,8 +178,22 @@ def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
     problems = load_problems(config.data, **fields) if config.data is not None else []
     if code := sum(p.tests is not None for p in problems):  # before any model loads: running code is opt-in
         config.sandbox().require(f"leaf serve on {config.data} ({code} code rows)", code * len(config.models))
-    # a folder of an earlier leaf serve (results.json) is measured again and overwritten; any other is refused
-    check_run_folder(config.output, config.output / "results.json", None, resume=True, what="a serve")
+    # the same settings and data measure again into their folder; another run's folder (or any other) is refused
+    fingerprint = config.fingerprint()
+    check_rerun_folder(config.output, config.output / "results.json", fingerprint, what="a serve",
+                       ignore=(config.output / ".lock",))
+    lock = FolderLock(config.output, "serve").acquire()   # a second serve on this folder is refused from here on
+    try:
+        return _serve_all(config, problems, fingerprint, progress)
+    finally:
+        lock.release()
+
+
+def _serve_all(config: ServeConfig, problems, fingerprint: dict, progress: bool) -> dict:
+    from leaf.io import write_json_atomic, write_text_atomic
+    from leaf.serve.focus import FocusSample
+    from leaf.serve.report import markdown, plot
+
     engine_args = dict(device=config.device, dtype=config.dtype, seed=config.seed,
                        max_model_len=config.max_model_len, tensor_parallel_size=config.tensor_parallel_size,
                        data_parallel_size=config.data_parallel_size,
@@ -186,7 +217,7 @@ def run_serve(config: ServeConfig, *, progress: bool = True) -> dict:
     focus_items = [FocusSample(p.prompt, p.response, p.confounders) for p in problems
                    if p.confounders and p.response][: config.focus_samples]
     results: dict = {"models": {}, "settings": {k: str(v) if isinstance(v, Path) else v
-                                                 for k, v in asdict(config).items()},
+                                                 for k, v in asdict(config).items()}, "fingerprint": fingerprint,
                      "problems": len(problems),
                      "confounder_source": sorted({p.confounder_source for p in problems if p.confounder_source})}
     generations = []

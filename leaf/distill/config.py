@@ -134,6 +134,13 @@ class DistillConfig:
             (not (self.cross_tokenizer and self.cache_teacher),
              "--cross-tokenizer needs the teacher's full distributions online: drop --cache-teacher."),
             (self.uld_weight >= 0, f"--uld-weight must be 0 or more, got {self.uld_weight}."),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}."),
+            (self.chunk_size >= 1, f"--chunk-size must be at least 1 (positions per chunk), got {self.chunk_size}."),
+            (self.save_steps >= 1, f"--save-steps must be at least 1, got {self.save_steps}."),
+            (self.max_length is None or self.max_length >= 2,
+             f"--max-length must be at least 2 (a prompt and a response token), got {self.max_length}."),
+            (self.ce_weight >= 0, f"--ce-weight must be 0 or more, got {self.ce_weight}."),
+            (0 < self.beta < 1, f"--beta must be in (0, 1), got {self.beta}."),
         ]
         for ok, message in checks:
             if not ok:
@@ -146,7 +153,8 @@ class DistillConfig:
                 raise LeafError(f"λ must stay in [0, 1]; {self.lam!r} gives {value} at step {step}.")
 
     def fingerprint(self) -> dict:
-        """The settings a resumed run must share (those that change the weights it ends with). Options added later
+        """The settings a resumed run must share (those that change the weights it ends with), and the data's
+        identity (data_sha256, counterfactuals_sha256: a path names a file, not its contents). Options added later
         enter only when set, so that a run started before them still resumes."""
         skip = {"output", "resume", "save_steps", "cache_only", "teacher_device_map", "trust_remote_code",
                 "logging_steps", "report_to", "eval_data", "eval_steps"}
@@ -154,7 +162,19 @@ class DistillConfig:
             skip.add("num_train_epochs")
         if not self.lora_r:
             skip |= {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"}
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
+        return {**values, **self.data_identity()}
+
+    def data_identity(self) -> dict:
+        """sha256 of what --data (an analyze folder: its samples.jsonl, as its summary records it) and
+        --counterfactuals hold, computed once per run."""
+        if "_data_identity" not in self.__dict__:
+            from leaf.run_folder import data_digest
+
+            self._data_identity = {"data_sha256": data_digest(self.data)}
+            if self.counterfactuals is not None:
+                self._data_identity["counterfactuals_sha256"] = data_digest(self.counterfactuals)
+        return self._data_identity
 
 
 # transformers' integrations (report_to) that leaf checks are installed before loading anything; the others the

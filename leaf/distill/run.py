@@ -34,20 +34,35 @@ from leaf.distill.teacher_cache import TeacherCache
 from leaf.errors import LeafError
 from leaf.io import write_json_atomic
 from leaf.records import is_samples_file
-from leaf.run_folder import check_run_folder
+from leaf.run_folder import FolderLock, check_run_folder
 
 __all__ = ["MODES", "DistillConfig", "run_distill"]
 
 
 def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
-    """Train the student; returns a summary (final path, steps, last losses)."""
+    """Train the student; returns a summary (final path, steps, last losses). The main process holds the output
+    folder's lock (leaf.run_folder.FolderLock) from the first look at an existing folder, or from the claim of a
+    new one, to the end: a second run on it is refused, naming this one's PID."""
     from accelerate import PartialState
-
-    from leaf.distill.log import trim_log
 
     # under `accelerate launch` every process runs this function: all check, only the main process writes
     ranks = PartialState(cpu=config.device == "cpu")
     say = partial(_say, progress and ranks.is_main_process)
+    for flag, path in (("--data", config.data), ("--counterfactuals", config.counterfactuals)):
+        if path is not None and not path.exists():  # before the settings' fingerprint reads the data's digest
+            raise LeafError(f"{flag} {str(path)!r} does not exist.")
+    lock = FolderLock(config.output, "distill")
+    try:
+        return _run(config, ranks, say, lock, progress)
+    finally:
+        lock.release()
+
+
+def _run(config: DistillConfig, ranks, say, lock: FolderLock, progress: bool) -> dict:
+    from leaf.distill.log import trim_log
+
+    if ranks.is_main_process and (config.output / "leaf_distill.json").exists():  # a distill run's folder: no
+        lock.acquire()                                                                # second run on it, from the start
     last = check_output(config, main=ranks.is_main_process)
     records, identical = load_records_for(config)
     held_out = load_records_for(config, held_out=True)[0] if config.eval_data is not None else None
@@ -60,7 +75,7 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     if not cached and teacher is None:
         teacher = load_online_teacher(config, say, student, processes=ranks.num_processes)
     matched = matched_vocabulary(teacher, student) if config.cross_tokenizer else None
-    claim_output(config, ranks)
+    last = claim_output(config, ranks, lock, last)
     if config.cache_teacher:
         source = teacher_cache(config, teacher, data.examples, vocab, cache_meta, write=not cached, ranks=ranks)
         teacher = None  # training from the cache: the teacher leaves memory
@@ -100,20 +115,25 @@ def check_output(config: DistillConfig, *, main: bool) -> str | None:
     # a --cache-only run leaves only the manifest and the cache: going on from there needs no --resume
     started = last is not None or bool(half_written) or (out / "log.jsonl").exists()
     ours = check_run_folder(out, out / "leaf_distill.json", config.fingerprint(), resume=config.resume,
-                            what="a distill", needs_resume=started)
+                            what="a distill", needs_resume=started, ignore=(out / ".lock",))
     if ours and main:  # a kill while the Trainer saved a checkpoint leaves it without trainer_state.json (saved last)
         for folder in half_written:
             shutil.rmtree(folder)
     return last
 
 
-def claim_output(config: DistillConfig, ranks) -> None:
-    """Once every process has checked the folder (and the models loaded), the main process creates it and writes
-    the run's settings (leaf_distill.json, which --resume compares)."""
+def claim_output(config: DistillConfig, ranks, lock: FolderLock, last: str | None) -> str | None:
+    """Once every process has checked the folder (and the models loaded), the main process takes the folder's lock,
+    checks it again (another run may have claimed it meanwhile) and writes the run's settings (leaf_distill.json,
+    which --resume compares). Returns the checkpoint to resume from, as found now."""
     ranks.wait_for_everyone()
     if ranks.is_main_process:
         config.output.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        last = check_output(config, main=True)
         write_json_atomic(config.output / "leaf_distill.json", config.fingerprint())
+    ranks.wait_for_everyone()
+    return last
 
 
 def load_records_for(config: DistillConfig, *, held_out: bool = False) -> tuple[list[dict], int]:

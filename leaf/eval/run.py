@@ -27,8 +27,7 @@ from leaf.eval.tasks import data_files, get_task, harness_root, write_task
 
 def run_eval(config: EvalConfig, *, log=print) -> dict:
     """Evaluate every model on every task; results.json and results.md are rewritten after each model."""
-    from leaf.io import write_json_atomic, write_text_atomic
-    from leaf.run_folder import versions
+    from leaf.run_folder import FolderLock, check_rerun_folder, file_digest
     from leaf.serve.backends import resolve_backend
 
     harness_root()  # installed? (before anything is written or loaded)
@@ -44,6 +43,23 @@ def run_eval(config: EvalConfig, *, log=print) -> dict:
         sandbox.require(f"leaf eval --task {' --task '.join(code)}", programs * len(config.models))
     backend = resolve_backend(config.backend)
     paper = paper_numbers(config.paper) if config.paper is not None else None
+    out = config.output
+    fingerprint = {**config.settings(), "models": list(config.models), "names": config.model_names(),
+                   "tasks": list(config.tasks), "data_sha256": {name: file_digest(files[name]) for name in config.tasks}}
+    # the same settings and data measure again into their folder; another run's folder (or any other) is refused
+    check_rerun_folder(out, out / "results.json", fingerprint, what="an eval",
+                       ignore=(out / ".lock", out / "tasks", out / "samples"))
+    lock = FolderLock(out, "eval").acquire()   # a second eval on this folder is refused from here on
+    try:
+        return _run(config, files, backend, paper, fingerprint, code, sandbox, log)
+    finally:
+        lock.release()
+
+
+def _run(config: EvalConfig, files: dict, backend: str, paper, fingerprint: dict, code, sandbox, log) -> dict:
+    from leaf.io import write_json_atomic, write_text_atomic
+    from leaf.run_folder import versions
+
     tasks = {name: write_task(name, files[name], config.output / "tasks", config.samples) for name in config.tasks}
 
     from importlib.metadata import version
@@ -56,7 +72,7 @@ def run_eval(config: EvalConfig, *, log=print) -> dict:
                             "fewshot_as_multiturn": config.chat_template},
                "sandbox": sandbox.describe() if code else None,
                "versions": {**versions(), "vllm": _vllm_version() if backend == "vllm" else None},
-               "tasks": tasks, "models": [], "paper": paper}
+               "tasks": tasks, "models": [], "paper": paper, "fingerprint": fingerprint}
     for name, path in zip(config.model_names(), config.models):
         log(f"leaf eval: {name} ({path}) on {', '.join(config.tasks)} with lm-eval's {backend} backend")
         lm = harness_model(backend, path, config)

