@@ -20,6 +20,7 @@ import nnsight
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from safetensors import SafetensorError
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from leaf.errors import LeafError
@@ -78,6 +79,29 @@ def wrap_model(hf_model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: st
     """Wrap an already-loaded transformers causal LM (e.g. one you are training) for leaf's hooks."""
     return HookedModel(hf_model=hf_model, tokenizer=tokenizer, arch=discover(hf_model), name=name,
                        nnsight=nnsight.NNsight(hf_model))
+
+
+def corrupt_weights_message(source: str | Path, exc: Exception) -> str:
+    """What a truncated or corrupt safetensors file says, naming the file(s) and the fix."""
+    path = Path(source)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    bad = [f for f in files if not safetensors_readable(f)] or files
+    names = ", ".join(str(f) for f in bad) or str(source)
+    return (f"The weights of {str(source)!r} are truncated or corrupt ({names}: {exc}). The file was cut short (an "
+            "interrupted copy or download, a full disk) or damaged: copy or download it again, or re-save the model "
+            "with save_pretrained.")
+
+
+def safetensors_readable(file: Path) -> bool:
+    """Whether a safetensors file's header reads and its tensors cover the file (no tensor data is loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), "pt") as handle:
+            handle.keys()
+        return True
+    except Exception:  # safetensors raises its own types
+        return False
 
 
 def check_local_folder(path: Path, allow_pickle: bool) -> None:
@@ -181,6 +205,8 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+    except SafetensorError as exc:  # a truncated or corrupt weights file (a copy cut short, a full disk)
+        raise LeafError(corrupt_weights_message(source, exc)) from None
     except (OSError, pickle.UnpicklingError, EOFError, RuntimeError) as exc:  # torch.load raises the last three
         hint = (" The hub checkpoint may have only pickle weights: pass allow_pickle=True (--allow-pickle) if you "
                 "trust it." if not path.exists() and not allow_pickle else "")

@@ -111,6 +111,7 @@ class FolderLock:
 
         if self.fd is not None:
             return self
+        self.created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -127,7 +128,15 @@ class FolderLock:
         return self
 
     def release(self) -> None:
+        """Drop the lock. A folder the lock itself created and that holds nothing else (the run stopped before it
+        wrote anything: a model that did not load) goes with it."""
         if self.fd is not None:
+            if getattr(self, "created", False) and [p.name for p in self.path.parent.iterdir()] == [self.path.name]:
+                self.path.unlink(missing_ok=True)
+                try:
+                    self.path.parent.rmdir()
+                except OSError:
+                    pass
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
 

@@ -165,3 +165,29 @@ def test_eval_measures_its_own_run_again_and_never_replaces_another(tmp_path, mo
     with pytest.raises(LeafError, match=r"differs in: data_sha256"):
         run_eval(EvalConfig(**settings), log=lambda _: None)
     assert (out / "results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["analyze", "distill", "serve", "inspect", "saliency"])
+def test_a_truncated_weights_file_is_one_clear_message_in_every_command(pair, tmp_path, command):
+    import os
+
+    from typer.testing import CliRunner
+
+    from leaf.cli import app
+
+    teacher, student, analyze = pair
+    broken = tmp_path / "broken"
+    shutil.copytree(student, broken)
+    weights = broken / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size - 1024)   # a copy cut short by 1 KB
+    out, data = tmp_path / "out", analyze.parent / "data.jsonl"
+    args = {"analyze": ["analyze", "--teacher", teacher, "--student", str(broken), "--data", str(data)],
+            "distill": ["distill", "--teacher", teacher, "--student", str(broken), "--data", str(analyze)],
+            "serve": ["serve", "--model", str(broken), "--data", str(data), "--backend", "hf"],
+            "inspect": ["inspect", "--analyze", str(analyze), "--model", str(broken), "--count", "1"],
+            "saliency": ["saliency", "--model", str(broken), "--prompt", "2+3?", "--response", "5"]}[command]
+    result = CliRunner().invoke(app, [*args, "--output", str(out if command != "saliency" else tmp_path / "s.json")])
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "are truncated or corrupt" in text and str(weights) in text and "copy or download it again" in text
+    assert "Traceback" not in result.output and not out.exists()    # nothing left behind
