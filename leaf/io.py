@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -74,3 +75,30 @@ def save_safetensors_atomic(path: str | Path, tensors: dict) -> Path:
     from safetensors.torch import save_file
 
     return write_bytes_atomic(path, lambda tmp: save_file(tensors, tmp))
+
+
+# torch.save's zip writer reports a failed write as a RuntimeError without the errno ("unexpected pos", "failed
+# writing"): on a file system with (almost) no space left that is ENOSPC
+_TORCH_WRITE_FAILED = ("unexpected pos", "failed writing", "PytorchStreamWriter")
+LOW_SPACE_BYTES = 64 << 20
+
+
+@contextlib.contextmanager
+def full_disk_as_oserror(folder: str | Path):
+    """Turn a write that failed because `folder`'s file system is full into OSError(ENOSPC) (the CLI's message:
+    free space and rerun with --resume), also when the writer (torch.save) hides the errno."""
+    try:
+        yield
+    except RuntimeError as exc:
+        import errno
+        import shutil
+
+        text = str(exc)
+        if any(marker in text for marker in _TORCH_WRITE_FAILED):
+            try:
+                free = shutil.disk_usage(folder).free
+            except OSError:
+                free = None
+            if "No space left" in text or (free is not None and free < LOW_SPACE_BYTES):
+                raise OSError(errno.ENOSPC, f"No space left on device ({free} bytes free)", str(folder)) from exc
+        raise

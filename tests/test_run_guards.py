@@ -191,3 +191,40 @@ def test_a_truncated_weights_file_is_one_clear_message_in_every_command(pair, tm
     text = " ".join(result.output.split())
     assert "are truncated or corrupt" in text and str(weights) in text and "copy or download it again" in text
     assert "Traceback" not in result.output and not out.exists()    # nothing left behind
+
+
+def test_a_full_disk_while_distill_saves_a_checkpoint_is_the_cli_message(pair, tmp_path):
+    """A real full disk (a 3 MB tmpfs: the model fits, the optimizer state does not): torch.save's RuntimeError
+    becomes the CLI's no-space message; the half-written checkpoint is never taken for a complete one, and after
+    moving the folder to a disk with room, --resume finishes the run."""
+    import os
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from leaf.cli import app
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    teacher, student, analyze = pair
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    args = ["distill", "--teacher", teacher, "--student", student, "--data", str(analyze), "--mode", "kd",
+            "--max-steps", "2", "--save-steps", "1", "--batch-size", "2", "--report-to", "none"]
+    try:
+        result = CliRunner().invoke(app, [*args, "--output", str(small / "run")])
+        assert result.exit_code == 1, result.output
+        assert "no space left on the device" in result.output and "Traceback" not in result.output
+        shutil.copytree(small / "run", tmp_path / "roomy")
+    finally:
+        subprocess.run(["umount", str(small)])
+    from leaf.distill.checkpoints import last_complete_checkpoint
+
+    last, half = last_complete_checkpoint(tmp_path / "roomy" / "checkpoints")
+    assert last is None and [p.name for p in half] == ["checkpoint-1"]
+    resumed = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "roomy"), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    log = [json.loads(line)["step"] for line in (tmp_path / "roomy" / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2] and (tmp_path / "roomy" / "final" / "model.safetensors").exists()

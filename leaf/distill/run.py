@@ -32,7 +32,7 @@ from leaf.distill.config import MODES, DistillConfig
 from leaf.distill.data import Example, PairedData, build_examples, make_collator, read_analyze_output, read_dataset
 from leaf.distill.teacher_cache import TeacherCache
 from leaf.errors import LeafError
-from leaf.io import write_json_atomic
+from leaf.io import full_disk_as_oserror, write_json_atomic
 from leaf.records import is_samples_file
 from leaf.run_folder import FolderLock, check_run_folder
 
@@ -373,8 +373,9 @@ def train(config: DistillConfig, student, source, matched, data: TrainingSet, ra
     say(f"training {length} on {len(data.examples)} samples ({data.with_counterfactual} with counterfactuals), "
         f"mode {config.mode}" + (f", LoRA r={config.lora_r}" if config.lora_r else "")
         + (f", resuming from {Path(last).name}" if resume else ""))
-    trainer.train(resume_from_checkpoint=resume)
-    return trainer, save_final(trainer, out / "final")
+    with full_disk_as_oserror(out):  # a full disk while a checkpoint or final/ is saved: the CLI's ENOSPC message
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, save_final(trainer, out / "final")
 
 
 def board_to_output(trainer, folder: Path) -> None:
