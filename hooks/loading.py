@@ -81,6 +81,23 @@ def wrap_model(hf_model: nn.Module, tokenizer: PreTrainedTokenizerBase, name: st
                        nnsight=nnsight.NNsight(hf_model))
 
 
+def _can_switch_attention(config) -> bool:
+    """Whether the model class can switch its attention implementation at run time (transformers: classes written
+    on the AttentionInterface). Falcon, for one, cannot: loaded with SDPA it never returns attention weights, so leaf
+    loads such a class eager. Unknown classes (remote code) are assumed to switch; the switch is checked anyway."""
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config, "model_type", None))
+    if cls is None:
+        return True
+    import transformers
+
+    model_class = getattr(transformers, cls, None)
+    check = getattr(model_class, "_can_set_attn_implementation", None)
+    try:
+        return bool(check()) if check is not None else True
+    except Exception:  # a heuristic over source code: never the reason a model fails to load
+        return True
+
+
 def corrupt_weights_message(source: str | Path, exc: Exception) -> str:
     """What a truncated or corrupt safetensors file says, naming the file(s) and the fix."""
     path = Path(source)
@@ -198,6 +215,8 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
                   use_safetensors=None if allow_pickle else True)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    elif not _can_switch_attention(config):
+        kwargs["attn_implementation"] = "eager"  # attention maps need eager, and this class cannot switch later
     if device_map is not None:
         kwargs["device_map"] = device_map
         if max_memory:

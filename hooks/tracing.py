@@ -130,6 +130,11 @@ def _prepared(model: HookedModel, eager: bool, checkpointing: bool = False):
         hf.eval()
         if eager and impl != "eager":
             hf.set_attn_implementation("eager")
+            if (getattr(hf.config, "_attn_implementation", None) or "sdpa") != "eager":
+                raise LeafError(f"{type(hf).__name__} cannot switch its attention to eager at run time (transformers "
+                                "warns it does not follow the AttentionInterface), so it returns no attention "
+                                "weights. Load it with attn_implementation='eager' (leaf.hooks.load_model does so "
+                                "for classes it knows cannot switch).")
         if checkpointing:
             if not getattr(hf, "supports_gradient_checkpointing", False):
                 raise LeafError(f"{type(hf).__name__} does not support gradient checkpointing in transformers; "

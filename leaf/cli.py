@@ -105,7 +105,7 @@ JsonOut = Annotated[bool, typer.Option("--json", rich_help_panel=INPUTS,
 Output = Annotated[Path, typer.Option("--output", rich_help_panel=INPUTS,
                                       help="Output folder (or file where the command says so).")]
 Seed = Annotated[int, typer.Option("--seed", rich_help_panel=SAFETY, help="Random seed.")]
-Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2", "gpt_neox"))  # leaf.models.tiny.FAMILIES
+Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2", "gpt_neox", "falcon"))  # leaf.models.tiny.FAMILIES
 Size = choices("Size", ("tiny", "small"))
 
 RECIPE_DATA: dict[str, str] = {}  # --config: the recipe's data path and the command that prepares it

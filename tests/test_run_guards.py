@@ -219,7 +219,7 @@ def test_a_full_disk_while_distill_saves_a_checkpoint_is_the_cli_message(pair, t
         assert "no space left on the device" in result.output and "Traceback" not in result.output
         shutil.copytree(small / "run", tmp_path / "roomy")
     finally:
-        subprocess.run(["umount", str(small)])
+        subprocess.run(["umount", "--lazy", str(small)])  # a writer the failed run left open may hold it
     from leaf.distill.checkpoints import last_complete_checkpoint
 
     last, half = last_complete_checkpoint(tmp_path / "roomy" / "checkpoints")
@@ -228,3 +228,27 @@ def test_a_full_disk_while_distill_saves_a_checkpoint_is_the_cli_message(pair, t
     assert resumed.exit_code == 0, resumed.output
     log = [json.loads(line)["step"] for line in (tmp_path / "roomy" / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2] and (tmp_path / "roomy" / "final" / "model.safetensors").exists()
+
+
+def test_a_model_that_cannot_switch_attention_is_loaded_eager_and_a_failed_switch_is_said(tmp_path):
+    """Falcon cannot switch its attention implementation at run time (transformers only warns): leaf loads such a
+    class eager, so attention maps come back (equal to HF's own output_attentions); and where a switch does not take,
+    the hooks say so instead of failing on a missing tensor."""
+    import torch
+
+    from leaf.hooks import HookPlan, encode_prompt_response, load_model, run
+    from leaf.models.tiny import build_tiny_model
+
+    folder = build_tiny_model("falcon", tmp_path / "falcon", seed=1)
+    model = load_model(folder)
+    assert model.hf_model.config._attn_implementation == "eager"
+    enc = encode_prompt_response(model.tokenizer, "Tom has 3 apples. His hat is red.", "3")
+    [result] = run(model, [enc.input_ids], HookPlan(attention_probs=True))
+    with torch.no_grad():
+        reference = model.hf_model(enc.input_ids[None], output_attentions=True).attentions
+    assert len(result.attention_probs) == 2                     # both layers
+    for layer, probs in enumerate(result.attention_probs):
+        torch.testing.assert_close(probs, reference[layer][0], rtol=0, atol=0)   # the same eager computation
+    sdpa = load_model(folder, attn_implementation="sdpa")      # asked for SDPA: the switch for attention fails
+    with pytest.raises(LeafError, match="cannot switch its attention to eager at run time"):
+        run(sdpa, [enc.input_ids], HookPlan(attention_probs=True))

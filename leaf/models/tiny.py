@@ -23,6 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    FalconConfig,
     GPT2Config,
     GPTNeoXConfig,
     LlamaConfig,
@@ -67,7 +68,7 @@ SIZES: dict[str, TinySize] = {
                       max_positions=2048),
 }
 
-FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "gpt_neox")
+FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "gpt_neox", "falcon")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -161,6 +162,12 @@ def _config(family: str, size: TinySize, vocab_size: int, tok: PreTrainedTokeniz
         return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
                              num_attention_heads=size.num_heads, intermediate_size=size.intermediate_size,
                              max_position_embeddings=size.max_positions, tie_word_embeddings=False, **ids)
+    if family == "falcon":  # Falcon-7B's layout: multi-query attention, parallel attention + MLP, tied embeddings;
+        # its attention cannot be switched at run time (leaf loads it eager for attention maps)
+        return FalconConfig(vocab_size=vocab_size, hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
+                            num_attention_heads=size.num_heads, multi_query=True, new_decoder_architecture=False,
+                            parallel_attn=True, alibi=False, bias=False, max_position_embeddings=size.max_positions,
+                            tie_word_embeddings=True, **ids)
     raise LeafError(f"Unknown tiny model family {family!r}. Available: {', '.join(FAMILIES)}.")
 
 
