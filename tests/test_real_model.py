@@ -358,3 +358,36 @@ def test_code_through_analyze_distill_and_eval_on_smollm2(smollm2, perturbed, tm
     again = run_programs(programs, workers=2, progress=False)
     assert [r.status == "passed" for r in again] == [s["filters"]["create_test"]["pass@1"] == 1.0 for s in kept]
     assert scores["score"] == pytest.approx(sum(r.status == "passed" for r in again) / 16)
+
+
+def test_convert_gguf_keeps_the_tokenizer_flags(tmp_path):
+    """A GGUF that says tokenizer.ggml.add_bos_token = True (as Gemma's do): the converted tokenizer puts BOS first,
+    as llama.cpp would, and keeps the GGUF's chat template. The GGUF is SmolLM2's with that one flag rewritten in
+    place by the gguf package's reader (its own value is False)."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from leaf.models.pretrained import find_smollm2_gguf
+
+    try:
+        source = find_smollm2_gguf()
+    except LeafError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    gguf = tmp_path / "gguf" / "smollm2-bos.gguf"
+    gguf.parent.mkdir()
+    shutil.copy(source, gguf)
+    reader = GGUFReader(str(gguf), "r+")
+    field = reader.fields["tokenizer.ggml.add_bos_token"]
+    assert field.contents() is False
+    field.parts[field.data[0]][0] = 1
+    del reader
+    assert GGUFReader(str(gguf)).fields["tokenizer.ggml.add_bos_token"].contents() is True
+    result = runner.invoke(app, ["convert-gguf", "--gguf", str(gguf), "--output", str(tmp_path / "bos")])
+    assert result.exit_code == 0, result.output
+    tok = AutoTokenizer.from_pretrained(tmp_path / "bos")
+    assert tok("Hello").input_ids[0] == tok.bos_token_id and len(tok("Hello").input_ids) == 2
+    plain = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)      # transformers alone drops it
+    assert plain("Hello").input_ids[0] != plain.bos_token_id
+    assert tok.chat_template == GGUFReader(str(source)).fields["tokenizer.chat_template"].contents()

@@ -89,6 +89,7 @@ def convert_gguf(gguf: Path, output: Path, *, trust_remote_code: bool = False) -
         raise LeafError("Reading GGUF needs the gguf package: pip install -e '.[real]' (or pip install gguf).")
     kwargs = dict(gguf_file=gguf.name, trust_remote_code=trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    keep_tokenizer_flags(tokenizer, gguf)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
     # transformers refuses to save a model that still carries its GGUF quantizer; the weights are already float32
     model.hf_quantizer = None
@@ -107,6 +108,33 @@ def convert_gguf(gguf: Path, output: Path, *, trust_remote_code: bool = False) -
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+def gguf_metadata(gguf: Path, keys: tuple[str, ...]) -> dict:
+    """The values of some GGUF metadata keys (absent keys left out), read without loading any tensor."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    out = {}
+    for key in keys:
+        field = reader.fields.get(key)
+        if field is not None:
+            out[key] = field.contents()
+    return out
+
+
+def keep_tokenizer_flags(tokenizer, gguf: Path) -> None:
+    """What transformers' GGUF tokenizer conversion drops: whether the model's inputs start with BOS (and end with
+    EOS), `tokenizer.ggml.add_bos_token` / `add_eos_token` (Gemma's GGUFs say add_bos_token = True, and a Gemma fed
+    without its <bos> degrades), and the chat template when the GGUF has one."""
+    meta = gguf_metadata(gguf, ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
+                                "tokenizer.chat_template"))
+    for flag in ("add_bos_token", "add_eos_token"):
+        value = meta.get(f"tokenizer.ggml.{flag}")
+        if value is not None and bool(value) != bool(getattr(tokenizer, flag, False)):
+            setattr(tokenizer, flag, bool(value))  # the fast tokenizer rebuilds its post-processor
+    if meta.get("tokenizer.chat_template") and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = meta["tokenizer.chat_template"]
 
 
 def smollm2(source: str | Path | None = None) -> Path:
