@@ -112,31 +112,48 @@ def _pick(record: dict, names: tuple[str, ...], given: str | None, what: str, nu
 
 def to_samples(records: list[dict], *, prompt_field: str | None = None, response_field: str | None = None,
                input_field: str = "input", messages_field: str = "messages",
-               id_field: str = "id") -> list[Sample]:
-    """Map rows to samples; the first row fixes the field names, every row must have them."""
+               id_field: str = "id", skipped: list[dict] | None = None) -> list[Sample]:
+    """Map rows to samples. A row that cannot be a sample (a missing field, an empty, blank, null or non-text prompt
+    or response, malformed messages) stops with a LeafError naming it; with a `skipped` list it is skipped instead
+    and recorded there ({"row", "id", "reason"}), unless no row at all is readable (then the first reason is the
+    error: a wrong field name, not bad rows)."""
     samples = []
     for number, record in enumerate(records):
-        if messages_field in record and not prompt_field:
-            messages = record[messages_field] or []
-            if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
-                raise LeafError(f"Sample {number}: {messages_field!r} must be a list of {{'role', 'content'}} objects.")
-            roles = [m.get("role") for m in messages]
-            if roles != ["user", "assistant"]:
-                raise LeafError(f"Sample {number}: {messages_field!r} must be one user turn then one assistant turn "
-                                f"(found roles {roles}).")
-            prompt, response = messages[0]["content"], messages[1]["content"]
-        else:
-            p = _pick(record, PROMPT_FIELDS, prompt_field, "prompt", number)
-            r = _pick(record, RESPONSE_FIELDS, response_field, "response", number)
-            prompt, response = record[p], record[r]
-            if p == "instruction" and record.get(input_field):
-                prompt = f"{prompt}\n\n{record[input_field]}"
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise LeafError(f"Sample {number} has an empty or non-text prompt: {prompt!r}.")
-        if not isinstance(response, str) or not response.strip():
-            raise LeafError(f"Sample {number} has an empty or non-text response: {response!r}.")
-        sample_id = record.get(id_field)
-        sample_id = str(number) if sample_id is None else str(sample_id)
-        # outer whitespace is dropped: chat templates that trim content (Llama 3's) would otherwise move the text
-        samples.append(Sample(id=sample_id, prompt=prompt.strip(), response=response.strip(), record=record))
+        try:
+            samples.append(_sample(number, record, prompt_field, response_field, input_field, messages_field,
+                                   id_field))
+        except LeafError as exc:
+            if skipped is None:
+                raise
+            skipped.append({"row": number, "id": None if record.get(id_field) is None else str(record[id_field]),
+                            "reason": str(exc)})
+    if skipped and not samples:
+        raise LeafError(f"No row is readable: {skipped[0]['reason']}")
     return samples
+
+
+def _sample(number: int, record: dict, prompt_field, response_field, input_field, messages_field,
+            id_field) -> Sample:
+    if messages_field in record and not prompt_field:
+        messages = record[messages_field] or []
+        if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+            raise LeafError(f"Sample {number}: {messages_field!r} must be a list of {{'role', 'content'}} objects.")
+        roles = [m.get("role") for m in messages]
+        if roles != ["user", "assistant"]:
+            raise LeafError(f"Sample {number}: {messages_field!r} must be one user turn then one assistant turn "
+                            f"(found roles {roles}).")
+        prompt, response = messages[0]["content"], messages[1]["content"]
+    else:
+        p = _pick(record, PROMPT_FIELDS, prompt_field, "prompt", number)
+        r = _pick(record, RESPONSE_FIELDS, response_field, "response", number)
+        prompt, response = record[p], record[r]
+        if p == "instruction" and record.get(input_field):
+            prompt = f"{prompt}\n\n{record[input_field]}"
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise LeafError(f"Sample {number} has an empty or non-text prompt: {prompt!r}.")
+    if not isinstance(response, str) or not response.strip():
+        raise LeafError(f"Sample {number} has an empty or non-text response: {response!r}.")
+    sample_id = record.get(id_field)
+    sample_id = str(number) if sample_id is None else str(sample_id)
+    # outer whitespace is dropped: chat templates that trim content (Llama 3's) would otherwise move the text
+    return Sample(id=sample_id, prompt=prompt.strip(), response=response.strip(), record=record)

@@ -195,3 +195,37 @@ def test_prepare_data_maps_the_code_sources_to_rows_whose_tests_grade():
     tests = [tests_of(r, r["id"]) for r in rows]
     assert grade([Item(g, tests=t) for g, t in zip(right, tests)], sandbox) == [True] * 5
     assert grade([Item(g, tests=t) for g, t in zip(wrong, tests)], sandbox) == [False] * 5
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[analyze]\nselect = "yes"\n', "select must be true or false, got 'yes'"),
+    ("[analyze]\nverify = 1\n", "verify must be true or false, got 1"),
+    ('[distill]\nmax_steps = "10"\n', "max_steps must be a whole number, got '10'"),
+    ("[distill]\nlr = true\n", "lr must be a number, got True"),
+    ("[analyze]\nteacher = 3\n", "teacher must be text (in quotes), got 3"),
+    ("[analyze]\nmax_new_tokens = 64\n", "'max_new_tokens' is named 'max_tokens' (the flag --max-tokens)"),
+    ('[serve]\nmodels = ["a"]\n', "'models' is named 'model' (the flag --model)"),
+    ('[distill]\nlam = "0.5"\n', "'lam' is named 'lambda' (the flag --lambda)"),
+])
+def test_recipe_values_have_their_flags_names_and_types(tmp_path, text, message):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(text)
+    section = text.split("]")[0].strip("[")
+    with pytest.raises(LeafError, match=re.escape(message)):
+        from leaf.recipes import section_values
+
+        section_values(recipe, section)
+
+
+def test_every_flag_name_is_a_recipe_key():
+    """The keys a recipe takes are exactly the flags' names (without dashes) of each command."""
+    import typer
+
+    from leaf.recipes import _config_classes, recipe_keys
+
+    commands = typer.main.get_command(app).commands
+    for section, config_class in _config_classes().items():
+        flags = {opt.removeprefix("--").replace("-", "_") for param in commands[section].params
+                 for opt in param.opts if opt.startswith("--")}
+        keys = recipe_keys(config_class)
+        assert set(keys) <= flags and len(keys) == len(set(keys.values())), (section, set(keys) - flags)

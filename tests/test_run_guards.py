@@ -252,3 +252,31 @@ def test_a_model_that_cannot_switch_attention_is_loaded_eager_and_a_failed_switc
     sdpa = load_model(folder, attn_implementation="sdpa")      # asked for SDPA: the switch for attention fails
     with pytest.raises(LeafError, match="cannot switch its attention to eager at run time"):
         run(sdpa, [enc.input_ids], HookPlan(attention_probs=True))
+
+
+def test_bad_rows_are_skipped_and_counted_unless_strict(pair, tmp_path):
+    from typer.testing import CliRunner
+
+    from leaf.cli import app
+
+    teacher, student, analyze = pair
+    rows = [json.loads(line) for line in (analyze.parent / "data.jsonl").read_text().splitlines()][:4]
+    bad = [{**rows[0], "solution": ""}, {**rows[1], "solution": None}, {**rows[2], "solution": "   "},
+           {k: v for k, v in rows[3].items() if k != "question"}]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [rows[0], bad[0], rows[1], bad[1], bad[2], bad[3]]))
+    args = ["analyze", "--teacher", teacher, "--student", student, "--data", str(data), "--threshold", "quantile"]
+    result = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert "unreadable rows skipped: 4" in result.output
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["counts"]["skipped_bad_row"] == 4 and summary["counts"]["analysed"] == 2
+    assert [b["row"] for b in summary["bad_rows"]] == [1, 3, 4, 5]
+    assert "empty or non-text response: ''" in summary["bad_rows"][0]["reason"]
+    assert "empty or non-text response: None" in summary["bad_rows"][1]["reason"]
+    assert "empty or non-text prompt: None" in summary["bad_rows"][3]["reason"]   # datasets fills a missing key
+    ids = [json.loads(line)["id"] for line in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
+    assert ids == ["0", "2"]                      # the good rows keep their row numbers as ids
+    strict = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "b"), "--strict"])
+    assert strict.exit_code == 1 and "Sample 1 has an empty or non-text response" in strict.output
+    assert not (tmp_path / "b").exists()

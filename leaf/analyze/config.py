@@ -81,6 +81,9 @@ class AnalyzeConfig(SandboxOptions):
         "Response field (default: output, solution, response)."))
     id_field: str = field(default="id", metadata=doc("Sample id field (default: the row number)."))
     limit: int | None = field(default=None, metadata=doc("Analyse only the first N samples."))
+    strict: bool = field(default=False, metadata=doc(
+        "Stop at the first row that cannot be a sample (a missing field, an empty, blank or null prompt or "
+        "response) instead of skipping it (skipped rows are counted and listed in summary.json's bad_rows)."))
     batch_size: int = field(default=8, metadata=doc("Samples per forward/backward pass."))
     window: int = field(default=64, metadata=doc("Samples per part file: the unit of --resume, sorted by length."))
     seed: int = field(default=0, metadata=doc("Seed of the random baseline."))

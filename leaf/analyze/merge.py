@@ -106,6 +106,12 @@ def _merge_analysis(output: Path, config: dict, run_info: dict, parts: list, tim
         notes.append(f"{counts['counterfactuals_unparsable']} code counterfactual(s) no longer parsed after pruning "
                      + ("and were kept (--unparsable keep; marked parses: false)" if kept else
                         "and were dropped (--unparsable keep keeps them, marked parses: false)"))
+    bad_rows = run_info.get("bad_rows") or []
+    counts["skipped_bad_row"] = len(bad_rows)
+    if bad_rows:
+        notes.append(f"{len(bad_rows)} row(s) of the data could not be samples and were skipped (bad_rows lists each "
+                     f"with its reason; --strict stops at the first): first, row {bad_rows[0]['row']}: "
+                     f"{bad_rows[0]['reason']}")
     if counts["analysed"] == 0:
         notes.append("no sample was analysed: see the counts above")
     if counts["skipped_too_long"]:
@@ -123,7 +129,7 @@ def _merge_analysis(output: Path, config: dict, run_info: dict, parts: list, tim
                       "mean_applied": sum(thresholds) / len(thresholds) if thresholds else None},
         "detection": {mode: c.metrics() for mode, c in tables["detection"].items()} or None,
         "detection_exact": {mode: c.metrics() for mode, c in tables["detection_exact"].items()} or None,
-        "models": run_info["models"], "notes": notes, "config": run_info["config"],
+        "models": run_info["models"], "notes": notes, "config": run_info["config"], "bad_rows": bad_rows,
         "versions": run_info["versions"], "command": run_info["command"], "timing": timing,
     }
     write_json_atomic(output / "summary.json", summary)
@@ -135,7 +141,8 @@ def format_summary(summary: dict) -> str:
     """The table printed at the end of `leaf analyze`."""
     c = summary["counts"]
     lines = [f"analysed {c['analysed']} of {c['samples']} samples "
-             f"(skipped too long: {c['skipped_too_long']}, filtered by selection: {c['filtered_selection']})",
+             f"(skipped too long: {c['skipped_too_long']}, filtered by selection: {c['filtered_selection']}"
+             + (f"; unreadable rows skipped: {c['skipped_bad_row']}" if c.get("skipped_bad_row") else "") + ")",
              f"units {c['units']}, flagged tokens {c['flagged_tokens']} of {c['candidate_tokens']} candidates, "
              f"spans {c['spans']}, counterfactuals {c['counterfactuals']} (dropped by verification: "
              f"{c['counterfactuals_dropped']}" + (f"; code that no longer parses: {c['counterfactuals_unparsable']}, "

@@ -82,6 +82,7 @@ class Analyzer:
             # what the merge needs besides the parts, so that `leaf analyze --merge DIR` runs without the models
             write_json_atomic(self.parts / "run.json", {
                 "samples": n_samples, "windows": n_windows, "started": time.time(), "processes": ranks.num_processes,
+                "bad_rows": self.bad_rows,
                 "notes": self.notes, "models": self.describe_models(), "config": config.as_json(),
                 "versions": versions(), "command": shlex.join(self.command),
                 "teacher_max_length": self.teacher.max_length})
@@ -133,8 +134,13 @@ class Analyzer:
         config = self.config
         ranks = processes(config.device)
         self.take_lock(ranks)
+        self.bad_rows: list[dict] = []  # rows that cannot be samples: skipped and listed (--strict: an error)
         samples = to_samples(load_records(config.data), prompt_field=config.prompt_field,
-                             response_field=config.response_field, id_field=config.id_field)
+                             response_field=config.response_field, id_field=config.id_field,
+                             skipped=None if config.strict else self.bad_rows)
+        if self.bad_rows:
+            self.say(f"skipping {len(self.bad_rows)} unreadable row(s) (listed in summary.json's bad_rows; --strict "
+                     f"stops at the first): {self.bad_rows[0]['reason']}")
         if config.limit:
             samples = samples[: config.limit]
         config.settle(samples)  # --domain auto decided by the rows; the domain's --quantile and answer prefix
