@@ -505,6 +505,11 @@ class SandboxOptions:
                             f"{self.sandbox_isolation!r}.")
         if self.sandbox_workers is not None and self.sandbox_workers < 1:
             raise LeafError(f"--sandbox-workers must be at least 1, got {self.sandbox_workers}.")
+        if not self.sandbox_timeout > 0:
+            raise LeafError(f"--sandbox-timeout must be positive (seconds), got {self.sandbox_timeout}.")
+        if self.sandbox_memory_mb < 64:
+            raise LeafError(f"--sandbox-memory-mb must be at least 64 (an interpreter needs it), got "
+                            f"{self.sandbox_memory_mb}.")
         return SandboxConfig(allow=self.allow_code_execution, isolation=self.sandbox_isolation,
                              limits=Limits(timeout_s=self.sandbox_timeout, memory_mb=self.sandbox_memory_mb),
                              workers=self.sandbox_workers)

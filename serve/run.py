@@ -87,6 +87,7 @@ class ServeConfig(SandboxOptions):
         for ok, message in checks:
             if not ok:
                 raise LeafError(message)
+        self.sandbox()  # its options' checks
 
     def fingerprint(self) -> dict:
         """What makes two serve runs the same measurement: every setting but where it goes and how many sandbox

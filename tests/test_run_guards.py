@@ -280,3 +280,44 @@ def test_bad_rows_are_skipped_and_counted_unless_strict(pair, tmp_path):
     strict = CliRunner().invoke(app, [*args, "--output", str(tmp_path / "b"), "--strict"])
     assert strict.exit_code == 1 and "Sample 1 has an empty or non-text response" in strict.output
     assert not (tmp_path / "b").exists()
+
+
+def _minimal(section, tmp_path):
+    """The fewest valid settings of each command's config (no model or data is read by the checks)."""
+    from leaf.analyze import AnalyzeConfig
+    from leaf.eval import EvalConfig
+    from leaf.serve.run import ServeConfig
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q", "solution": "s"}\n')
+    return {"analyze": (AnalyzeConfig, dict(teacher="t", student="s", data=data, output=tmp_path / "o")),
+            "distill": (DistillConfig, dict(teacher="t", student="s", data=data, output=tmp_path / "o")),
+            "serve": (ServeConfig, dict(models=["m"], data=data, output=tmp_path / "o")),
+            "eval": (EvalConfig, dict(models=["m"], tasks=["gsm8k_cot"], output=tmp_path / "o"))}[section]
+
+
+ANY_VALUE = {"seed"}   # numeric settings every value of which is meaningful
+
+
+@pytest.mark.parametrize("section", ["analyze", "distill", "serve", "eval"])
+def test_every_numeric_option_refuses_a_negative_value_before_any_folder(section, tmp_path):
+    """Walk each config's numeric fields: -1 is refused with a message naming the flag, and no folder is made."""
+    import dataclasses
+    import typing
+
+    from leaf.recipes import _without_none
+
+    config_class, base = _minimal(section, tmp_path)
+    config_class(**base)                                  # the minimal settings are valid
+    hints = typing.get_type_hints(config_class)
+    checked = []
+    for f in dataclasses.fields(config_class):
+        kind = _without_none(hints[f.name])
+        if kind not in (int, float) or f.name in ANY_VALUE:
+            continue
+        flag = "--max-tokens" if f.name == "max_new_tokens" else f"--{f.name.replace('_', '-')}"   # its flag's name
+        with pytest.raises(LeafError, match=re.escape(flag)):
+            config_class(**{**base, f.name: -1})
+        checked.append(f.name)
+        assert not (tmp_path / "o").exists()
+    assert checked

@@ -153,6 +153,7 @@ class AnalyzeConfig(SandboxOptions):
             (self.max_new_tokens >= 1, f"--max-tokens must be at least 1, got {self.max_new_tokens}."),
             (self.report_samples >= 0, f"--report-samples must be 0 or more, got {self.report_samples}."),
         ]
+        self.sandbox()  # its options' checks
         if self.domain != "auto":
             self.settle_domain(self.domain)
         if self.select or self.verify:

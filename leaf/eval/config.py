@@ -84,6 +84,9 @@ class EvalConfig(SandboxOptions):
              f"--samples {self.samples} (pass@k) is for code tasks; "
              f"{', '.join(t for t in self.tasks if not get_task(t).code)} are scored greedily: run them apart."),
             (self.samples == 1 or self.temperature > 0, "--samples N > 1 needs --temperature above 0."),
+            (self.temperature >= 0, f"--temperature must be 0 or more, got {self.temperature}."),
+            (self.max_model_len is None or self.max_model_len >= 1,
+             f"--max-model-len must be at least 1, got {self.max_model_len}."),
         ]
         for ok, message in checks:
             if not ok:
