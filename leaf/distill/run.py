@@ -61,8 +61,9 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
 def _run(config: DistillConfig, ranks, say, lock: FolderLock, progress: bool) -> dict:
     from leaf.distill.log import trim_log
 
-    if ranks.is_main_process and (config.output / "leaf_distill.json").exists():  # a distill run's folder: no
-        lock.acquire()                                                                # second run on it, from the start
+    out = config.output
+    if ranks.is_main_process and (not out.exists() or (out / "leaf_distill.json").exists() or not any(out.iterdir())):
+        lock.acquire()  # before any model loads: no second run on this folder (a folder of other files is refused next)
     last = check_output(config, main=ranks.is_main_process)
     records, identical = load_records_for(config)
     held_out = load_records_for(config, held_out=True)[0] if config.eval_data is not None else None
