@@ -6,6 +6,7 @@ import torch
 from leaf.errors import LeafError
 from leaf.hooks import capture, load_model
 from tests.hooks import reference
+from tests.tolerances import MODEL_ATOL, MODEL_RTOL
 
 
 def test_capture_any_module_output_and_gradient(model_dirs, family, encoded):
@@ -18,8 +19,8 @@ def test_capture_any_module_output_and_gradient(model_dirs, family, encoded):
         for name in names:
             want_out, want_grad = reference.module_output_and_grad(ref_model, sample.input_ids,
                                                                    sample.response_mask, name)
-            torch.testing.assert_close(result.outputs[name], want_out, atol=1e-5, rtol=1e-4)
-            torch.testing.assert_close(result.grads[name], want_grad, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(result.outputs[name], want_out, atol=MODEL_ATOL, rtol=MODEL_RTOL)
+            torch.testing.assert_close(result.grads[name], want_grad, atol=MODEL_ATOL, rtol=MODEL_RTOL)
 
 
 def test_capture_reads_modules_in_execution_order_not_the_order_asked(model_dirs, samples):

@@ -5,8 +5,9 @@ import torch
 
 from leaf.hooks import load_model, mean_nll, run, HookPlan, token_saliency
 from tests.hooks import reference
+from tests.tolerances import MODEL_ATOL, MODEL_RTOL
 
-ATOL = 1e-5
+ATOL, RTOL = MODEL_ATOL, MODEL_RTOL   # tests/tolerances.py: a tiny model's float32 passes
 
 
 @pytest.mark.parametrize("norm,p", [("l2", 2), ("l1", 1)])
@@ -21,7 +22,7 @@ def test_token_saliency_matches_autograd_with_padding(model_dirs, family, encode
         want, _ = reference.saliency(ref_model, sample.input_ids, sample.response_mask, p=p,
                                      x_input=method == "grad_x_input")
         assert got.dtype == torch.float32 and got.shape == (len(sample.input_ids),)
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=RTOL)
         assert got[sample.prompt_mask].abs().sum() > 0
 
 
@@ -46,7 +47,7 @@ def test_custom_loss_function_is_differentiated(model_dirs, samples):
     mean_scores = token_saliency(model, ids, target)
     sum_scores = token_saliency(model, ids, target, loss_fn=summed_nll)
     for sample, a, b in zip(samples, mean_scores, sum_scores):
-        torch.testing.assert_close(b, a * int(sample.response_mask.sum()), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(b, a * int(sample.response_mask.sum()), rtol=RTOL, atol=1e-6)
 
 
 def test_results_keep_input_order_whatever_the_batch_size(model_dirs, samples):
@@ -56,7 +57,7 @@ def test_results_keep_input_order_whatever_the_batch_size(model_dirs, samples):
     two = token_saliency(model, ids, target, batch_size=2)
     for a, b, sample in zip(one, two, samples):
         assert a.shape == (len(sample.input_ids),)
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL)
 
 
 def test_run_reports_each_batch(model_dirs, samples):
@@ -99,7 +100,7 @@ def test_token_nll_matches_cross_entropy_of_each_token(model_dirs, samples):
             logits = ref_model(ids[None]).logits[0]
         want = torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="none")
         assert result.token_nll[0] == 0
-        torch.testing.assert_close(result.token_nll[1:], want, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(result.token_nll[1:], want, atol=ATOL, rtol=RTOL)
 
 
 def test_token_nll_chunks_agree():
