@@ -162,16 +162,18 @@ def test_prepare_data_maps_the_code_sources_to_rows_whose_tests_grade():
     spec.loader.exec_module(prep)
     ace = {"id": "oss_1", "source": "oss", "question": "Write `double(x)` returning 2x.",
            "test_cases": ["assert double(2) == 4", "assert double(-1) == -2"],
-           "inferences": [{"completion": "Sure:\n```python\ndef double(x):\n    return x * 2\n```\nDone.", "pass_rate": 1.0},
+           "inferences": [{"completion": "Sure:\n```python\ndef double(x):\n    return x * 2\n```\nDone.",
+                           "pass_rate": 1.0},
                           {"completion": "```python\ndef double(x):\n    return x + x\n```", "pass_rate": 1.0},
                           {"completion": "def double(x): return x", "pass_rate": 0.0}]}
     row = prep.convert_code("acecode", ace, 0)
     assert row["output"] == "```python\ndef double(x):\n    return x + x\n```"   # the shortest passing, fenced
     assert "Write `double(x)`" in row["instruction"] and row["tests"] == ace["test_cases"]
     assert prep.convert_code("acecode", {**ace, "inferences": ace["inferences"][2:]}, 1) is None   # none passes
-    mbpp = prep.convert_code("mbpp", {"task_id": 7, "text": "Add two numbers.", "code": "def add(a, b):\n    return a + b",
+    add = "def add(a, b):\n    return a + b"
+    mbpp = prep.convert_code("mbpp", {"task_id": 7, "text": "Add two numbers.", "code": add,
                                       "test_list": ["assert add(1, 2) == 3"], "test_setup_code": ""}, 0)
-    plus = prep.convert_code("mbpp_plus", {"task_id": 7, "prompt": "Add two numbers.", "code": "def add(a, b):\n    return a + b",
+    plus = prep.convert_code("mbpp_plus", {"task_id": 7, "prompt": "Add two numbers.", "code": add,
                                            "test_list": ["assert add(1, 2) == 3"], "test_imports": ["import math"],
                                            "test": "assert add(2, 2) == 4\nassert math.isclose(add(0.1, 0.2), 0.3)"}, 0)
     private = base64.b64encode(zlib.compress(pickle.dumps(json.dumps(
@@ -189,7 +191,8 @@ def test_prepare_data_maps_the_code_sources_to_rows_whose_tests_grade():
     rows = [row, mbpp, plus, stdin, leetcode]
     right = [row["output"], mbpp["output"], plus["output"], "print(2 * int(input()))",
              "class Solution:\n    def add(self, a, b):\n        return a + b"]
-    wrong = ["def double(x):\n    return x", "def add(a, b):\n    return a - b", "def add(a, b):\n    return int(a + b)",
+    wrong = ["def double(x):\n    return x", "def add(a, b):\n    return a - b",
+             "def add(a, b):\n    return int(a + b)",
              "print(int(input()))", "class Solution:\n    def add(self, a, b):\n        return a * b"]
     sandbox = SandboxConfig(allow=True)
     tests = [tests_of(r, r["id"]) for r in rows]

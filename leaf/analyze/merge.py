@@ -137,6 +137,14 @@ def _merge_analysis(output: Path, config: dict, run_info: dict, parts: list, tim
     return summary
 
 
+def _unparsable(summary: dict) -> str:
+    count = summary["counts"].get("counterfactuals_unparsable")
+    if not count:
+        return ""
+    kept = summary["config"].get("unparsable") == "keep"
+    return f"; code that no longer parses: {count}, {'kept' if kept else 'dropped'}"
+
+
 def format_summary(summary: dict) -> str:
     """The table printed at the end of `leaf analyze`."""
     c = summary["counts"]
@@ -145,9 +153,7 @@ def format_summary(summary: dict) -> str:
              + (f"; unreadable rows skipped: {c['skipped_bad_row']}" if c.get("skipped_bad_row") else "") + ")",
              f"units {c['units']}, flagged tokens {c['flagged_tokens']} of {c['candidate_tokens']} candidates, "
              f"spans {c['spans']}, counterfactuals {c['counterfactuals']} (dropped by verification: "
-             f"{c['counterfactuals_dropped']}" + (f"; code that no longer parses: {c['counterfactuals_unparsable']}, "
-                                                 f"{'kept' if summary['config'].get('unparsable') == 'keep' else 'dropped'}"
-                                                 if c.get("counterfactuals_unparsable") else "") + ")"]
+             f"{c['counterfactuals_dropped']}" + _unparsable(summary) + ")"]
     if summary["config"].get("domain") == "code":
         lines.append(f"code settings: quantile {summary['config']['quantile']}, answer prefix "
                      f"{summary['config']['answer_prefix']}, statement-end segments, parse check of counterfactuals")

@@ -38,7 +38,8 @@ def test_attention_mass_matches_the_reduction_of_full_maps(model_dirs, family, e
             assert mass[name].shape == (model.arch.num_layers, model.arch.num_heads)
             torch.testing.assert_close(mass[name], want, atol=ATOL, rtol=RTOL)
         if not exclude_sink:  # every row of a softmax sums to one
-            # a float32 sum of <= 128 weights totalling 1 is off by at most 128·eps ≈ 1.5e-5 (Higham), typically far less
+            # a float32 sum of <= 128 weights totalling 1 is off by at most 128·eps ≈ 1.5e-5 (Higham),
+            # typically far less
             torch.testing.assert_close(mass["all"], torch.ones_like(mass["all"]), atol=ATOL, rtol=0)
 
 
