@@ -131,6 +131,10 @@ def check_local_folder(path: Path, allow_pickle: bool) -> None:
                         "written by save_pretrained (config.json, *.safetensors, tokenizer files).")
     files = [p.name for p in path.iterdir() if p.is_file()]
     if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in files):
+        broken = [path / name for name in sorted(files) if name.endswith(".safetensors")
+                  and not safetensors_readable(path / name)]
+        if broken:  # every loader (HF, vLLM, lm-eval) would fail on it, each with its own traceback
+            raise LeafError(corrupt_weights_message(path, "its header does not read or its tensors do not cover it"))
         return
     pickled = sorted(name for name in files if name.endswith(PICKLE_SUFFIXES))
     if pickled and not allow_pickle:

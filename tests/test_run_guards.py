@@ -167,7 +167,7 @@ def test_eval_measures_its_own_run_again_and_never_replaces_another(tmp_path, mo
     assert (out / "results.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("command", ["analyze", "distill", "serve", "inspect", "saliency"])
+@pytest.mark.parametrize("command", ["analyze", "distill", "serve", "inspect", "saliency", "eval"])
 def test_a_truncated_weights_file_is_one_clear_message_in_every_command(pair, tmp_path, command):
     import os
 
@@ -185,7 +185,15 @@ def test_a_truncated_weights_file_is_one_clear_message_in_every_command(pair, tm
             "distill": ["distill", "--teacher", teacher, "--student", str(broken), "--data", str(analyze)],
             "serve": ["serve", "--model", str(broken), "--data", str(data), "--backend", "hf"],
             "inspect": ["inspect", "--analyze", str(analyze), "--model", str(broken), "--count", "1"],
-            "saliency": ["saliency", "--model", str(broken), "--prompt", "2+3?", "--response", "5"]}[command]
+            "saliency": ["saliency", "--model", str(broken), "--prompt", "2+3?", "--response", "5"],
+            "eval": ["eval", "--model", str(broken), "--task", "mbpp", "--data", str(tmp_path / "data"),
+                     "--backend", "hf", "--allow-code-execution"]}[command]
+    if command == "eval":
+        pytest.importorskip("lm_eval")
+        from tests.test_eval_code import MBPP
+
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "mbpp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MBPP))
     result = CliRunner().invoke(app, [*args, "--output", str(out if command != "saliency" else tmp_path / "s.json")])
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())

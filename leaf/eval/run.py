@@ -53,6 +53,11 @@ def run_eval(config: EvalConfig, *, log=print) -> dict:
     try:
         return _run(config, files, backend, paper, fingerprint, code, sandbox, log)
     finally:
+        if lock.created and not (out / "results.json").exists():  # stopped before any result (a model that did not
+            import shutil                                             # load): the folder it made goes with it
+
+            for name in ("tasks", "samples"):
+                shutil.rmtree(out / name, ignore_errors=True)
         lock.release()
 
 
