@@ -37,8 +37,12 @@ def test_distill_step_quick_prints_table_then_json():
                          capture_output=True, text=True, check=True, timeout=300)
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["benchmark"] == "distill_step"
-    for key in ("kd_seconds", "leaf_seconds", "leaf_cache_seconds", "leaf_over_kd", "cache_over_online"):
+    for key in ("leaf_over_kd_per_token", "leaf_over_kd_per_step", "input_tokens_ratio", "cache_over_online"):
         assert math.isfinite(figures[key]) and figures[key] > 0, key
+    for name in ("kd", "leaf", "leaf_cache"):
+        assert figures["figures"][name]["tokens"] > 0 and figures["figures"][name]["seconds"] > 0
+    assert figures["input_tokens_ratio"] > 1          # LeaF's rows carry counterfactuals beside their originals
+    assert "per input token" in out.stdout
 
 
 def test_serve_throughput_quick_prints_table_then_json():
