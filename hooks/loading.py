@@ -98,11 +98,13 @@ def _can_switch_attention(config) -> bool:
         return True
 
 
-def corrupt_weights_message(source: str | Path, exc: Exception) -> str:
-    """What a truncated or corrupt safetensors file says, naming the file(s) and the fix."""
+def corrupt_weights_message(source: str | Path, exc: Exception | str, bad: list[Path] | None = None) -> str:
+    """What a truncated or corrupt safetensors file says, naming the file(s) (`bad`, else those of `source` whose
+    header does not read) and the fix."""
     path = Path(source)
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
-    bad = [f for f in files if not safetensors_readable(f)] or files
+    if bad is None:
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+        bad = [f for f in files if not safetensors_readable(f)] or files
     names = ", ".join(str(f) for f in bad) or str(source)
     return (f"The weights of {str(source)!r} are truncated or corrupt ({names}: {exc}). The file was cut short (an "
             "interrupted copy or download, a full disk) or damaged: copy or download it again, or re-save the model "
@@ -134,7 +136,8 @@ def check_local_folder(path: Path, allow_pickle: bool) -> None:
         broken = [path / name for name in sorted(files) if name.endswith(".safetensors")
                   and not safetensors_readable(path / name)]
         if broken:  # every loader (HF, vLLM, lm-eval) would fail on it, each with its own traceback
-            raise LeafError(corrupt_weights_message(path, "its header does not read or its tensors do not cover it"))
+            raise LeafError(corrupt_weights_message(path, "its header does not read or its tensors do not cover it",
+                                                    broken))
         return
     pickled = sorted(name for name in files if name.endswith(PICKLE_SUFFIXES))
     if pickled and not allow_pickle:

@@ -13,13 +13,13 @@ expected cost, the paper's numbers: `paper_numbers`, which `leaf eval` puts besi
 from __future__ import annotations
 
 import json
-import types
 import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from leaf.errors import LeafError
+from leaf.options import _without_none
 
 
 
@@ -80,11 +80,6 @@ def recipe_keys(config_class) -> dict[str, str]:
                 f"--{f.name.removesuffix('s')}" if many else f"--{f.name}")
         keys[name.removeprefix("--").replace("-", "_")] = f.name
     return keys
-
-
-def _without_none(hint):
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
 
 
 def check_type(where: str, key: str, value, hint) -> None:

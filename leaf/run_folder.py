@@ -32,9 +32,14 @@ def check_run_folder(folder: Path, manifest: Path, fingerprint: dict | None, *, 
         if fingerprint is not None:
             check_same_settings(folder, manifest, fingerprint, resume=resume, what=what)
         return True
+    refuse_other_files(folder, ignore)
+    return False
+
+
+def refuse_other_files(folder: Path, ignore: tuple[Path, ...] = ()) -> None:
+    """A folder a run may claim holds nothing but `ignore`."""
     if folder.exists() and any(p for p in folder.iterdir() if p not in ignore):
         raise LeafError(f"{folder} exists and is not empty. Choose a new --output (nothing was overwritten).")
-    return False
 
 
 def _shown(value) -> str:
@@ -81,8 +86,7 @@ def check_rerun_folder(folder: Path, results: Path, fingerprint: dict, *, what: 
                             "Choose another --output, or give the same settings to measure that run again (nothing "
                             "was overwritten).")
         return True
-    if folder.exists() and any(p for p in folder.iterdir() if p not in ignore):
-        raise LeafError(f"{folder} exists and is not empty. Choose a new --output (nothing was overwritten).")
+    refuse_other_files(folder, ignore)
     return False
 
 
@@ -104,6 +108,7 @@ class FolderLock:
 
     def __init__(self, folder: str | Path, what: str) -> None:
         self.path, self.what, self.fd = Path(folder) / ".lock", what, None
+        self.created = False  # whether acquire() made the folder (release() then removes it if nothing else is there)
 
     def acquire(self) -> FolderLock:
         import fcntl
@@ -131,7 +136,7 @@ class FolderLock:
         """Drop the lock. A folder the lock itself created and that holds nothing else (the run stopped before it
         wrote anything: a model that did not load) goes with it."""
         if self.fd is not None:
-            if getattr(self, "created", False) and [p.name for p in self.path.parent.iterdir()] == [self.path.name]:
+            if self.created and [p.name for p in self.path.parent.iterdir()] == [self.path.name]:
                 self.path.unlink(missing_ok=True)
                 try:
                     self.path.parent.rmdir()

@@ -313,7 +313,7 @@ def test_every_numeric_option_refuses_a_negative_value_before_any_folder(section
     import dataclasses
     import typing
 
-    from leaf.recipes import _without_none
+    from leaf.options import _without_none
 
     config_class, base = _minimal(section, tmp_path)
     config_class(**base)                                  # the minimal settings are valid

@@ -146,12 +146,14 @@ class Analyzer:
         config.settle(samples)  # --domain auto decided by the rows; the domain's --quantile and answer prefix
         for sample in samples:  # gold fields checked up front, before any model loads
             gold_spans(config, sample)
+        self.code_tests: dict = {}  # row -> its parsed tests, for --select/--verify's grader
         if config.select or config.verify:  # code rows' tests: valid, and permission to run answers, up front
             from leaf.programs import has_tests, tests_of
 
-            code = [tests_of(s.record, f"{config.data}: sample {s.id}") for s in samples if has_tests(s.record)]
-            if code:
-                config.sandbox().require(f"leaf analyze --select/--verify on {len(code)} code rows", 2 * len(code))
+            self.code_tests = {k: tests_of(s.record, f"{config.data}: sample {s.id}") for k, s in enumerate(samples)
+                               if has_tests(s.record)}
+            if code := len(self.code_tests):
+                config.sandbox().require(f"leaf analyze --select/--verify on {code} code rows", 2 * code)
         self.check_output(config.fingerprint())  # an existing folder or other settings: said before loading
         share = gpu_share(ranks) if config.device_map == "auto" and ranks.num_processes > 1 else None
         say = self.say if ranks.is_main_process else (lambda message: None)
@@ -212,4 +214,5 @@ class Analyzer:
         if samples:
             self.notes += self.renderer.notes(samples[0].prompt, samples[0].response)
         self.samples = samples
-        self.checks = AnswerChecks(self.config, samples, self.renderer, self.generating_teacher, self.student)
+        self.checks = AnswerChecks(self.config, samples, self.renderer, self.generating_teacher, self.student,
+                                   self.code_tests)

@@ -13,11 +13,11 @@ from leaf.records import AnalysedSample
 class AnswerChecks:
     """Greedy answers of both models on prompts rendered each with its own template (`renderer.head`)."""
 
-    def __init__(self, config, samples, renderer, teacher, student) -> None:
+    def __init__(self, config, samples, renderer, teacher, student, code_tests: dict | None = None) -> None:
         self.config, self.samples, self.renderer = config, samples, renderer
         self.teacher, self.student = teacher, student
         self.engines: list = []  # (teacher, student), started on first use
-        self.code_tests: dict = {}  # row -> its CodeTests or None, read (and parsed) once
+        self.code_tests = code_tests or {}  # row -> its CodeTests (code rows only), parsed once by the run
 
     def reference_answer(self, row: int) -> str | None:
         """--answer-field's value, else the final answer extracted from the reference response."""
@@ -44,12 +44,7 @@ class AnswerChecks:
 
     def tests(self, row: int):
         """A code row's tests (they grade it, in the sandbox), else None."""
-        from leaf.programs import has_tests, tests_of
-
-        if row not in self.code_tests:
-            record = self.samples[row].record
-            self.code_tests[row] = tests_of(record, f"row {row}") if has_tests(record) else None
-        return self.code_tests[row]
+        return self.code_tests.get(row)
 
     def grade(self, rows: list[int], generations: list[str]) -> list[bool]:
         """Each generation against its row: tests in the sandbox for code rows, the reference answer otherwise. A

@@ -48,7 +48,8 @@ def run_distill(config: DistillConfig, *, progress: bool = True) -> dict:
     # under `accelerate launch` every process runs this function: all check, only the main process writes
     ranks = PartialState(cpu=config.device == "cpu")
     say = partial(_say, progress and ranks.is_main_process)
-    for flag, path in (("--data", config.data), ("--counterfactuals", config.counterfactuals)):
+    for flag, path in (("--data", config.data), ("--counterfactuals", config.counterfactuals),
+                       ("--eval-data", config.eval_data)):
         if path is not None and not path.exists():  # before the settings' fingerprint reads the data's digest
             raise LeafError(f"{flag} {str(path)!r} does not exist.")
     lock = FolderLock(config.output, "distill")
@@ -141,10 +142,8 @@ def load_records_for(config: DistillConfig, *, held_out: bool = False) -> tuple[
     """Originals with counterfactuals, from an analyze output or a dataset + counterfactual file; and the number of
     counterfactual rows dropped as identical to their original. held_out: --eval-data instead of --data, read the
     same way but without --counterfactuals (a plain dataset there is scored on its originals only)."""
-    data, flag = (config.eval_data, "--eval-data") if held_out else (config.data, "--data")
+    data = config.eval_data if held_out else config.data
     counterfactuals = None if held_out else config.counterfactuals
-    if not data.exists():
-        raise LeafError(f"{flag} {str(data)!r} does not exist.")
     if counterfactuals is None and is_samples_file(data):
         return read_analyze_output(data), 0
     if counterfactuals is not None and is_samples_file(data):
