@@ -5,10 +5,13 @@ the regex checker (`#### 42`, `\\boxed{42}`, or the last number, with numeric no
     answers_match("$1,200.00", "1200")               -> True  (regex normalisation)
     is_correct("so $x \\in (0, 1]$", "(0, 1]")        -> True  (math-verify; the regex checker says False)
 
-is_correct(generation, reference, checker=...) is what analyze --select/--verify, serve's accuracy and the demo call.
+is_correct(generation, reference, checker=...) is what the demo calls; check_answer gives the same verdict with the
+answer the deciding checker read, which checker decided, and why the regex checker did when math-verify was asked
+(`fallback`): what analyze --select/--verify record and serve counts (leaf.grading).
 Checkers: "math-verify" (the default when the package is importable) and "regex". math-verify decides unless it
-cannot parse one side (no math in it), raises or times out, or the generation is GSM8K-style (`####`): then the
-regex checker does. tests/test_answers_math_verify.py tables where the two differ.
+cannot parse one side (no math in it), raises or times out (fallback "undecided"), or the generation is GSM8K-style
+(`####`, fallback "gsm8k-style"): then the regex checker does. tests/test_answers_math_verify.py tables where the two
+differ.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import threading
+from dataclasses import dataclass
 from fractions import Fraction
 
 from leaf.errors import LeafError
@@ -105,7 +109,13 @@ def _gold_text(reference: str) -> str:
 
 def math_verify_match(generation: str, reference_answer: str) -> bool | None:
     """math-verify's verdict on a generation against the reference (gold first, as verify() expects), or None when
-    it cannot decide: math-verify missing, no parsable math on one side, an error or a timeout.
+    it cannot decide: math-verify missing, no parsable math on one side, an error or a timeout."""
+    decided = _math_verify(generation, reference_answer)
+    return None if decided is None else decided[0]
+
+
+def _math_verify(generation: str, reference_answer: str) -> tuple[bool, str | None] | None:
+    """math-verify's verdict and the answer it extracted from the generation, or None when it cannot decide.
 
     math-verify times out with signal.alarm, which works in the main thread only: in other threads (a server's
     worker, a thread pool) it runs without a timeout rather than raise."""
@@ -121,13 +131,26 @@ def math_verify_match(generation: str, reference_answer: str) -> bool | None:
         # each is [sympy object, extracted text], [text] when only the extraction worked, or []
         if all(isinstance(x, str) for x in gold) or all(isinstance(x, str) for x in predicted):
             return None
-        return verify(gold, predicted, timeout_seconds=seconds, raise_on_error=True)
+        answer = next((x for x in predicted if isinstance(x, str)), None)
+        return bool(verify(gold, predicted, timeout_seconds=seconds, raise_on_error=True)), answer
     except (Exception, TimeoutException):
         return None
 
 
-def is_correct(generation: str, reference_answer: str, checker: str | None = None) -> bool:
-    """Whether a generated solution's final answer equals the reference answer.
+@dataclass(frozen=True)
+class Check:
+    """One answer check: the verdict, the answer the deciding checker read from the generation, the checker that
+    decided, and why the regex checker decided when math-verify was asked ("gsm8k-style": a `####` answer line;
+    "undecided": math-verify could not parse one side, raised or timed out), else None."""
+
+    correct: bool
+    answer: str | None
+    checker: str
+    fallback: str | None = None
+
+
+def check_answer(generation: str, reference_answer: str, checker: str | None = None) -> Check:
+    """Whether a generated solution's final answer equals the reference answer, and how that was decided.
 
     checker: "math-verify" (default when importable) or "regex"; math-verify falls back to the regex checker when it
     cannot decide (see math_verify_match) and for GSM8K-style generations (`####`), whose line after `####` the
@@ -135,8 +158,29 @@ def is_correct(generation: str, reference_answer: str, checker: str | None = Non
     checker = checker or default_checker()
     if checker not in CHECKERS:
         raise LeafError(f"Unknown answer checker {checker!r}. Available: {', '.join(CHECKERS)}.")
-    if checker == "math-verify" and generation and "####" not in generation:
-        verdict = math_verify_match(generation, reference_answer)
-        if verdict is not None:
-            return verdict
-    return answers_match(extract_answer(generation), reference_answer)
+    fallback = None
+    if checker == "math-verify":
+        if generation and "####" not in generation:
+            decided = _math_verify(generation, reference_answer)
+            if decided is not None:
+                return Check(decided[0], decided[1], "math-verify")
+            fallback = "undecided"
+        else:
+            fallback = "gsm8k-style"
+    answer = extract_answer(generation)
+    return Check(answers_match(answer, reference_answer), answer, "regex", fallback)
+
+
+def is_correct(generation: str, reference_answer: str, checker: str | None = None) -> bool:
+    """Whether a generated solution's final answer equals the reference answer (check_answer's verdict)."""
+    return check_answer(generation, reference_answer, checker).correct
+
+
+def checker_counts(checks: list[Check | None]) -> dict[str, int]:
+    """How the math answers were decided: by math-verify, by the regex checker as asked, and by the regex checker in
+    math-verify's place (per reason): serve's summary reports it, so that a run graded mostly by the fallback shows."""
+    counts = {"math-verify": 0, "regex": 0, "fallback gsm8k-style": 0, "fallback undecided": 0}
+    for check in checks:
+        if check is not None:
+            counts[f"fallback {check.fallback}" if check.fallback else check.checker] += 1
+    return counts

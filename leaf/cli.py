@@ -273,7 +273,7 @@ def evaluate(*, config_file: Annotated[Path | None, ConfigOption("eval")] = None
 @config_options(DemoConfig, FLAGS)
 def demo(*, fields: ConfigFields) -> None:
     """The whole method end to end on an embedded task (no downloads), as a controlled experiment: KD, LeaF, and
-    the controls (compute-matched KD, random and perplexity masks, collective pruning, the oracle) with intervals."""
+    the controls (KD with twice the batch, random and perplexity masks, collective pruning, the oracle) with intervals."""
     from leaf.demo.report import closing_text
     from leaf.demo.run import run_demo
 

@@ -3,6 +3,7 @@ with tests passes when its program passes them in leaf's sandbox (pass@1 of a gr
 its final answer matches the reference (leaf.answers: math-verify, regex fallback).
 
     verdicts = grade([Item(text, answer=None, tests=tests), Item(text2, answer="42")], sandbox)
+    graded = grade_detailed(items, sandbox)   # the same verdicts, each math one with its leaf.answers.Check
 """
 
 from __future__ import annotations
@@ -20,14 +21,26 @@ class Item:
     tests: CodeTests | None = None   # code: the tests (they decide; the answer is not read)
 
 
+@dataclass
+class Graded:
+    correct: bool | None               # None: nothing to grade against
+    check: object | None = None        # math: the leaf.answers.Check that decided (answer read, checker, fallback)
+
+
 def grade(items: Sequence[Item], sandbox=None, *, description: str = "grading code answers",
           progress: bool = False) -> list[bool | None]:
     """Per item: True / False, or None when there is nothing to grade against (no answer, no tests). Code items
     need `sandbox` (leaf.sandbox.SandboxConfig) with permission to run; math items never run anything."""
-    from leaf.answers import is_correct
+    return [g.correct for g in grade_detailed(items, sandbox, description=description, progress=progress)]
+
+
+def grade_detailed(items: Sequence[Item], sandbox=None, *, description: str = "grading code answers",
+                   progress: bool = False) -> list[Graded]:
+    """`grade`'s verdicts, each math one with the Check that decided it."""
+    from leaf.answers import check_answer
     from leaf.programs import grade_code, solution_code
 
-    verdicts: list[bool | None] = [None] * len(items)
+    verdicts: list[Graded] = [Graded(None) for _ in items]
     code = [k for k, item in enumerate(items) if item.tests is not None]
     if code:
         if sandbox is None:
@@ -38,8 +51,9 @@ def grade(items: Sequence[Item], sandbox=None, *, description: str = "grading co
         results = grade_code([solution_code(items[k].generation, t) for k, t in zip(code, tests)], tests, sandbox,
                              progress=progress, description=description)
         for k, result in zip(code, results):
-            verdicts[k] = result.passed
+            verdicts[k] = Graded(result.passed)
     for k, item in enumerate(items):
         if item.tests is None and item.answer:
-            verdicts[k] = is_correct(item.generation, item.answer)
+            check = check_answer(item.generation, item.answer)
+            verdicts[k] = Graded(check.correct, check)
     return verdicts

@@ -3,13 +3,15 @@
 - `check_run_folder` never overwrites another run and lets `--resume` continue only a run of the same settings
   (the manifest holds the settings' fingerprint; `check_same_settings` names the keys that differ);
 - `FolderLock` refuses a second live run on the same folder;
-- `file_digest`, `versions`, `describe_model`: what a manifest or summary records;
+- `file_digest`, `code_version`, `versions`, `describe_model`: what a manifest or summary records (every
+  fingerprint holds `code_version`: a run of other code is another run);
 - `processes`, `process_device`, `gpu_share`: one process per GPU under `accelerate launch`, and each process's share
   of the GPUs for a teacher spread with `--device-map auto`; `launch_processes` starts such a run (--num-processes).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -164,6 +166,26 @@ def describe_model(model) -> dict:
     return model_summary(model)
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The code a run ran: leaf's version and a digest of its installed source ("0.1.0+3f9a1c2b7d0e"), every .py file
+    and prompt template of leaf, leaf.hooks and leaf.serve (not the demo's weights). Every stage's fingerprint holds
+    it, so a resumed or repeated run never mixes results of two versions of the code."""
+    import importlib.util
+
+    from leaf import __version__
+
+    digest = hashlib.sha256()
+    for package in ("leaf", "leaf.hooks", "leaf.serve"):
+        root = Path(next(iter(importlib.util.find_spec(package).submodule_search_locations)))
+        files = [f for f in root.rglob("*") if f.suffix in (".py", ".txt", ".jinja") and "__pycache__" not in f.parts
+                 and not (package == "leaf" and f.relative_to(root).parts[0] in ("hooks", "serve"))]
+        for file in sorted(files):
+            digest.update(f"{package}/{file.relative_to(root).as_posix()}\0".encode())
+            digest.update(file.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
 def versions() -> dict:
     import importlib.metadata as md
 
@@ -173,6 +195,7 @@ def versions() -> dict:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             out[name] = None
+    out["leaf-code"] = code_version()
     return out
 
 

@@ -191,8 +191,12 @@ def project(scores: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, tar
     """Scores over one tokenization -> scores over another, through characters (max over covered characters).
 
     Used when teacher and student tokenize differently: the teacher's per-token scores become scores over the
-    student's tokens. With identical tokenizations it is the identity on the masked tokens.
+    student's tokens. Identical tokenizations (the same offsets: one tokenizer, one rendering) map by identity on the
+    tokens both masks hold (0 elsewhere), so that tokens sharing a character (the bytes of "é") keep their own
+    scores; through characters both would take the larger.
     """
+    if offsets.shape == target_offsets.shape and torch.equal(offsets, target_offsets):
+        return torch.where(mask.bool() & target_mask.bool(), scores.float(), torch.zeros(()))
     chars = char_scores(scores, offsets, length, mask)
     out = torch.zeros(len(target_offsets))
     for i in target_mask.nonzero().flatten().tolist():

@@ -37,6 +37,17 @@ def markdown(results: dict) -> str:
                          f"{_pm(m, 'requests_per_second')} | {_pm(m, 'output_throughput')} | "
                          f"{m['total_output_tokens'] // runs} | {_pm(m, 'mean_ttft_ms', 'std_ttft_ms')} |"
                          f" {_f(m.get('p99_tpot_ms'))} | {_pm(m, 'mean_e2el_ms', 'std_e2el_ms')} | {acc} |")
+    checking = {}
+    for entry in models.values():
+        for m in entry["sets"].values():
+            for key, n in (m.get("answer_checking") or {}).items():
+                checking[key] = checking.get(key, 0) + n
+    if checking:
+        fallback = checking["fallback gsm8k-style"] + checking["fallback undecided"]
+        lines += ["", f"Answers checked (every model and prompt set): {checking['math-verify']} by math-verify, "
+                  f"{fallback} by the regex checker in its place ({checking['fallback gsm8k-style']} `####` answer "
+                  f"lines, {checking['fallback undecided']} math-verify could not decide), {checking['regex']} by the "
+                  "regex checker as asked."]
     focus = {n: e["attention_focus"] for n, e in models.items() if e.get("attention_focus")}
     if focus:
         lines += ["", "Attention focus: share of the response's attention to the instruction that lands off the "
@@ -76,7 +87,9 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    """Two panels: output tokens/s per model and prompt set; attention focus per model (when measured)."""
+    """Two panels, one row per model (horizontal bars, so that any number of names stays legible): output tokens/s
+    per prompt set with the run-to-run spread (± one standard deviation over --iterations; none with one), and
+    attention focus (when measured) beside the share a uniform attention would give."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,27 +100,36 @@ def plot(results: dict, path: Path) -> None:
     models = results["models"]
     names = list(models)
     sets = sorted({s for e in models.values() for s in e["sets"]}, key=["original", "clean", "pruned", "random"].index)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    runs = max((e["sets"][s].get("iterations", 1) for e in models.values() for s in e["sets"]), default=1)
+    height = 1.6 + 0.32 * len(names) * max(len(sets), 1)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, height), sharey=True)
+    rows = list(range(len(names)))[::-1]  # the first model on top
     width = 0.8 / max(len(sets), 1)
     for k, set_name in enumerate(sets):
         values = [models[n]["sets"].get(set_name, {}).get("output_throughput", 0) for n in names]
-        left.bar([i + k * width for i in range(len(names))], values, width, label=set_name)
-    left.set_xticks([i + width * (len(sets) - 1) / 2 for i in range(len(names))], names, rotation=15)
-    left.set_ylabel("output tokens / s")
+        spread = [models[n]["sets"].get(set_name, {}).get("output_throughput_std") or 0 for n in names]
+        left.barh([r + (len(sets) - 1 - k) * width - 0.4 + width / 2 for r in rows], values, width, label=set_name,
+                  xerr=spread if runs > 1 else None, capsize=3)
+    left.set_yticks(rows, names)
+    left.set_xlabel("output tokens / s" + (f" (mean ± std over {runs} runs)" if runs > 1 else " (one run: no spread)"))
     left.set_title("throughput")
     left.legend(fontsize=8, loc="lower right")
     focus = [models[n].get("attention_focus") for n in names]
     if any(focus):
-        left_vals = [f["focus"] if f else 0 for f in focus]
-        right.bar(names, left_vals, color="tab:green", label="focus")
+        values = [f["focus"] if f else 0 for f in focus]
         shares = [f["token_share"] if f else 0 for f in focus]
-        right.plot(names, shares, "k--", marker="o", label="uniform attention")
-        right.set_ylim(min(v for v in left_vals + shares if v) * 0.9, 1.0)
-        right.set_ylabel("share off confounders")
-        right.legend(fontsize=8, loc="lower right")
+        right.barh(rows, values, 0.6, color="tab:green", label="focus (share of attention off the confounders)")
+        right.plot(shares, rows, "k|", markersize=14, markeredgewidth=2, label="uniform attention")
+        for r, v in zip(rows, values):
+            if v:
+                right.text(v, r, f" {v:.3f}", va="center", fontsize=8)
+        low, high = min(v for v in values + shares if v), max(values + shares)
+        right.set_xlim(max(0.0, low - 0.1 * (high - low) - 0.02), min(1.0, high + 0.25 * (high - low) + 0.03))
+        right.set_xlabel("share off confounders")
+        right.legend(fontsize=8, loc="lower left")
     else:
         right.text(0.5, 0.5, "no confounder spans in the data:\nattention focus not measured", ha="center",
-                   va="center")
+                   va="center", transform=right.transAxes)
         right.set_axis_off()
     right.set_title("attention focus")
     figure.tight_layout()

@@ -92,11 +92,12 @@ class ServeConfig(SandboxOptions):
     def fingerprint(self) -> dict:
         """What makes two serve runs the same measurement: every setting but where it goes and how many sandbox
         workers grade it, and the data's sha256 (a path names a file, not its rows)."""
-        from leaf.run_folder import data_digest
+        from leaf.run_folder import code_version, data_digest
 
         skip = {"output", "allow_code_execution", "sandbox_workers"}
         values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
-        return {**values, "data_sha256": data_digest(self.data) if self.data is not None else None}
+        return {**values, "data_sha256": data_digest(self.data) if self.data is not None else None,
+                "code": code_version()}
 
     def model_names(self) -> list[str]:
         if self.names:
@@ -141,16 +142,20 @@ def _sets(problems, tokenizer, config: ServeConfig) -> dict[str, dict]:
 
 def _accuracy(completions, prompt_set: dict, sandbox) -> dict | None:
     """Greedy accuracy: math rows by their final answer, code rows by running their tests in the sandbox (pass@1)."""
-    from leaf.grading import Item, grade
+    from leaf.answers import checker_counts
+    from leaf.grading import Item, grade_detailed
 
     items = [Item(c.text, answer=a, tests=t) for c, a, t in zip(completions, prompt_set["answers"],
                                                                  prompt_set["tests"])]
-    verdicts = [v for v in grade(items, sandbox, description="running the tests of code answers") if v is not None]
+    graded = grade_detailed(items, sandbox, description="running the tests of code answers")
+    verdicts = [g.correct for g in graded if g.correct is not None]
     if not verdicts:
         return None
     correct = sum(verdicts)
     code = sum(t is not None for t in prompt_set["tests"])
+    checks = [g.check for g in graded if g.check is not None]
     return {"accuracy": correct / len(verdicts), "correct": correct, "scored": len(verdicts),
+            **({"answer_checking": checker_counts(checks)} if checks else {}),
             **({"pass@1": correct / len(verdicts), "code_rows": code} if code else {})}
 
 

@@ -2,7 +2,9 @@
 
 One variant of the demo task per call: a student (size, pre-training steps and data as given) is distilled from the
 shipped demo teacher on a pool of problems in up to three settings with the same data, steps, batch, lr and seed,
-and evaluated (HF greedy) on 1,000 distractor test problems and their clean twins:
+and evaluated (HF greedy) on 1,000 distractor problems of the design split and their clean twins
+(`leaf.demo.task.design_problems`: its own generator seed; never a problem of the demo's test or validation sets, and
+the pool and the student's pre-training problems hold none of the design problems, as posed or as clean twins):
 
 - kd: KD w/o mask (λ = 1);
 - oracle: LeaF instr with the oracle counterfactual of every distractor problem (its clean twin), λ linear 0.8 -> 0.5;
@@ -19,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from leaf.demo.task import generate
+from leaf.demo.task import demo_splits, design_problems, generate, held_out, student_problems, texts
 from leaf.demo.train import STUDENT_SIZE, encode, evaluate, new_model, train
 from leaf.distill import DistillConfig, run_distill
 
@@ -82,24 +84,26 @@ def main():
             train(teacher, encode(AutoTokenizer.from_pretrained(teacher),
                                   generate(40000, 11, prefix="train-", max_steps=a.max_problem_steps)),
                   steps=a.teacher_steps, lr=2e-3, seed=0)
-    student = ROOT / f"student-{a.student_steps}-{a.student_data}-{a.student_size}-{seed}"
+    # held out: the demo's test and validation sets of this seed (its --full sizes) and this search's own
+    demo = demo_splits(seed, pool=0, validation=400, test=2000)
+    test = design_problems(a.test, seed, texts(demo["test"]) | texts(demo["validation"]),
+                           max_steps=a.max_problem_steps)
+    held = texts(demo["test"]) | texts(demo["validation"]) | texts(test)
+    student = ROOT / f"student-{a.student_steps}-{a.student_data}-{a.student_size}-{seed}-heldout"
     if not (student / "leaf_demo_training.json").exists():
         if student.exists():
             shutil.rmtree(student)
         new_model(student, size, seed=100 + seed)
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(student)
-        if a.student_data == "clean":
-            enc = encode(tok, generate(20000, 3000 + seed, prefix="clean-"), clean=True)
-        else:
-            enc = encode(tok, generate(20000, 3000 + seed, prefix="mixed-"))
+        enc = encode(tok, student_problems(20000, seed, held, clean=a.student_data == "clean"),
+                     clean=a.student_data == "clean")
         if a.student_steps > 0:
             train(student, enc, steps=a.student_steps, seed=seed)
         else:
             (student / "leaf_demo_training.json").write_text("{}")
-    # the student is pre-trained on 1..3-step problems; test and pool take 1..max-problem-steps
-    test = generate(a.test, 2000 + seed, distractors=(1, 2), prefix="test-", max_steps=a.max_problem_steps)
-    pool = generate(a.pool, 1000 + seed, distractors=tuple(int(x) for x in a.pool_distractors.split(",")),
+    # the student is pre-trained on 1..3-step problems; the design problems and the pool take 1..max-problem-steps
+    pool = held_out(a.pool, 1000 + seed, held, distractors=tuple(int(x) for x in a.pool_distractors.split(",")),
                     prefix="pool-", leak=a.leak, max_steps=a.max_problem_steps)
     t0 = time.time()
     res = {}

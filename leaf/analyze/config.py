@@ -8,7 +8,7 @@ from pathlib import Path
 from leaf.errors import LeafError
 from leaf.io import check_output_folder
 from leaf.options import doc
-from leaf.run_folder import file_digest
+from leaf.run_folder import code_version, file_digest
 from leaf.sandbox import SandboxOptions
 from leaf.analyze.teacher_scores import TeacherScores
 from leaf.analyze.thresholds import THRESHOLDS, baseline_modes, get_threshold, gradient_modes, options_given
@@ -34,7 +34,12 @@ class AnalyzeConfig(SandboxOptions):
         "Dataset: JSONL/JSON/CSV/Parquet file or saved HF dataset folder."))
     output: Path | None = field(default=None, metadata=doc(
         "Output folder (samples.jsonl, scores.safetensors, summary.json, report.html)."))
-    threshold: str = field(default="iqr", metadata=doc(f"Threshold mode: {', '.join(THRESHOLDS)}."))
+    threshold: str = field(default="iqr", metadata=doc(
+        "Threshold mode: iqr (flag Δ < Q1 − 1.5·IQR: the seed's rule), absolute (Δ <= --tau: the paper's), quantile "
+        "(exactly the lowest ceil(p·N) candidates), released (the released scripts' rule: Δ <= min(sorted(Δ)[int(p·N)], "
+        "0.5), over leaf's candidates), random / ppl (baselines: as many flags as --baseline-count, at random / where "
+        "the student is most surprised). README \"Threshold modes\" says how they differ from the released "
+        "detection."))
     tau: float | None = field(default=None, metadata=doc("τ for --threshold absolute (paper: 0.10 instr, 0.15 resp)."))
     quantile: float | None = field(default=None, metadata=doc(
         "Fraction flagged by --threshold quantile / released (default by --domain: 0.05 math, 0.10 code)."))
@@ -215,7 +220,7 @@ class AnalyzeConfig(SandboxOptions):
         values = {k: v for k, v in self.as_json().items() if k not in skip}
         values["answer_prefix"] = self.answer_prefix_text()  # the text, not the file name
         extra = {"teacher_scores_sha256": TeacherScores(self.teacher_scores).digest()} if self.teacher_scores else {}
-        return {**values, "data_sha256": file_digest(self.data), **extra}
+        return {**values, "data_sha256": file_digest(self.data), **extra, "code": code_version()}
 
     def as_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -49,28 +49,35 @@ class AnswerChecks:
     def grade(self, rows: list[int], generations: list[str]) -> list[bool]:
         """Each generation against its row: tests in the sandbox for code rows, the reference answer otherwise. A
         generation continues the answer prefix (code: it opens the fence the answer closes), so it is graded with it."""
-        from leaf.grading import Item, grade
+        return [bool(g.correct) for g in self.graded(rows, generations)]
+
+    def graded(self, rows: list[int], generations: list[str]):
+        """`grade` with the detail: each math verdict's leaf.answers.Check (the answer the checker read)."""
+        from leaf.grading import Item, grade_detailed
 
         prefix = self.renderer.answer_prefix
         items = [Item(prefix + g, answer=self.reference_answer(r), tests=self.tests(r))
                  for r, g in zip(rows, generations)]
-        return [bool(v) for v in grade(items, self.config.sandbox(), description="leaf analyze: running code answers")]
+        return grade_detailed(items, self.config.sandbox(), description="leaf analyze: running code answers")
 
     def select(self, rows: list[int]) -> dict[int, dict]:
-        """--select: greedy answers of both models; keep rows where the teacher is right and the student wrong."""
-        from leaf.answers import extract_answer
-
+        """--select: greedy answers of both models; keep rows where the teacher is right and the student wrong.
+        Each model's answer is the one the grader read (math-verify's extraction, or the regex checker's), with the
+        checker that decided."""
         teacher, student = self.answer_all({who: [self.renderer.head(who, self.samples[r].prompt) for r in rows]
                                             for who in ("teacher", "student")})
-        verdicts = {"teacher": self.grade(rows, teacher), "student": self.grade(rows, student)}
+        graded = {"teacher": self.graded(rows, teacher), "student": self.graded(rows, student)}
         out = {}
         for k, r in enumerate(rows):
             code = self.tests(r) is not None
             reference = "tests" if code else self.reference_answer(r)
             result = {"reference": reference}
-            for name, gens in (("teacher", teacher), ("student", student)):
-                result[f"{name}_answer"] = None if code else extract_answer(gens[k])
-                result[f"{name}_correct"] = bool(reference) and verdicts[name][k]
+            for name in ("teacher", "student"):
+                check = graded[name][k].check
+                result[f"{name}_answer"] = None if check is None else check.answer
+                if check is not None:
+                    result[f"{name}_checker"] = check.checker + (f" ({check.fallback})" if check.fallback else "")
+                result[f"{name}_correct"] = bool(reference) and bool(graded[name][k].correct)
             result["kept"] = result["teacher_correct"] and not result["student_correct"]
             out[r] = result
         return out

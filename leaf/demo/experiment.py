@@ -1,12 +1,13 @@
 """The demo's experiment: which distillation settings it compares, and the data each one trains on.
 
 Every setting distils the same student from the same teacher on the same originals, with the same steps, batch,
-learning rate and seed; they differ only in the counterfactuals paired with the originals (and the compute-matched
+learning rate and seed; they differ only in the counterfactuals paired with the originals (and the 2x-batch
 KD row in its batch). The rows:
 
 - KD w/o mask: λ = 1, originals only (the paper's baseline).
-- KD 2x batch: λ = 1 with twice the batch: at least as many tokens through the student as any LeaF row (an
-  original plus at most one counterfactual per level each; the report's compute column gives the measured ratio).
+- KD 2x batch: λ = 1 with twice the batch: meant as an upper bound on every LeaF row's compute (an
+  original plus at most one counterfactual per level each); the report checks it against the measured compute
+  column and says which rows, if any, exceed it.
 - LeaF instr / LeaF instr+resp: gradient-detected counterfactuals (leaf analyze, the variant chosen on validation),
   instruction level / both levels; span pruning.
 - LeaF collective: all detected spans of a sample removed at once (the paper's ablation).
@@ -128,6 +129,19 @@ def person_removed(records: list[AnalysedSample]) -> float | None:
     return removed / named if named else None
 
 
+def first_step_kl(log_path: Path) -> dict:
+    """The loss terms as a distill run starts (log.jsonl), in nats per response token: the KL on the originals at
+    the first optimizer step (before any update), and on the counterfactuals at the first step whose batch held one
+    (`counterfactual_step`; None when no step did)."""
+    steps = [line for line in map(json.loads, filter(str.strip, log_path.read_text().splitlines()))
+             if not line.get("eval")]
+    with_cf = next((line for line in steps if line["kd_counterfactual"] is not None), None)
+    return {"original": steps[0]["kd_original"],
+            "counterfactual": with_cf["kd_counterfactual"] if with_cf else None,
+            "counterfactual_step": with_cf["step"] if with_cf else None}
+
+
 def compute(log_path: Path) -> int:
     """Tokens through the student's forward passes over a distill run (originals and counterfactuals)."""
-    return sum(json.loads(line)["tokens"] for line in log_path.read_text().splitlines() if line.strip())
+    return sum(line["tokens"] for line in map(json.loads, filter(str.strip, log_path.read_text().splitlines()))
+               if not line.get("eval"))

@@ -24,29 +24,47 @@ TARGET_DIFFERENCE = 0.02  # the paired difference the experiment should detect (
 
 
 def aggregate(per_seed: list[dict], outcomes: list[dict]) -> dict:
-    """Accuracy intervals per setting, paired comparisons, power, and the verdict."""
-    names = [n for n in outcomes[0] if all(n in o for o in outcomes)]
-    table = {}
-    for name in names:
+    """Accuracy intervals per setting, paired comparisons, power, and the verdict. A setting that was skipped in any
+    seed (no counterfactual survived verification) keeps its row, marked, and the comparisons it was in are listed
+    as not made."""
+    order = list(dict.fromkeys(n for p in per_seed for n in p.get("names", [])) or outcomes[0])
+    names = [n for n in order if all(n in o for o in outcomes)]
+    table, skipped = {}, {}
+    for name in order:
+        seeds = [p["seed"] for p in per_seed if p["rows"].get(name, {}).get("skipped")]
+        if name not in names:
+            reason = next((p["rows"][name]["skipped"] for p in per_seed if p["rows"].get(name, {}).get("skipped")),
+                          "not run")
+            skipped[name] = f"skipped ({reason})" + (f" in seed(s) {', '.join(map(str, seeds))}"
+                                                     if len(per_seed) > 1 else "")
+            table[name] = {"skipped": skipped[name]}
+            continue
         row = {f"{s}_accuracy": accuracy_interval([o[name][s] for o in outcomes]).as_json()
                for s in ("distractor", "clean")}
         for key in ("forward_tokens", "counterfactuals", "samples_with_counterfactual"):
             values = [p["rows"].get(name, {}).get(key) for p in per_seed]
             row[key] = sum(values) / len(values) if all(v is not None for v in values) else None
+        kl = [p["rows"].get(name, {}).get("first_step_kl") for p in per_seed]
+        if all(kl):
+            row["first_step_kl"] = {term: _mean([k.get(term) for k in kl])
+                                    for term in ("original", "counterfactual", "counterfactual_step")}
         focus = [p["rows"].get(name, {}).get("focus") for p in per_seed]
         if all(focus):
             row["focus_chosen_head"] = _mean([f.get("chosen_head") for f in focus])
             row["focus_overall"] = _mean([f["overall"] for f in focus])
         table[name] = row
-    comparisons = {}
-    against_kd = [(n, "KD w/o mask") for n in names if n not in ("Pre-KD", "KD w/o mask", "Teacher")]
+    comparisons, not_made = {}, {}
+    against_kd = [(n, "KD w/o mask") for n in order if n not in ("Pre-KD", "KD w/o mask", "Teacher")]
     for a, b in [*against_kd, *COMPARISONS]:
         if a in names and b in names:
             comparisons[f"{a} vs {b}"] = {
                 s: paired_interval([o[a][s] for o in outcomes], [o[b][s] for o in outcomes], seed=len(comparisons)
                                    ).as_json() for s in ("distractor", "clean")}
-    return {"table": table, "comparisons": comparisons, "power": power(outcomes),
-            "verdict": verdict(comparisons)}
+        elif a in skipped or b in skipped:
+            missing = a if a in skipped else b
+            not_made[f"{a} vs {b}"] = f"{missing} {skipped[missing]}"
+    return {"table": table, "comparisons": comparisons, "not_compared": not_made, "power": power(outcomes),
+            "verdict": verdict(comparisons, table, not_made)}
 
 
 def _mean(values):
@@ -77,13 +95,37 @@ def _interval(comparisons: dict, name: str, subset: str = "distractor") -> Inter
     return Interval(j["mean"], j["low"], j["high"], j["level"], j["seeds"], j["items"])
 
 
-def verdict(comparisons: dict) -> str:
-    """Plain sentences from the intervals, in the experiment's order: oracle vs KD, then gradient vs KD and random."""
+def compute_claim(table: dict) -> str | None:
+    """What the 2x-batch KD row is, read off the compute column (tokens through the student's forward passes): an
+    upper bound on every counterfactual row's compute, or short of the rows it names. None without both KD rows."""
+    kd = (table.get("KD w/o mask") or {}).get("forward_tokens")
+    double = (table.get("KD 2x batch") or {}).get("forward_tokens")
+    if not kd or not double:
+        return None
+    ratio = double / kd
+    rows = {n: r["forward_tokens"] / kd for n, r in table.items() if r.get("counterfactuals") and r.get("forward_tokens")}
+    if not rows:
+        return f"KD 2x batch ({ratio:.2f}x KD's tokens)"
+    above = [n for n, v in rows.items() if v > ratio]
+    if not above:
+        top = max(rows, key=rows.get)
+        return (f"KD 2x batch ({ratio:.2f}x KD's tokens through the student; the most of any counterfactual row is "
+                f"{top}'s {rows[top]:.2f}x: an upper bound on every LeaF row's compute)")
+    return (f"KD 2x batch ({ratio:.2f}x KD's tokens, fewer than " + ", ".join(f"{n}'s {rows[n]:.2f}x" for n in above)
+            + ": not an upper bound on those rows' compute)")
+
+
+def verdict(comparisons: dict, table: dict | None = None, not_compared: dict | None = None) -> str:
+    """Plain sentences from the intervals, in the experiment's order: oracle vs KD, then gradient vs KD and random;
+    the compute control as the compute column allows; every key comparison a skipped setting prevented."""
+    table, not_compared = table or {}, not_compared or {}
     lines = []
     oracle = _interval(comparisons, "Oracle vs KD w/o mask")
     leaf_kd = _interval(comparisons, "LeaF instr vs KD w/o mask")
     leaf_random = _interval(comparisons, "LeaF instr vs Random mask")
     matched = _interval(comparisons, "LeaF instr vs KD 2x batch")
+    control = compute_claim(table) or "KD 2x batch"
+    upper_bound = "an upper bound" in control
     word = {"better": "beats", "worse": "falls behind", "tie": "is not distinguishable from"}
     if oracle is not None:
         lines.append(f"Oracle counterfactuals (the true distractors removed) − KD on distractor problems: "
@@ -98,25 +140,32 @@ def verdict(comparisons: dict) -> str:
         lines.append(f"LeaF instr − random masks with as many flags: {leaf_random.points()}: gradient masks "
                      f"{plural[leaf_random.verdict()]} random ones.")
     if matched is not None:
-        lines.append(f"LeaF instr against KD with twice the batch (at least as many tokens through the student as "
-                     f"any LeaF row): {matched.points()}.")
+        lines.append(f"LeaF instr − {control}: {matched.points()}.")
     both = _interval(comparisons, "LeaF instr+resp vs KD w/o mask")
     both_matched = _interval(comparisons, "LeaF instr+resp vs KD 2x batch")
     if both is not None:
         lines.append(f"LeaF instr+resp − KD: {both.points()}" + (
-            f"; against KD with twice the batch: {both_matched.points()}." if both_matched else "."))
+            f"; − KD 2x batch: {both_matched.points()}." if both_matched else "."))
+    key = ("Oracle vs KD w/o mask", "LeaF instr vs KD w/o mask", "LeaF instr vs Random mask",
+           "LeaF instr vs KD 2x batch")
+    for name in key:
+        if name in not_compared:
+            lines.append(f"Not compared: {name} ({not_compared[name]}).")
     if leaf_kd is not None and leaf_random is not None:
         wins = leaf_kd.verdict() == "better" and leaf_random.verdict() == "better"
         if wins and (oracle is None or oracle.verdict() == "better"):
             lines.append("Verdict: LeaF beats KD and random masks here, with intervals that exclude zero" + (
                 "." if matched is None or matched.verdict() == "better" else
-                ", but not KD given as many forward passes: part of the gain may be compute."))
+                ", but not KD with twice the batch" + (" (at least LeaF's compute)" if upper_bound else "")
+                + ": part of the gain may be compute."))
         elif wins:
             lines.append("Verdict: LeaF beats KD and random masks here although the oracle does not beat KD: the "
                          "gain does not come from removing the distractors (see compute and the clean column).")
         else:
             lines.append("Verdict: no evidence here that gradient-guided pruning beats KD and random masks "
                          "(a positive result needs both intervals above zero).")
+    else:
+        lines.append("Verdict: not reached: it needs LeaF instr against both KD and random masks.")
     lines.append("Intervals: 95% paired bootstrap over test problems and seeds; every figure comes from this run.")
     return " ".join(lines)
 
@@ -136,7 +185,7 @@ def results_markdown(results: dict) -> str:
     table, comparisons = results["table"], results["comparisons"]
     per_seed = results["per_seed"]
     seeds = len(per_seed)
-    items = next(iter(table.values()))["distractor_accuracy"]["items"] // seeds
+    items = next(r for r in table.values() if "distractor_accuracy" in r)["distractor_accuracy"]["items"] // seeds
     kd_tokens = (table.get("KD w/o mask") or {}).get("forward_tokens")
     lines = ["# leaf demo results", "",
              f"Embedded distractor task, {seeds} seed(s) x {items} test problems (distractor problems and their clean "
@@ -147,6 +196,9 @@ def results_markdown(results: dict) -> str:
              " counterfactuals | focus (chosen head) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, row in table.items():
+        if "skipped" in row:
+            lines.append(f"| {name} | {row['skipped']} |" + " - |" * 7)
+            continue
         vs_kd = _diff(comparisons, f"{name} vs KD w/o mask")
         vs_kd_clean = _diff(comparisons, f"{name} vs KD w/o mask", "clean")
         vs_random = _diff(comparisons, f"{name} vs Random mask") if name.startswith("LeaF") else "-"
@@ -159,12 +211,20 @@ def results_markdown(results: dict) -> str:
     lines += ["", "Paired differences on distractor problems (points, 95% interval):", ""]
     lines += [f"- {name}: {_diff(comparisons, name)} (clean: {_diff(comparisons, name, 'clean')})"
               for name in comparisons]
+    lines += [f"- {name}: not compared ({why})" for name, why in (results.get("not_compared") or {}).items()]
     lines += ["", results["verdict"], ""]
+    lines += _first_step_kl(table)
     p = results.get("power")
     if p:
         needed = p["items_needed_5_seeds"]
-        caveat = (" (one seed measures no variation between seeds: these figures assume none, and the --full run "
-                  "found that it roughly doubles the detectable difference)" if p["seeds"] == 1 else "")
+        caveat = ""
+        if p["seeds"] == 1:
+            # one seed cannot measure the between-seed variance; say what a modest one would do, from the formula
+            sampling = p["discordance"] / p["items_per_seed"]
+            doubled = detectable_difference(p["discordance"], p["items_per_seed"], 1, sampling)
+            caveat = (" (one seed measures no variation between seeds: these figures assume none; if the seeds' "
+                      "differences varied as much as one seed's sampling error, the detectable difference would be "
+                      f"{100 * doubled:.1f} points: run --seeds 2 or more to measure it)")
         lines += [f"Power: {p['comparison']} disagree on {100 * p['discordance']:.1f}% of problems; with {p['seeds']} "
                   f"seed(s) x {p['items_per_seed']} problems a true difference of "
                   f"{100 * p['detectable_difference']:.1f} points is detected 80% of the time (α = 0.05). A 2-point "
@@ -174,15 +234,61 @@ def results_markdown(results: dict) -> str:
     s0 = per_seed[0]
     sel = s0["selection"]
     head = s0["head"]
+    lines += ["", *_run_facts(results)]
     lines += ["", f"Seed {s0['seed']}: {sel['analysed']} of {sel['pool']} pool problems selected (teacher right, "
               f"student wrong), {sel['clean_mixed_in']} clean problems mixed into the distillation originals; "
               f"{sel['counterfactuals_kept']} instruction counterfactuals kept, {sel['counterfactuals_dropped']} "
               f"dropped by verification. Detection rule used: {s0['variant']}. Attention head chosen on validation: "
               f"layer {head['layer']}, head {head['head']} (share on the distractors {head['wrong_share']:.3f} on "
-              f"problems the student got wrong vs {head['right_share']:.3f} on those it got right). Time per stage "
-              "(when it last ran): " + ", ".join(f"{k} {v:.0f} s" for k, v in s0["timing"].items())
-              + f"; this invocation {results['seconds']:.0f} s."]
+              f"problems the student got wrong vs {head['right_share']:.3f} on those it got right)."]
     return "\n".join(lines) + "\n"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def _first_step_kl(table: dict) -> list[str]:
+    """The loss terms at each setting's first distillation step (mean over seeds), from distill's log.jsonl."""
+    rows = [(n, r["first_step_kl"]) for n, r in table.items() if r.get("first_step_kl")]
+    if not rows:
+        return []
+    lines = ["The loss terms as distillation starts (nats per response token; mean over seeds; from each run's "
+             "log.jsonl): KL on the originals at step 1 (before any update), and on the counterfactuals the setting "
+             "pairs with them at the first step whose batch held one (that step, mean over seeds).",
+             "", "| setting | KL originals, step 1 | KL counterfactuals | at step |", "|---|---|---|---|"]
+    for name, kl in rows:
+        cf = f"{kl['counterfactual']:.4f}" if kl.get("counterfactual") is not None else "-"
+        at = f"{kl['counterfactual_step']:.1f}" if kl.get("counterfactual_step") is not None else "-"
+        lines.append(f"| {name} | {kl['original']:.4f} | {cf} | {at} |")
+    return [*lines, ""]
+
+
+def _run_facts(results: dict) -> list[str]:
+    """Model sizes, the splits, and the time of every stage (as each last ran) with their total."""
+    per_seed = results["per_seed"]
+    s0 = per_seed[0]
+    lines = []
+    params = s0.get("parameters")
+    if params:
+        lines.append(f"Parameters: teacher {params['teacher']:,}, student {params['student']:,}.")
+    splits = s0.get("splits")
+    if splits:
+        seen = splits.get("test_seen_by_teacher")
+        lines.append(f"Splits (seed {s0['seed']}): {splits['test']} test, {splits['validation']} validation, "
+                     f"{splits['pool']} pool problems; the pool and the student's pre-training problems hold no test "
+                     "or validation problem, as posed or as its clean twin" + (
+                         f"; the shipped teacher's training problems hold {seen['distractor']} of the test problems "
+                         f"as posed and {seen['clean_twin']} of their clean twins" if seen else "") + ".")
+    stages: dict[str, float] = {}
+    for p in per_seed:
+        for name, value in p["timing"].items():
+            stages[name] = stages.get(name, 0.0) + value
+    total = sum(stages.values())
+    lines.append(f"Time per stage over {len(per_seed)} seed(s) (each as it last ran, on this machine): "
+                 + ", ".join(f"{k} {_minutes(v)}" for k, v in stages.items())
+                 + f"; all stages {_minutes(total)}; this invocation {_minutes(results['seconds'])}.")
+    return lines
 
 
 def _detection_tables(per_seed: list[dict]) -> list[str]:
@@ -231,7 +337,7 @@ def plot_results(results: dict, path: Path) -> None:
     from leaf.io import write_bytes_atomic
 
     table = results["table"]
-    names = list(table)
+    names = [n for n in table if "distractor_accuracy" in table[n]]
     figure, axis = plt.subplots(figsize=(12, 4.5))
     width = 0.38
     for k, (key, label) in enumerate((("distractor_accuracy", "distractor"), ("clean_accuracy", "clean twin"))):

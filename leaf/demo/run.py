@@ -109,10 +109,14 @@ class DemoConfig:
         return [s for s in SETTINGS if s.name in self.settings]
 
     def seed_fingerprint(self, teacher: Path) -> dict:
-        """What one seed's results depend on: a rerun into the same folder continues only with the same values."""
+        """What one seed's results depend on: a rerun into the same folder continues only with the same values, and
+        with the same code (`code`: leaf's version and source digest) and teacher weights."""
+        from leaf.run_folder import code_version, file_digest
+
         skip = {"output", "seeds", "quick", "full", "retrain_teacher", "teacher_steps", "teacher", "device", "backend"}
         values = {k: v for k, v in asdict(self).items() if k not in skip and k not in BUDGETS}
-        return {**values, **{k: self.budget(k) for k in BUDGETS if k != "seeds"}, "teacher": str(teacher)}
+        return {**values, **{k: self.budget(k) for k in BUDGETS if k != "seeds"}, "teacher": str(teacher),
+                "teacher_sha256": file_digest(teacher / "model.safetensors"), "code": code_version()}
 
 
 def get_teacher(config: DemoConfig, log) -> Path:
@@ -165,7 +169,11 @@ class SeedRun:
         if stored.exists():
             before = json.loads(stored.read_text())
             changed = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
-            if changed:
+            if changed == ["code"]:  # the same settings on other code: every stage runs again (nothing is reused)
+                log(f"seed {seed}: leaf's code changed since {self.out} ran ({before.get('code')} -> "
+                    f"{fingerprint['code']}): its stages run again")
+                shutil.rmtree(self.out)
+            elif changed:
                 raise LeafError(f"{self.out} holds a demo run with other settings ({', '.join(changed)} differ), and "
                                 "its finished stages would be reused. Choose another --output (nothing was "
                                 "overwritten).")
@@ -184,19 +192,26 @@ class SeedRun:
     # -- stages ------------------------------------------------------------------------------------------------
     def data(self) -> None:
         from leaf.demo.experiment import write_jsonl
-        from leaf.demo.task import generate
+        from leaf.demo.task import demo_splits, generate, texts
 
         c, seed = self.config, self.seed
-        self.pool = generate(c.budget("pool"), 1000 + seed, prefix="pool-", leak=c.leak)
-        self.validation = generate(c.budget("validation"), 4000 + seed, distractors=(1, 2), prefix="val-")
-        self.test = generate(c.budget("test_size"), 2000 + seed, distractors=(1, 2), prefix="test-")
+        splits = demo_splits(seed, pool=c.budget("pool"), validation=c.budget("validation"),
+                             test=c.budget("test_size"), leak=c.leak)
+        self.pool, self.validation, self.test = splits["pool"], splits["validation"], splits["test"]
         for name, problems in (("pool", self.pool), ("validation", self.validation), ("test", self.test)):
             write_jsonl(self.out / f"{name}.jsonl", [p.as_record() for p in problems])
+        self.held_out = texts(self.test) | texts(self.validation)
+        # the shipped teacher's training problems are fixed (generate(40000, 11)): how many test problems it saw
+        seen = texts(generate(40000, 11, prefix="train-")) if self.teacher == ASSET_TEACHER else set()
+        self.splits = {name: len(problems) for name, problems in splits.items()}
+        self.splits["test_seen_by_teacher"] = {
+            "distractor": sum(p.question in seen for p in self.test),
+            "clean_twin": sum(p.clean_question in seen for p in self.test)} if seen else None
 
     def student(self) -> None:
         from transformers import AutoTokenizer
 
-        from leaf.demo.task import generate
+        from leaf.demo.task import student_problems
         from leaf.demo.train import STUDENT_SIZE, encode, new_model, train
 
         self.student_path = self.out / "student"
@@ -207,7 +222,7 @@ class SeedRun:
         new_model(self.student_path, STUDENT_SIZE, seed=100 + self.seed)
         steps = self.config.budget("student_steps")
         encoded = encode(AutoTokenizer.from_pretrained(self.student_path),
-                         generate(20000, 3000 + self.seed, prefix="clean-"), clean=True)
+                         student_problems(20000, self.seed, self.held_out), clean=True)
         self.log(f"seed {self.seed}: training the student on clean problems ({steps} steps)")
         train(self.student_path, encoded, steps=steps, seed=self.seed, on_step=_bar(f"student (seed {self.seed})",
                                                                                     steps))
@@ -293,7 +308,7 @@ class SeedRun:
         return oracle_rows(kept, ok)
 
     def distill(self) -> None:
-        from leaf.demo.experiment import compute, originals, write_jsonl
+        from leaf.demo.experiment import compute, first_step_kl, originals, write_jsonl
         from leaf.distill import DistillConfig, run_distill
 
         c = self.config
@@ -313,6 +328,7 @@ class SeedRun:
                                            "samples_with_counterfactual": len({r["id"] for r in rows})}
                 if not rows:
                     self.log(f"seed {self.seed}: {setting.name}: no counterfactual survived verification; skipped")
+                    self.rows[setting.name]["skipped"] = "0 counterfactuals kept"
                     continue
                 cf_file = write_jsonl(self.out / "counterfactuals" / f"{setting.folder}.jsonl", rows)
             else:
@@ -328,6 +344,7 @@ class SeedRun:
                     seed=self.seed, device=c.device), progress=False)
                 shutil.rmtree(folder / "checkpoints", ignore_errors=True)
             self.rows[setting.name]["forward_tokens"] = compute(folder / "log.jsonl")
+            self.rows[setting.name]["first_step_kl"] = first_step_kl(folder / "log.jsonl")
             self.models[setting.name] = str(folder / "final")
         self.models["Teacher"] = str(self.teacher)
         self.originals = {"selected": len(self.kept), "clean_mixed_in": len(clean)}
@@ -346,7 +363,7 @@ class SeedRun:
             self.log(f"seed {self.seed}: leaf serve on {len(self.models)} models")
             served = run_serve(ServeConfig(
                 models=list(self.models.values()), names=list(self.models), data=self.out / "test.jsonl",
-                output=serve_dir, backend=c.backend, max_tokens=48, iterations=1, warmup=1,
+                output=serve_dir, backend=c.backend, max_tokens=48, iterations=2, warmup=1,
                 focus_samples=c.budget("focus_samples"), device=c.device, batch_size=64, seed=self.seed),
                 progress=True)
         answers = {p.id: p.answer for p in self.test}
@@ -411,13 +428,26 @@ class SeedRun:
         write_json_atomic(timing_file, self.timing)
         write_json_atomic(self.out / "outcomes.json", self.outcomes)
         counts = self.pool_summary["counts"]
-        return {"seed": self.seed, "rows": self.rows, "engine": self.engine, "timing": self.timing,
+        names = ["Pre-KD", *(s.name for s in self.config.chosen_settings()), "Teacher"]
+        return {"seed": self.seed, "names": names, "rows": self.rows, "splits": self.splits,
+                "parameters": {"teacher": parameter_count(self.teacher),
+                               "student": parameter_count(self.student_path)}, "engine": self.engine, "timing": self.timing,
                 "detection_validation": self.detection, "variant": self.variant.name,
                 "pool_detection": self.pool_summary.get("detection"), "head": self.head.as_json(),
                 "selection": {"pool": len(self.pool), "analysed": counts["analysed"],
                               "filtered_selection": counts["filtered_selection"],
                               "counterfactuals_kept": sum(r["level"] == "instruction" for r in self.cf_rows["gradient"]),
                               "counterfactuals_dropped": counts["counterfactuals_dropped"], **self.originals}}
+
+
+def parameter_count(folder: Path) -> int:
+    """Parameters of a model folder, from its safetensors header (a tied head is stored, and counted, once)."""
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / "model.safetensors"), "pt") as weights:
+        return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
 
 
 def run_demo(config: DemoConfig, *, log=print) -> dict:

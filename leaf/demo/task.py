@@ -137,3 +137,50 @@ def demo_tokenizer():
     from leaf.models.tiny import word_tokenizer
 
     return word_tokenizer(vocabulary())
+
+
+def texts(problems: list[Problem]) -> set[str]:
+    """Every question a model could have seen of these problems: each one as posed and its clean twin."""
+    return {q for p in problems for q in (p.question, p.clean_question)}
+
+
+def held_out(count: int, seed: int, exclude: set[str], **generate_args) -> list[Problem]:
+    """`count` problems as `generate` draws them, leaving out every problem whose question or clean twin is in
+    `exclude` (the held-out sets' texts): training and design data never contain a test or validation problem, as
+    posed or as its clean twin. Draws past `count` as needed (ids keep the generator's index)."""
+    drawn = generate(2 * count + 100, seed, **generate_args)
+    kept = [p for p in drawn if p.question not in exclude and p.clean_question not in exclude][:count]
+    if len(kept) < count:
+        raise ValueError(f"only {len(kept)} of {count} problems are disjoint from the held-out sets")
+    return kept
+
+
+# seeds of the generator per split (+ the demo seed): test and validation are held out from every other split
+SPLIT_SEEDS = {"pool": 1000, "test": 2000, "student": 3000, "validation": 4000, "design": 6000}
+
+
+def demo_splits(seed: int, *, pool: int, validation: int, test: int, leak: float = 0.0,
+                max_steps: int = 3) -> dict[str, list[Problem]]:
+    """The demo's problem sets for one seed, disjoint by construction: test (distractor problems: accuracy on them
+    and on their clean twins), validation (distractor problems: the detection rule and the attention head are chosen
+    there, never on test) and the training pool (0-2 distractors, `leak` as in `generate`), which holds no test or
+    validation problem, as posed or as a clean twin. `student_problems` and `design_problems` leave out the same."""
+    test_set = generate(test, SPLIT_SEEDS["test"] + seed, distractors=(1, 2), prefix="test-", max_steps=max_steps)
+    validation_set = held_out(validation, SPLIT_SEEDS["validation"] + seed, texts(test_set), distractors=(1, 2),
+                              prefix="val-", max_steps=max_steps)
+    exclude = texts(test_set) | texts(validation_set)
+    return {"test": test_set, "validation": validation_set,
+            "pool": held_out(pool, SPLIT_SEEDS["pool"] + seed, exclude, prefix="pool-", leak=leak,
+                             max_steps=max_steps)}
+
+
+def student_problems(count: int, seed: int, exclude: set[str], *, clean: bool = True) -> list[Problem]:
+    """The student's pre-training problems (trained on their clean twins when `clean`), none of them a held-out
+    problem or its twin."""
+    return held_out(count, SPLIT_SEEDS["student"] + seed, exclude, prefix="clean-" if clean else "mixed-")
+
+
+def design_problems(count: int, seed: int, exclude: set[str], **generate_args) -> list[Problem]:
+    """Distractor problems for design searches (docs/experiments): their own split, never a test problem."""
+    return held_out(count, SPLIT_SEEDS["design"] + seed, exclude, distractors=(1, 2), prefix="design-",
+                    **generate_args)

@@ -163,7 +163,9 @@ class DistillConfig:
         if not self.lora_r:
             skip |= {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"}
         values = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k not in skip}
-        return {**values, **self.data_identity()}
+        from leaf.run_folder import code_version
+
+        return {**values, **self.data_identity(), "code": code_version()}
 
     def data_identity(self) -> dict:
         """sha256 of what --data (an analyze folder: its samples.jsonl, as its summary records it) and

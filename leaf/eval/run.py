@@ -27,7 +27,7 @@ from leaf.eval.tasks import data_files, get_task, harness_root, write_task
 
 def run_eval(config: EvalConfig, *, log=print) -> dict:
     """Evaluate every model on every task; results.json and results.md are rewritten after each model."""
-    from leaf.run_folder import FolderLock, check_rerun_folder, file_digest
+    from leaf.run_folder import FolderLock, check_rerun_folder, code_version, file_digest
     from leaf.serve.backends import resolve_backend
 
     harness_root()  # installed? (before anything is written or loaded)
@@ -45,7 +45,8 @@ def run_eval(config: EvalConfig, *, log=print) -> dict:
     paper = paper_numbers(config.paper) if config.paper is not None else None
     out = config.output
     fingerprint = {**config.settings(), "models": list(config.models), "names": config.model_names(),
-                   "tasks": list(config.tasks), "data_sha256": {name: file_digest(files[name]) for name in config.tasks}}
+                   "tasks": list(config.tasks), "data_sha256": {name: file_digest(files[name]) for name in config.tasks},
+                   "code": code_version()}
     # the same settings and data measure again into their folder; another run's folder (or any other) is refused
     check_rerun_folder(out, out / "results.json", fingerprint, what="an eval",
                        ignore=(out / ".lock", out / "tasks", out / "samples"))
