@@ -126,6 +126,11 @@ def test_resume_skips_finished_windows_and_gives_the_same_result(pair, data, tmp
     assert (part / "samples.jsonl").read_text() == (full / "samples.jsonl").read_text()
     changed = _analyze(pair, data, part, "--resume", "--threshold", "quantile")
     assert changed.exit_code == 1 and "differs in: threshold" in changed.output
+    # a run of other code is another run: its windows are not mixed with this code's
+    manifest = part / "parts" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "code": "0.0.1+000000000000"}))
+    changed = _analyze(pair, data, part, "--resume")
+    assert changed.exit_code == 1 and "differs in: code (0.0.1+000000000000 there" in changed.output
 
 
 def test_too_long_samples_are_skipped_and_counted(pair, data, tmp_path):
@@ -164,6 +169,9 @@ def test_selection_and_verification_run_generation(pair, data, tmp_path):
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert all(r["selection"]["teacher_correct"] is False for r in records)
     assert all(r["selection"]["reference"] for r in records)
+    # each answer is recorded as the grader read it, with the checker that decided
+    assert all(r["selection"][f"{who}_checker"].split()[0] in ("math-verify", "regex") and
+               f"{who}_answer" in r["selection"] for r in records for who in ("teacher", "student"))
     # verification alone: every counterfactual needs both models right, so none survives here
     out = tmp_path / "verified"
     config = AnalyzeConfig(teacher=pair[0], student=pair[1], data=data, output=out, verify=True, max_new_tokens=4,

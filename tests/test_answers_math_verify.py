@@ -133,3 +133,36 @@ def test_gsm_plus_solutions_grade_alike_with_both_checkers():
         assert is_correct(solution, answer, checker="regex") and is_correct(solution, answer)
         assert math_verify_match(solution, answer), solution[-80:]
         assert not math_verify_match(solution, str(int(answer.replace(",", "")) + 1)), solution[-80:]
+
+
+@pytest.mark.parametrize("generation,reference,want", [
+    ("The probability is $\\frac{1}{2}$.", "0.5", (True, "math-verify", None)),
+    ("Tom has 4 . 4 + 7 = 11 . #### 11", "11", (True, "regex", "gsm8k-style")),
+    ("no math here at all", "5", (False, "regex", "undecided")),
+    ("", "5", (False, "regex", "gsm8k-style")),
+])
+def test_check_answer_says_which_checker_decided_and_why(generation, reference, want):
+    from leaf.answers import check_answer
+
+    check = check_answer(generation, reference)
+    assert (check.correct, check.checker, check.fallback) == want
+    assert check.correct == is_correct(generation, reference)
+    assert check_answer(generation, reference, "regex").fallback is None
+
+
+def test_the_answer_recorded_is_the_one_the_grader_read():
+    """math-verify reads the fraction the regex checker cannot (it would take the last number, "2")."""
+    from leaf.answers import check_answer, extract_answer
+
+    check = check_answer("The probability is $\\frac{1}{2}$.", "0.5")
+    assert check.checker == "math-verify" and check.answer == "\\frac{1}{2}" and check.correct
+    assert extract_answer("The probability is $\\frac{1}{2}$.") == "2"
+
+
+def test_checker_counts_separate_fallbacks_by_reason():
+    from leaf.answers import check_answer, checker_counts
+
+    checks = [check_answer(g, "5") for g in ("x = 5", "#### 5", "#### 4", "nothing", "$5$")] + [None]
+    checks.append(check_answer("5", "5", "regex"))
+    assert checker_counts(checks) == {"math-verify": 2, "regex": 1, "fallback gsm8k-style": 2,
+                                      "fallback undecided": 1}

@@ -142,7 +142,8 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     from leaf.demo.experiment import SETTING_NAMES
 
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--quick", "--output", str(out)])
+    # --variant clause: token flags by iqr, so the controls' counts can be recomputed from the records below
+    result = CliRunner().invoke(app, ["demo", "--quick", "--output", str(out), "--variant", "clause"])
     assert result.exit_code == 0, result.output
     for name in ("results.json", "RESULTS.md", "accuracy.png", "serve.png", "analyze_report.html"):
         assert (out / name).stat().st_size > 0, name
@@ -164,6 +165,47 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert "| setting | distractor acc | clean acc | distractor − KD |" in result.output
     assert "Oracle counterfactuals (the true distractors removed) − KD" in result.output
     assert "Qwen2.5-Math-1.5B" in result.output  # where to go next
+    _check_the_run_s_own_figures(out, results)
+
+
+def _check_the_run_s_own_figures(out, results):
+    """What the report states comes from this run: disjoint splits, controls with the gradient rule's count on the
+    same Δ, the oracle's clean twins, first-step KL and the compute column from distill's logs, sizes and times."""
+    import torch
+
+    from leaf.analyze.thresholds import ThresholdContext, flag
+    from leaf.demo.experiment import compute, first_step_kl
+    from leaf.records import read_samples
+
+    seed = out / "seed-0"
+    rows = {name: [json.loads(line) for line in (seed / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("pool", "validation", "test")}
+    seen = {name: {q for r in rs for q in (r["question"], r["seed_question"])} for name, rs in rows.items()}
+    assert not seen["pool"] & seen["test"] and not seen["pool"] & seen["validation"]
+    assert not seen["validation"] & seen["test"]
+    for control in ("random", "ppl"):
+        checked = 0
+        for record in read_samples(seed / f"analyze-{control}", analysed_only=True):
+            for unit in record.units:
+                d = torch.tensor([t.delta for t in unit.tokens])
+                want = int(flag("iqr", d, ThresholdContext()).mask.sum())
+                assert sum(t.flag for t in unit.tokens) == want, (control, record.id)
+                checked += 1
+        assert checked > 0
+    pool = {r["id"]: r for r in rows["pool"]}
+    oracle = [json.loads(line) for line in (seed / "counterfactuals" / "oracle.jsonl").read_text().splitlines()]
+    assert oracle and all(r["question"] == pool[r["id"]]["seed_question"] != pool[r["id"]]["question"]
+                          for r in oracle)
+    table, per_seed = results["table"], results["per_seed"][0]
+    for name in ("KD w/o mask", "LeaF instr", "Oracle"):
+        log = seed / "distill" / {"KD w/o mask": "kd", "LeaF instr": "leaf-instr", "Oracle": "oracle"}[name] / "log.jsonl"
+        assert table[name]["forward_tokens"] == compute(log)
+        assert table[name]["first_step_kl"]["original"] == pytest.approx(first_step_kl(log)["original"])
+    assert table["KD w/o mask"]["first_step_kl"]["counterfactual"] is None
+    assert table["Oracle"]["first_step_kl"]["counterfactual"] is not None
+    assert per_seed["parameters"]["student"] == 151872 and per_seed["parameters"]["teacher"] > 10 ** 6
+    text = (out / "RESULTS.md").read_text()
+    assert "Parameters: teacher" in text and "all stages" in text and "KL originals, step 1" in text
 
 
 def test_a_gain_without_the_oracle_is_not_credited_to_focus():

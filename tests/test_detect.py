@@ -112,3 +112,36 @@ def test_distractor_coverage_by_hand():
     assert distractor_coverage(prompt, gold, [(18, 35)])[0] == {"touched": True, "numbers": True, "all": True}
     assert distractor_coverage("It is sunny .", [(0, 13)], [])[0] == {"touched": False, "numbers": None,
                                                                       "all": False}
+
+
+def test_each_threshold_mode_s_definition_on_a_hand_made_delta():
+    """Δ over 10 candidates; each mode's rule computed by hand (README "Threshold modes")."""
+    import pytest
+
+    from leaf.analyze.thresholds import ThresholdContext, flag
+
+    d = torch.tensor([0.50, 0.55, 0.60, 0.45, -0.40, 0.52, 0.58, 0.30, 0.62, 0.48])
+
+    def flagged(mode, **ctx):
+        f = flag(mode, d, ThresholdContext(**ctx))
+        return f.mask.nonzero().flatten().tolist(), f.threshold
+
+    # iqr: torch's linear-interpolation quartiles: sorted = [-.40 .30 .45 .48 .50 .52 .55 .58 .60 .62];
+    # Q1 at 2.25 -> .45 + .25·.03 = .4575, Q3 at 6.75 -> .55 + .75·.03 = .5725; τ = Q1 − 1.5·IQR = .285; Δ < τ
+    idx, tau = flagged("iqr")
+    assert idx == [4] and tau == pytest.approx(0.4575 - 1.5 * (0.5725 - 0.4575))
+    # absolute: Δ <= τ, τ included
+    assert flagged("absolute", tau=0.45)[0] == [3, 4, 7]
+    # quantile: exactly ceil(p·N) lowest; p = 0.25 -> ceil(2.5) = 3
+    assert flagged("quantile", quantile=0.25)[0] == [3, 4, 7]
+    # released: τ = min(sorted[int(p·N)], 0.5); p = 0.25 -> sorted[2] = .45 -> Δ <= .45: the same 3 here
+    idx, tau = flagged("released", quantile=0.25)
+    assert idx == [3, 4, 7] and tau == pytest.approx(0.45)
+    # ... and where they part: p = 0.15 -> quantile ceil(1.5) = 2 tokens; released sorted[int(1.5)] = sorted[1] = .30
+    assert flagged("quantile", quantile=0.15)[0] == [4, 7] and flagged("released", quantile=0.15)[0] == [4, 7]
+    # p = 0.55 -> quantile ceil(5.5) = 6 tokens; released sorted[5] = .52, capped at .5: Δ <= .5 is 5 tokens
+    assert len(flagged("quantile", quantile=0.55)[0]) == 6
+    idx, tau = flagged("released", quantile=0.55)
+    assert tau == 0.5 and idx == [0, 3, 4, 7, 9]
+    # p = 0.05 -> quantile ceil(0.5) = 1 token; released sorted[int(0.5)] = sorted[0]: the minimum only
+    assert flagged("quantile", quantile=0.05)[0] == [4] == flagged("released", quantile=0.05)[0]

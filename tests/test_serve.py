@@ -179,7 +179,8 @@ def test_leaf_serve_writes_the_results_folder(pair, tmp_path):
                                       "--output", str(out), "--max-tokens", "16", "--iterations", "2",
                                       "--random-prompts", "3", "--random-input-len", "8", "--random-output-len", "6"])
     assert result.exit_code == 0, result.output
-    assert "| student | original (5)" in result.output
+    assert "| student | original (5)" in result.output and "Answers checked (every model and prompt set)" in \
+        (out / "results.md").read_text()
     results = json.loads((out / "results.json").read_text())
     assert list(results["models"]) == ["student", "teacher"]
     for entry in results["models"].values():
@@ -189,6 +190,8 @@ def test_leaf_serve_writes_the_results_folder(pair, tmp_path):
             _sane(figures)
         assert entry["sets"]["random"]["total_output_tokens"] == 3 * 6 * 2  # ignore_eos: exact budget, 2 iterations
         assert 0 <= entry["sets"]["original"]["accuracy"] <= 1 and entry["sets"]["clean"]["scored"] == 5
+        # how each answer was decided (math-verify, or the regex checker in its place, by reason)
+        assert sum(entry["sets"]["clean"]["answer_checking"].values()) == 5
         assert 0 < entry["attention_focus"]["focus"] < 1
     assert results["confounder_source"] == ["gold"]
     comp = results["comparisons"]

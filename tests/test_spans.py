@@ -92,6 +92,25 @@ def test_projection_is_identity_for_the_same_tokenizer():
     torch.testing.assert_close(out[enc.prompt_mask], scores[enc.prompt_mask])
 
 
+def test_identical_tokenizations_map_by_identity_even_inside_a_multibyte_character():
+    """The byte tokenizer splits "é" into two tokens over the same character: through characters both would take the
+    larger score; the identity keeps each its own (and 0 outside either mask)."""
+    text = "Zoé has 3 apples."
+    enc = _enc(byte_tokenizer(), text)
+    shared = [i for i in range(len(enc.offsets)) if enc.offsets[i].tolist() == [2, 3]]
+    assert len(shared) == 2                                  # é: two byte tokens, one character
+    scores = torch.linspace(0.1, 0.9, len(enc.offsets))
+    scores[shared[0]], scores[shared[1]] = 0.2, 0.8
+    target = enc.prompt_mask.clone()
+    target[0] = False
+    out = project(scores, enc.offsets, enc.prompt_mask, enc.offsets.clone(), target, len(text))
+    assert out[shared].tolist() == pytest.approx([0.2, 0.8])
+    assert torch.equal(out, torch.where(enc.prompt_mask & target, scores, torch.zeros(())))
+    # the path through characters (any other tokenization) gives both bytes the larger score
+    through = project(scores, enc.offsets, enc.prompt_mask, enc.offsets[:-1], target[:-1], len(text))  # not identical
+    assert through[shared].tolist() == pytest.approx([0.8, 0.8])
+
+
 def test_projection_across_two_different_tokenizers_goes_through_characters():
     text = "Tom has 3 apples. Zoë’s hat"
     words, chars = _enc(bpe_tokenizer(), text), _enc(byte_tokenizer(), text)
