@@ -27,6 +27,7 @@ from leaf.options import ConfigFields, Flag, choices, command_line, config_optio
 from leaf.analyze import AGGREGATES, DOMAINS, LEVELS, PRUNING, SPAN_UNITS, TEMPLATES, UNPARSABLE, AnalyzeConfig
 from leaf.analyze.thresholds import gradient_modes, list_thresholds
 from leaf.demo.run import DemoConfig
+from leaf.doctor import DoctorConfig
 from leaf.inspect import InspectConfig
 from leaf.distill import MODES, DistillConfig
 from leaf.eval import EvalConfig, list_tasks
@@ -336,6 +337,20 @@ def saliency(*, fields: ConfigFields, top: Annotated[int, typer.Option(min=1, he
 
     report = saliency_report(SaliencyReportConfig(**fields))
     typer.echo(json.dumps(report, indent=2) if json_out else format_report(report, top=top))
+
+
+@app.command("doctor")
+@user_errors
+@config_options(DoctorConfig, FLAGS)
+def doctor(*, fields: ConfigFields, json_out: JsonOut = False) -> None:
+    """Does leaf work here? Versions, the device, then every stage on tiny models (saliency against autograd, analyze,
+    distill, serve, eval), each checked, timed, with peak memory; exit code 1 on any failure."""
+    from leaf.doctor import format_report, run_doctor
+
+    report = run_doctor(DoctorConfig(**fields), log=_progress)
+    typer.echo(json.dumps(report, indent=2) if json_out else format_report(report))
+    if not report["ok"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:
