@@ -33,6 +33,8 @@ from transformers.utils import logging as hf_logging
 hf_logging.disable_progress_bar()
 
 
+TIME_TARGET = 1.05  # leaf's hooks against the same plain PyTorch computation
+
 def make_inputs(batch: int, length: int, vocab: int, seed: int = 0):
     """Random byte ids after a BOS; the first half is the 'prompt', the second half the 'response'."""
     g = torch.Generator().manual_seed(seed)
@@ -152,11 +154,11 @@ def main() -> None:
                 [["plain forward, all attentions", mem_plain / 2**20, 1.0],
                  ["leaf attention_mass", mem_leaf / 2**20, mem_ratio]])
     print(f"\nmax |leaf - plain| over saliency and mass: {max_diff:.2e}")
-    print(f"time ratio {time_ratio:.3f} (target <= 1.15): {'PASS' if time_ratio <= 1.15 else 'FAIL'}; "
+    print(f"time ratio {time_ratio:.3f} (target <= {TIME_TARGET}): {'PASS' if time_ratio <= TIME_TARGET else 'FAIL'}; "
           f"memory ratio {mem_ratio:.3f} (target <= 0.5): {'PASS' if mem_ratio <= 0.5 else 'FAIL'}")
     emit_json({"benchmark": "hooks_overhead", "quick": args.quick, "params": params, "batch": batch,
                "seq_len": length, "iters": iters, "leaf_seconds": t_leaf, "plain_seconds": t_plain,
-               "time_ratio": time_ratio, "time_target": 1.15, "mem_seq_len": mem_length, "mem_batch": mem_batch,
+               "time_ratio": time_ratio, "time_target": TIME_TARGET, "mem_seq_len": mem_length, "mem_batch": mem_batch,
                "leaf_peak_bytes": mem_leaf, "plain_peak_bytes": mem_plain, "memory_ratio": mem_ratio,
                "memory_target": 0.5, "max_abs_diff": max_diff})
 
