@@ -15,7 +15,6 @@ Exit code 1 when any stage fails; a skipped stage says why.
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import math
 import os
@@ -71,18 +70,13 @@ class Stage:
 
 
 def versions() -> dict:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
     import torch
 
-    from leaf.run_folder import code_version
+    from leaf.run_folder import versions as installed
 
+    out = installed(PACKAGES)
     out["torch CUDA"] = torch.version.cuda
-    out["leaf"] = code_version()
+    out["leaf"] = out.pop("leaf-code")
     return out
 
 
@@ -299,7 +293,6 @@ def format_report(report: dict) -> str:
         peak = f"{s['peak_mb']:.0f}" if s["peak_mb"] is not None else "-"
         lines.append(f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | {peak} | {s['detail']} |")
     lines += ["", f"{'all stages pass' if report['ok'] else 'FAILED'} in {report['seconds']:.0f} s"
-              + ("" if report["device"].get("device", "").startswith("CPU") else "")
               + " (peak memory: " + ("the GPU's peak allocation per stage)" if "capability" in report["device"] else
                                      "the process's resident high-water mark so far)")]
     return "\n".join(lines)

@@ -186,11 +186,15 @@ def code_version() -> str:
     return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
-def versions() -> dict:
+RECORDED_PACKAGES = ("leaf-distill", "torch", "transformers", "nnsight", "safetensors", "datasets")
+
+
+def versions(packages: tuple[str, ...] = RECORDED_PACKAGES) -> dict:
+    """The installed version of each package (None when missing), and leaf's code version (`leaf-code`)."""
     import importlib.metadata as md
 
     out = {}
-    for name in ("leaf-distill", "torch", "transformers", "nnsight", "safetensors", "datasets"):
+    for name in packages:
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:

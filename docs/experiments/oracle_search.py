@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from leaf.demo.task import demo_splits, design_problems, generate, held_out, student_problems, texts
+from leaf.demo.task import demo_splits, design_problems, held_out, student_problems, teacher_problems, texts
 from leaf.demo.train import STUDENT_SIZE, encode, evaluate, new_model, train
 from leaf.distill import DistillConfig, run_distill
 
@@ -82,7 +82,7 @@ def main():
             new_model(teacher, TEACHER_SIZE, seed=1)
             from transformers import AutoTokenizer
             train(teacher, encode(AutoTokenizer.from_pretrained(teacher),
-                                  generate(40000, 11, prefix="train-", max_steps=a.max_problem_steps)),
+                                  teacher_problems(a.max_problem_steps)),
                   steps=a.teacher_steps, lr=2e-3, seed=0)
     # held out: the demo's test and validation sets of this seed (its --full sizes) and this search's own
     demo = demo_splits(seed, pool=0, validation=400, test=2000)

@@ -133,8 +133,7 @@ def first_step_kl(log_path: Path) -> dict:
     """The loss terms as a distill run starts (log.jsonl), in nats per response token: the KL on the originals at
     the first optimizer step (before any update), and on the counterfactuals at the first step whose batch held one
     (`counterfactual_step`; None when no step did)."""
-    steps = [line for line in map(json.loads, filter(str.strip, log_path.read_text().splitlines()))
-             if not line.get("eval")]
+    steps = optimizer_steps(log_path)
     with_cf = next((line for line in steps if line["kd_counterfactual"] is not None), None)
     return {"original": steps[0]["kd_original"],
             "counterfactual": with_cf["kd_counterfactual"] if with_cf else None,
@@ -143,5 +142,10 @@ def first_step_kl(log_path: Path) -> dict:
 
 def compute(log_path: Path) -> int:
     """Tokens through the student's forward passes over a distill run (originals and counterfactuals)."""
-    return sum(line["tokens"] for line in map(json.loads, filter(str.strip, log_path.read_text().splitlines()))
-               if not line.get("eval"))
+    return sum(line["tokens"] for line in optimizer_steps(log_path))
+
+
+def optimizer_steps(log_path: Path) -> list[dict]:
+    """A distill run's log.jsonl lines of its optimizer steps (evaluation lines left out)."""
+    return [line for line in map(json.loads, filter(str.strip, log_path.read_text().splitlines()))
+            if not line.get("eval")]

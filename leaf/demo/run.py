@@ -25,6 +25,7 @@ Per seed:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -121,7 +122,7 @@ class DemoConfig:
 
 def get_teacher(config: DemoConfig, log) -> Path:
     """The shipped teacher, a given one, or one trained now into OUTPUT/teacher."""
-    from leaf.demo.task import generate
+    from leaf.demo.task import teacher_problems
     from leaf.demo.train import TEACHER_SIZE, encode, new_model, train
 
     if config.teacher:
@@ -135,9 +136,17 @@ def get_teacher(config: DemoConfig, log) -> Path:
     new_model(folder, TEACHER_SIZE, seed=1)
     from transformers import AutoTokenizer
 
-    encoded = encode(AutoTokenizer.from_pretrained(folder), generate(40000, 11, prefix="train-"))
+    encoded = encode(AutoTokenizer.from_pretrained(folder), teacher_problems())
     train(folder, encoded, steps=config.teacher_steps, lr=2e-3, seed=0, on_step=_bar("teacher", config.teacher_steps))
     return folder
+
+
+@functools.lru_cache(maxsize=1)
+def _teacher_texts() -> frozenset[str]:
+    """The shipped teacher's training questions, as posed and as clean twins (drawn once per process, not per seed)."""
+    from leaf.demo.task import teacher_problems, texts
+
+    return frozenset(texts(teacher_problems()))
 
 
 def _bar(name: str, total: int):
@@ -192,7 +201,7 @@ class SeedRun:
     # -- stages ------------------------------------------------------------------------------------------------
     def data(self) -> None:
         from leaf.demo.experiment import write_jsonl
-        from leaf.demo.task import demo_splits, generate, texts
+        from leaf.demo.task import demo_splits, texts
 
         c, seed = self.config, self.seed
         splits = demo_splits(seed, pool=c.budget("pool"), validation=c.budget("validation"),
@@ -201,8 +210,8 @@ class SeedRun:
         for name, problems in (("pool", self.pool), ("validation", self.validation), ("test", self.test)):
             write_jsonl(self.out / f"{name}.jsonl", [p.as_record() for p in problems])
         self.held_out = texts(self.test) | texts(self.validation)
-        # the shipped teacher's training problems are fixed (generate(40000, 11)): how many test problems it saw
-        seen = texts(generate(40000, 11, prefix="train-")) if self.teacher == ASSET_TEACHER else set()
+        # the shipped teacher's training problems are fixed: how many test problems it saw
+        seen = _teacher_texts() if self.teacher == ASSET_TEACHER else frozenset()
         self.splits = {name: len(problems) for name, problems in splits.items()}
         self.splits["test_seen_by_teacher"] = {
             "distractor": sum(p.question in seen for p in self.test),

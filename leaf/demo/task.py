@@ -139,6 +139,12 @@ def demo_tokenizer():
     return word_tokenizer(vocabulary())
 
 
+def teacher_problems(max_steps: int = 3) -> list[Problem]:
+    """The demo teacher's training problems: the shipped teacher was trained on these (`leaf demo --retrain-teacher`
+    trains on them again)."""
+    return generate(40000, 11, prefix="train-", max_steps=max_steps)
+
+
 def texts(problems: list[Problem]) -> set[str]:
     """Every question a model could have seen of these problems: each one as posed and its clean twin."""
     return {q for p in problems for q in (p.question, p.clean_question)}
