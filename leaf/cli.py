@@ -30,6 +30,7 @@ from leaf.demo.run import DemoConfig
 from leaf.doctor import DoctorConfig
 from leaf.inspect import InspectConfig
 from leaf.distill import MODES, DistillConfig
+from leaf.distill.config import TEACHER_ENGINES
 from leaf.eval import EvalConfig, list_tasks
 from leaf.inspect.saliency import SaliencyReportConfig
 from leaf.serve.backends import BACKENDS
@@ -75,7 +76,7 @@ PANELS = {
                      "random_output_len", "focus_samples"), BENCHMARK),
     **dict.fromkeys(("batch_size", "window", "device", "dtype", "device_map", "gradient_checkpointing",
                      "teacher_only", "teacher_scores", "chunk_size", "cache_teacher", "top_k", "cache_only",
-                     "teacher_device_map", "max_model_len", "tensor_parallel_size", "data_parallel_size",
+                     "teacher_device_map", "teacher_engine", "teacher_tensor_parallel_size", "max_model_len", "tensor_parallel_size", "data_parallel_size",
                      "gpu_memory_utilization"), SCALE),
     **dict.fromkeys(("seed", "allow_pickle", "trust_remote_code"), SAFETY),
 }
@@ -89,6 +90,7 @@ FLAGS = {
     "unparsable": Flag(choices=UNPARSABLE), "generator": Flag(choices=BACKENDS),
     "max_new_tokens": Flag("--max-tokens", hidden="--max-new-tokens"),  # vLLM's name, as in serve; the old one read
     "mode": Flag(choices=MODES), "lam": Flag("--lambda", "--lambda-schedule"),
+    "teacher_engine": Flag(choices=TEACHER_ENGINES),
     "divergence": Flag(choices=("forward_kl", "reverse_kl", "jsd")),  # leaf.distill.losses.DIVERGENCES
     "backend": Flag(choices=BACKENDS), "tasks": Flag(choices=list_tasks()),  # leaf eval's benchmarks
     "components": Flag(choices=("resid", "attn", "mlp", "head")),  # leaf.hooks.COMPONENTS

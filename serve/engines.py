@@ -10,12 +10,16 @@
 
 Both decode greedily from token ids, stop at the tokenizer's end-of-turn tokens (the stop token is counted as an
 output token, as vLLM does) and measure from one submission time t0, so queueing is part of TTFT for both.
+Both also score given sequences (`top_logprobs`: the top-k log-probs at chosen positions, temperature applied, over
+the first `vocab` logits), which is how `leaf distill` fills its teacher cache: HF by one forward pass per
+sequence with the LM head only where asked, vLLM through `prompt_logprobs` with its whole batch in flight.
 `make_engine` starts one for a model folder (`leaf serve`), `engine_for_model` for a loaded model (`leaf analyze`),
 and `generate_texts` turns rendered prompt texts into greedy continuations with either.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import time
@@ -131,6 +135,22 @@ class HFEngine:
                 out[i] = _finish(self.tokenizer, len(prompts[i]), new, times, stops)
         return out, time.perf_counter() - t0  # type: ignore[return-value]
 
+    def top_logprobs(self, prompts: list[list[int]], positions: list[list[int]], k: int, *,
+                     temperature: float = 1.0, vocab: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per sequence, at its logit positions (logit t predicts token t + 1): the top-k of log_softmax(z / t)
+        over the first `vocab` logits, as (n, k) float32 log-probs and (n, k) int64 ids, best first."""
+        from leaf.distill.losses import teacher_topk
+
+        hf, device, out = self.model.hf_model.eval(), self.model.device, []
+        for ids, keep in zip(prompts, positions):
+            keep_t = torch.tensor(keep, dtype=torch.long, device=device)
+            with torch.no_grad():  # the LM head only where the scores are read
+                logits = hf(input_ids=torch.tensor([ids], device=device), logits_to_keep=keep_t).logits
+            every = torch.ones(1, len(keep), dtype=torch.bool, device=device)
+            logp, top = teacher_topk(logits, every, k, temperature=temperature, vocab=vocab)
+            out.append((logp.cpu(), top.cpu()))
+        return out
+
     def close(self) -> None:
         del self.model
         gc.collect()
@@ -208,6 +228,7 @@ class VLLMEngine:
                             "folder is a complete HF model (config.json, safetensors weights, tokenizer); on CPU use "
                             f"{HF_INSTEAD}, or raise VLLM_CPU_KVCACHE_SPACE (GiB).") from None
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.max_logprobs = self.llm.llm_engine.model_config.max_logprobs
         self.settings = {"backend": self.backend, "engine": self.label, "device": device, "dtype": dtype,
                          "max_model_len": self.max_model_len, "tensor_parallel_size": tensor_parallel_size,
                          "data_parallel_size": data_parallel_size, "seed": seed,
@@ -228,8 +249,8 @@ class VLLMEngine:
         t0 = time.perf_counter()
         for i, (ids, budget) in enumerate(zip(prompts, max_tokens)):
             params = SamplingParams(temperature=0.0, max_tokens=min(budget, self.max_model_len - len(ids)),
-                                    ignore_eos=ignore_eos, stop_token_ids=sorted(stops), skip_special_tokens=True,
-                                    output_kind=RequestOutputKind.DELTA)
+                                    ignore_eos=ignore_eos, stop_token_ids=sorted(stops), detokenize=False,
+                                    output_kind=RequestOutputKind.DELTA)  # token ids only: leaf decodes them
             engine.add_request(f"leaf-{i}", TokensPrompt(prompt_token_ids=list(ids)), params)
             tokens[f"leaf-{i}"], times[f"leaf-{i}"] = [], []
         while engine.has_unfinished_requests():
@@ -242,6 +263,39 @@ class VLLMEngine:
         return [_finish(self.tokenizer, len(ids), tokens[f"leaf-{i}"], times[f"leaf-{i}"], stops)
                 for i, ids in enumerate(prompts)], duration
 
+    def top_logprobs(self, prompts: list[list[int]], positions: list[list[int]], k: int, *,
+                     temperature: float = 1.0, vocab: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """As HFEngine.top_logprobs, from vLLM's prompt_logprobs (the engine needs max_logprobs >= k). vLLM computes
+        prompt log-probs from the raw logits (no sampling parameter reaches them), so the temperature and the
+        vocabulary cut are set on the model's logits processor for this call (its scale and org_vocab_size, which
+        every vLLM decoder applies before the log-softmax) and restored after."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        _refuse_full_prompts(prompts, self.max_model_len)
+        if vocab is not None and any(t >= vocab for ids in prompts for t in ids):
+            raise LeafError(f"A sequence holds a token id past the {vocab} logits kept: score it with the "
+                            "tokenizer of the model whose vocabulary is kept.")
+        limit = self.max_logprobs
+        if limit != -1 and k > limit:
+            raise LeafError(f"This vLLM engine returns at most {limit} log-probs per position, {k} were asked: "
+                            "start it with engine_args={'max_logprobs': k}.")
+        saved = self.llm.apply_model(functools.partial(_set_logits, scale=1 / temperature, vocab=vocab))
+        try:
+            params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=k, detokenize=False,
+                                    flat_logprobs=True)
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompts], params,
+                                        use_tqdm=False)
+        finally:
+            self.llm.apply_model(functools.partial(_restore_logits, saved=saved[0]))
+        out = []
+        for output, keep in zip(outputs, positions):
+            flat = output.prompt_logprobs  # position p: [the prompt token's entry, then the top-k by rank]
+            rows = [slice(flat.start_indices[t + 1] + 1, flat.end_indices[t + 1]) for t in keep]
+            out.append((torch.tensor([flat.logprobs[r] for r in rows], dtype=torch.float32).reshape(len(keep), -1),
+                        torch.tensor([flat.token_ids[r] for r in rows], dtype=torch.long).reshape(len(keep), -1)))
+        return out
+
     def close(self) -> None:
         """Free the engine (and its KV cache) before the next model's starts."""
         engine = getattr(self, "llm", None)
@@ -253,6 +307,30 @@ class VLLMEngine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _logits_processors(model) -> list:
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+
+    return [m for m in model.modules() if isinstance(m, LogitsProcessor)]
+
+
+def _set_logits(model, *, scale: float, vocab: int | None) -> list[tuple[float, int]]:
+    """Run inside vLLM's worker (LLM.apply_model): multiply the logits by `scale` and keep only the first `vocab`;
+    returns the previous (scale, org_vocab_size) of each logits processor."""
+    processors = _logits_processors(model)
+    if not processors:
+        raise LeafError("This vLLM model has no LogitsProcessor to apply the temperature to; use --teacher-engine hf.")
+    saved = [(p.scale, p.org_vocab_size) for p in processors]
+    for p in processors:
+        p.scale = p.scale * scale
+        p.org_vocab_size = min(p.org_vocab_size, vocab or p.org_vocab_size)
+    return saved
+
+
+def _restore_logits(model, *, saved: list[tuple[float, int]]) -> None:
+    for p, (scale, size) in zip(_logits_processors(model), saved):
+        p.scale, p.org_vocab_size = scale, size
 
 
 def make_engine(backend: str, path: str, **kwargs):

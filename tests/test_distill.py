@@ -343,6 +343,55 @@ def test_cache_only_then_training_without_the_teacher(setup, tmp_path, monkeypat
     assert spread.returncode != 0 and "needs one process" in spread.stderr
 
 
+def test_a_teacher_cache_from_vllm_trains_the_student_as_one_from_hf(setup, tmp_path):
+    """--teacher-engine vllm: the cache written from vLLM's prompt_logprobs (cache-only, by the CLI) holds the same
+    entries as HF's within float32 rounding, a run trains from it without the flag (the engines write the same
+    quantity), and the weights it ends with equal those of training from the HF cache within the tolerance of
+    training from the full cache against the online teacher (test above)."""
+    pytest.importorskip("vllm")
+    from typer.testing import CliRunner
+
+    from leaf.cli import app
+
+    teacher, student, analyze = setup
+    out = tmp_path / "vllm"
+    result = CliRunner().invoke(app, ["distill", "--teacher", teacher, "--student", student, "--data", str(analyze),
+                                      "--output", str(out), "--teacher-engine", "vllm", "--cache-only", "--top-k", "8",
+                                      "--temperature", "2", "--max-steps", "3", "--batch-size", "2", "--lr", "1e-3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "teacher_cache" / "meta.json").read_text())["engine"] == "vllm"
+    trained = run_distill(_config(setup, out, cache_teacher=True, top_k=8, temperature=2.0, max_steps=3),
+                          progress=False)
+    reference = run_distill(_config(setup, tmp_path / "hf", cache_teacher=True, top_k=8, temperature=2.0,
+                                    max_steps=3), progress=False)
+    a = load_file(str(out / "teacher_cache" / "shard-00000.safetensors"))
+    b = load_file(str(tmp_path / "hf" / "teacher_cache" / "shard-00000.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        if key.endswith(".logp"):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)  # tiny logits: ~1e-6 apart
+        else:  # equal ids wherever the values are not within rounding of each other
+            untied = (b[key.replace(".ids", ".logp")].diff(dim=-1).abs() > 1e-5).all(-1)
+            assert torch.equal(a[key][untied], b[key][untied])
+    for x, y in zip(*[[json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+                      for folder in (out, tmp_path / "hf")]):
+        assert x["kd_original"] == pytest.approx(y["kd_original"], rel=1e-4, abs=1e-6)
+    wa, wb = load_file(trained["final"] + "/model.safetensors"), load_file(reference["final"] + "/model.safetensors")
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=1e-4)
+
+
+def test_the_vllm_teacher_engine_writes_in_one_process(setup, tmp_path):
+    from types import SimpleNamespace
+
+    from leaf.distill.run import vllm_teacher
+
+    with pytest.raises(LeafError, match="one process"):
+        vllm_teacher(_config(setup, tmp_path / "x", teacher_engine="vllm"), [], SimpleNamespace(num_processes=2),
+                     print)
+    assert _config(setup, tmp_path / "y", teacher_engine="vllm").cache_teacher  # vllm writes a cache
+
+
 def test_the_teacher_cache_is_split_across_processes_by_shard(setup, tmp_path, monkeypatch):
     """Shard s is written by process s mod N; the union equals a one-process cache."""
     import leaf.distill.teacher_cache
@@ -350,6 +399,7 @@ def test_the_teacher_cache_is_split_across_processes_by_shard(setup, tmp_path, m
     from leaf.distill.run import load_records_for
     from leaf.distill.teacher_cache import TeacherCache
     from leaf.hooks import load_model
+    from leaf.serve.engines import HFEngine
 
     monkeypatch.setattr(leaf.distill.teacher_cache, "SHARD", 2)
     config = _config(setup, tmp_path / "x", cache_teacher=True)
@@ -357,9 +407,10 @@ def test_the_teacher_cache_is_split_across_processes_by_shard(setup, tmp_path, m
     records, _ = load_records_for(config)
     examples, _ = build_examples(records, teacher.tokenizer, config.mode, 1024)
     vocab = teacher.hf_model.get_output_embeddings().weight.shape[0]
-    TeacherCache.write(tmp_path / "one", teacher, examples, config, vocab)
+    engine = HFEngine(teacher)
+    TeacherCache.write(tmp_path / "one", engine, examples, config, vocab)
     for rank in (0, 1):
-        TeacherCache.write(tmp_path / "two", teacher, examples, config, vocab, rank=rank, processes=2)
+        TeacherCache.write(tmp_path / "two", engine, examples, config, vocab, rank=rank, processes=2)
         written = sorted(p.name for p in (tmp_path / "two").glob("shard-*"))
         assert written == (["shard-00000.safetensors", "shard-00002.safetensors"] if rank == 0 else
                            [f"shard-0000{k}.safetensors" for k in range(3)])

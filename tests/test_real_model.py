@@ -16,39 +16,9 @@ from typer.testing import CliRunner
 
 from leaf.cli import app
 from leaf.errors import LeafError
-from tests.test_answers_gold_segments import GSM_PLUS
 
 pytestmark = pytest.mark.real
 runner = CliRunner()
-
-
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory):
-    """SmolLM2 as a safetensors folder, converted from the wheel's GGUF once per test session by `leaf convert-gguf`."""
-    from leaf.models.pretrained import find_smollm2_gguf
-
-    try:
-        find_smollm2_gguf()
-    except LeafError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))  # outside CI only: the README's test command installs the wheel
-    folder = tmp_path_factory.mktemp("real") / "smollm2"
-    result = runner.invoke(app, ["convert-gguf", "--output", str(folder)])
-    assert result.exit_code == 0 and "wrote" in result.output, result.output
-    again = runner.invoke(app, ["convert-gguf", "--output", str(folder)])     # never overwrites a folder
-    assert again.exit_code != 0 and "nothing was overwritten" in again.output
-    return str(folder)
-
-
-@pytest.fixture(scope="session")
-def gsm8(tmp_path_factory):
-    """8 GSM-Plus distraction rows (shipped data), the shortest ones."""
-    rows = sorted((json.loads(line) for line in GSM_PLUS.read_text().splitlines()),
-                  key=lambda r: len(r["question"]) + len(r["solution"]))[:8]
-    path = tmp_path_factory.mktemp("gsm") / "gsm8.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_the_converted_folder_equals_the_gguf_model(smollm2):

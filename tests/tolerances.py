@@ -58,3 +58,15 @@ def kd_atol(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: to
         size = torch.maximum(zs.abs().amax(-1), zt.abs().amax(-1))
         worst = max(worst, float((temperature * sensitivity * 16 * EPS32 * size).max()))
     return worst
+
+
+def logprob_atol(layers: int, width: int, logit_scale: float) -> float:
+    """How far two float32 forward passes of one model through different kernels (HF's and vLLM's CPU attention
+    and matmuls) may put a log-prob apart. Each of a layer's three stages (attention projections, attention, MLP)
+    sums at most `width` products, off by about sqrt(width)·eps of its absolute terms (rounding errors in random
+    directions; Higham's worst case width·eps is far from what blocked kernels reach); the stages' errors add
+    through the residual stream like a random walk, sqrt(3·layers) of them; a 10x margin as in MODEL_RTOL. That
+    relative error times the largest |logit| bounds a logit's move, and a log-prob z_i - logsumexp(z) moves by at
+    most twice a logit's."""
+    relative = 10 * (3 * layers) ** 0.5 * width ** 0.5 * EPS32
+    return 2 * relative * logit_scale

@@ -10,6 +10,7 @@ from leaf.io import check_output_folder
 from leaf.options import doc
 
 MODES = ("kd", "instr", "instr+resp")
+TEACHER_ENGINES = ("hf", "vllm")
 
 
 @dataclass
@@ -47,6 +48,12 @@ class DistillConfig:
     cache_teacher: bool = field(default=False, metadata=doc(
         "First write the teacher's top-k log-probs of every original and counterfactual to OUTPUT/teacher_cache, "
         "then train from it without the teacher in memory (the path for very large teachers)."))
+    teacher_engine: str = field(default="hf", metadata=doc(
+        "What writes the teacher cache: hf (one forward pass per sequence) or vllm (vLLM's prompt_logprobs, every "
+        "sequence in flight at once; implies --cache-teacher; one process, the teacher spread by "
+        "--teacher-tensor-parallel-size). docs/scale.md has the measured speed."))
+    teacher_tensor_parallel_size: int = field(default=1, metadata=doc(
+        "--teacher-engine vllm: GPUs the teacher is split over (vLLM tensor parallelism)."))
     top_k: int = field(default=64, metadata=doc("Entries per position in the teacher cache (the tail mass is kept)."))
     cache_only: bool = field(default=False, metadata=doc(
         "Write the teacher cache (--cache-teacher) and stop; a later run on the same --output trains from it "
@@ -96,7 +103,7 @@ class DistillConfig:
 
         self.data, self.output = Path(self.data), Path(self.output)
         check_output_folder(self.output, allow_nonempty=True)
-        if self.cache_only:
+        if self.cache_only or self.teacher_engine == "vllm":
             self.cache_teacher = True
         if self.counterfactuals is not None:
             self.counterfactuals = Path(self.counterfactuals)
@@ -131,6 +138,10 @@ class DistillConfig:
             (self.temperature > 0, f"--temperature must be positive, got {self.temperature}."),
             (0 <= self.warmup < 1, f"--warmup is a fraction in [0, 1), got {self.warmup}."),
             (self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}."),
+            (self.teacher_engine in TEACHER_ENGINES,
+             f"--teacher-engine must be one of {', '.join(TEACHER_ENGINES)}, got {self.teacher_engine!r}."),
+            (self.teacher_tensor_parallel_size >= 1,
+             f"--teacher-tensor-parallel-size must be at least 1, got {self.teacher_tensor_parallel_size}."),
             (not (self.cross_tokenizer and self.cache_teacher),
              "--cross-tokenizer needs the teacher's full distributions online: drop --cache-teacher."),
             (self.uld_weight >= 0, f"--uld-weight must be 0 or more, got {self.uld_weight}."),
@@ -157,6 +168,7 @@ class DistillConfig:
         identity (data_sha256, counterfactuals_sha256: a path names a file, not its contents). Options added later
         enter only when set, so that a run started before them still resumes."""
         skip = {"output", "resume", "save_steps", "cache_only", "teacher_device_map", "trust_remote_code",
+                "teacher_engine", "teacher_tensor_parallel_size",
                 "logging_steps", "report_to", "eval_data", "eval_steps"}
         if self.num_train_epochs is None:
             skip.add("num_train_epochs")

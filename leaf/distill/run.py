@@ -74,12 +74,13 @@ def _run(config: DistillConfig, ranks, say, lock: FolderLock, progress: bool) ->
     vocab = student.hf_model.get_output_embeddings().weight.shape[0]
     cache_meta = TeacherCache.meta(config, data.examples, config.fingerprint(), vocab)
     cached = config.cache_teacher and TeacherCache.complete(config.output / "teacher_cache", cache_meta)
-    if not cached and teacher is None:
+    if not cached and teacher is None and config.teacher_engine == "hf":
         teacher = load_online_teacher(config, say, student, processes=ranks.num_processes)
     matched = matched_vocabulary(teacher, student) if config.cross_tokenizer else None
     last = claim_output(config, ranks, lock, last)
     if config.cache_teacher:
-        source = teacher_cache(config, teacher, data.examples, vocab, cache_meta, write=not cached, ranks=ranks)
+        source = teacher_cache(config, teacher, data.examples, vocab, cache_meta, write=not cached, ranks=ranks,
+                               say=say, progress=progress)
         teacher = None  # training from the cache: the teacher leaves memory
         if config.cache_only:
             return cache_summary(config, data, ranks)
@@ -275,17 +276,51 @@ def fitting_examples(config: DistillConfig, records: list[dict], student, teache
 
 
 def teacher_cache(config: DistillConfig, teacher, examples: list[Example], vocab: int, meta: dict, *, write: bool,
-                  ranks) -> TeacherCache:
-    """The teacher cache under OUTPUT/teacher_cache, written first (each process its shards) unless complete."""
+                  ranks, say, progress: bool = False) -> TeacherCache:
+    """The teacher cache under OUTPUT/teacher_cache, written first (each process its shards) unless complete, by
+    the loaded HF teacher or, with --teacher-engine vllm, by a vLLM engine started here and closed after."""
+    from leaf.serve.engines import HFEngine
+
     folder = config.output / "teacher_cache"
     if write:
-        TeacherCache.write(folder, teacher, examples, config, vocab, rank=ranks.process_index,
-                           processes=ranks.num_processes)
+        engine = HFEngine(teacher) if teacher is not None else vllm_teacher(config, examples, ranks, say)
+        try:
+            TeacherCache.write(folder, engine, examples, config, vocab, rank=ranks.process_index,
+                               processes=ranks.num_processes, progress=progress and ranks.is_main_process)
+        finally:
+            engine.close()
         ranks.wait_for_everyone()
         if ranks.is_main_process:
             TeacherCache.finish(folder, meta)
         ranks.wait_for_everyone()
     return TeacherCache(folder)
+
+
+def vllm_teacher(config: DistillConfig, examples: list[Example], ranks, say):
+    """--teacher-engine vllm: the teacher in vLLM (one process; --teacher-tensor-parallel-size GPUs), its context
+    the longest sequence, returning --top-k log-probs per position. On a GPU it takes
+    SHARED_GPU_MEMORY_UTILIZATION of the memory: the student is loaded beside it."""
+    from leaf.serve.engines import SHARED_GPU_MEMORY_UTILIZATION, VLLMEngine
+
+    if ranks.num_processes > 1:
+        raise LeafError("--teacher-engine vllm writes the teacher cache in one process (vLLM spreads the teacher "
+                        "itself, --teacher-tensor-parallel-size): run `leaf distill ... --cache-only "
+                        "--teacher-engine vllm` alone first, then train under accelerate launch on the same --output.")
+    from transformers import AutoConfig
+
+    from leaf.hooks.loading import resolve_source
+
+    longest = max(len(ids) for ex in examples for ids, _ in [(ex.input_ids, None), *ex.counterfactuals])
+    text = AutoConfig.from_pretrained(resolve_source(config.teacher),
+                                      trust_remote_code=config.trust_remote_code).get_text_config()
+    context = getattr(text, "max_position_embeddings", None)
+    say(f"starting vLLM for the teacher {config.teacher} (top {config.top_k} log-probs per position)")
+    return VLLMEngine(config.teacher, device=config.device, dtype=config.dtype, seed=config.seed,
+                      max_model_len=longest + 1 if context is None or longest < context else None,
+                      tensor_parallel_size=config.teacher_tensor_parallel_size,
+                      gpu_memory_utilization=SHARED_GPU_MEMORY_UTILIZATION, allow_pickle=config.allow_pickle,
+                      trust_remote_code=config.trust_remote_code,
+                      engine_args={"max_logprobs": config.top_k, "skip_tokenizer_init": True})
 
 
 def cache_summary(config: DistillConfig, data: TrainingSet, ranks) -> dict:

@@ -44,49 +44,53 @@ class TeacherCache:
     @staticmethod
     def meta(config: DistillConfig, examples: list[Example], fingerprint: dict, vocab: int) -> dict:
         return {"k": config.top_k, "temperature": config.temperature, "vocab": vocab, "examples": len(examples),
-                "data": fingerprint}
+                "data": fingerprint, "engine": config.teacher_engine}
 
     @staticmethod
     def complete(folder: Path, meta: dict) -> bool:
-        """Whether the folder holds a finished cache of exactly this data and these settings."""
+        """Whether the folder holds a finished cache of exactly this data and these settings (written by either
+        engine: both store the same quantity, so a run trains from whichever wrote it)."""
         path = folder / "meta.json"
         if not path.exists():
             return False
-        if json.loads(path.read_text()) != meta:
+        if _without_engine(json.loads(path.read_text())) != _without_engine(meta):
             raise LeafError(f"{folder} holds a teacher cache for other data or settings; delete it or use "
                             "another --output.")
         return True
 
     @staticmethod
-    def write(folder: Path, teacher, examples: list[Example], config: DistillConfig, vocab: int, *, rank: int = 0,
-              processes: int = 1) -> None:
-        """Run the teacher once over every original and counterfactual, this process's share of the shards
-        (shard s goes to process s mod N); resumable shard by shard. The main process writes meta.json once every
-        process finished (see finish)."""
+    def write(folder: Path, engine, examples: list[Example], config: DistillConfig, vocab: int, *, rank: int = 0,
+              processes: int = 1, progress: bool = False) -> None:
+        """Score every original and counterfactual with the teacher `engine` (leaf.serve.engines: HF forward passes,
+        or vLLM's prompt_logprobs), this process's share of the shards (shard s goes to process s mod N); resumable
+        shard by shard. The main process writes meta.json once every process finished (see finish)."""
         import torch
+        from tqdm.auto import tqdm
 
         from leaf.io import save_safetensors_atomic
-        from leaf.distill.losses import logit_mask, teacher_topk
 
         folder.mkdir(parents=True, exist_ok=True)
-        hf = teacher.hf_model.eval()
-        for shard in range(0, len(examples), SHARD):
-            path = folder / f"shard-{shard // SHARD:05d}.safetensors"
-            if (shard // SHARD) % processes != rank or path.exists():
-                continue
-            tensors = {}
+        mine = [s for s in range(0, len(examples), SHARD) if (s // SHARD) % processes == rank
+                and not (folder / f"shard-{s // SHARD:05d}.safetensors").exists()]
+        bar = tqdm(total=sum(min(SHARD, len(examples) - s) for s in mine), unit="sample", desc="teacher cache",
+                   disable=not progress)
+        for shard in mine:
+            keys, prompts, positions = [], [], []
             for i in range(shard, min(shard + SHARD, len(examples))):
                 ex = examples[i]
                 for v, (ids, mask) in enumerate([(ex.input_ids, ex.response_mask), *ex.counterfactuals]):
-                    selected = logit_mask(torch.tensor([mask], device=teacher.device))        # (1, T)
-                    keep = selected.any(0).nonzero().flatten()
-                    with torch.no_grad():  # the LM head only where the loss reads the teacher
-                        logits = hf(input_ids=torch.tensor([ids], device=teacher.device), logits_to_keep=keep).logits
-                    logp, top = teacher_topk(logits, selected[:, keep], config.top_k,
-                                             temperature=config.temperature, vocab=vocab)
-                    tensors[f"{i}.{v}.logp"] = logp.cpu().contiguous()
-                    tensors[f"{i}.{v}.ids"] = top.to(torch.int32).cpu().contiguous()
-            save_safetensors_atomic(path, tensors)
+                    keys.append(f"{i}.{v}")
+                    prompts.append(list(ids))
+                    positions.append(cache_positions(mask))
+            scored = engine.top_logprobs(prompts, positions, config.top_k, temperature=config.temperature,
+                                         vocab=vocab)
+            tensors = {}
+            for key, (logp, top) in zip(keys, scored):
+                tensors[f"{key}.logp"] = logp.float().contiguous()
+                tensors[f"{key}.ids"] = top.to(torch.int32).contiguous()
+            save_safetensors_atomic(folder / f"shard-{shard // SHARD:05d}.safetensors", tensors)
+            bar.update(min(SHARD, len(examples) - shard))
+        bar.close()
 
     @staticmethod
     def finish(folder: Path, meta: dict) -> None:
@@ -95,3 +99,13 @@ class TeacherCache:
         if missing:
             raise LeafError(f"The teacher cache in {folder} lacks {len(missing)} shard(s); rerun with --resume.")
         write_json_atomic(folder / "meta.json", meta)
+
+
+def _without_engine(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if k != "engine"}
+
+
+def cache_positions(token_mask) -> list[int]:
+    """The logit positions the loss reads for a response-token mask: t where token t + 1 is a target (as
+    leaf.distill.losses.logit_mask selects them), in order."""
+    return [t for t in range(len(token_mask) - 1) if token_mask[t + 1]]
