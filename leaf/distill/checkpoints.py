@@ -99,6 +99,8 @@ def save_final(trainer, folder: Path) -> dict:
     from accelerate.utils import extract_model_from_parallel
 
     model = extract_model_from_parallel(trainer.model)
+    if trainer.is_fsdp_enabled:  # checkpoints stay sharded; final/ gathers the full weights (every rank takes part)
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     if not is_lora(model):
         trainer.save_model(str(folder))
         return {"final_kind": "full", "adapter": None}

@@ -180,11 +180,14 @@ def load_models(config: DistillConfig, say, *, records: int):
 
 def load_teacher(config: DistillConfig, say):
     """The teacher in the run's dtype (bf16 halves a big teacher), spread by --teacher-device-map if given."""
+    from leaf.distill.sharding import real_weights_on_every_rank
     from leaf.hooks import load_model
 
     say(f"loading the teacher {config.teacher}")
-    return load_model(config.teacher, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
-                      trust_remote_code=config.trust_remote_code, device_map=config.teacher_device_map)
+    with real_weights_on_every_rank():  # FSDP's efficient loading would give ranks > 0 a teacher of zeros
+        return load_model(config.teacher, device=config.device, dtype=config.dtype,
+                          allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
+                          device_map=config.teacher_device_map)
 
 
 def load_online_teacher(config: DistillConfig, say, student, *, processes: int):
@@ -343,8 +346,11 @@ def frozen(model):
     return model
 
 
-def training_arguments(config: DistillConfig, *, progress: bool, evaluate: bool = False):
-    """The Trainer's settings; leaf's option names and their TrainingArguments names are tabled in README."""
+def training_arguments(config: DistillConfig, *, progress: bool, evaluate: bool = False,
+                       configured_state: bool = False):
+    """The Trainer's settings; leaf's option names and their TrainingArguments names are tabled in README.
+    configured_state: keep the accelerate state leaf set (FSDP on CPU, leaf.distill.sharding) instead of letting
+    the Trainer reset it."""
     from transformers import TrainingArguments
 
     length = dict(max_steps=config.max_steps) if config.max_steps else dict(num_train_epochs=config.num_train_epochs)
@@ -362,7 +368,7 @@ def training_arguments(config: DistillConfig, *, progress: bool, evaluate: bool 
         eval_strategy="steps" if evaluate and eval_every else "no", eval_steps=eval_every or None,
         remove_unused_columns=False, dataloader_num_workers=0, use_cpu=config.device == "cpu",
         bf16=config.dtype in ("bfloat16", "bf16"), gradient_checkpointing=config.gradient_checkpointing,
-        disable_tqdm=not progress)
+        disable_tqdm=not progress, accelerator_config={"use_configured_state": configured_state})
 
 
 def train(config: DistillConfig, student, source, matched, data: TrainingSet, ranks, *, last: str | None,
@@ -374,6 +380,7 @@ def train(config: DistillConfig, student, source, matched, data: TrainingSet, ra
 
     from leaf.distill.checkpoints import save_final, with_lora
     from leaf.distill.log import BarOnly, JsonlLog
+    from leaf.distill.sharding import fsdp_on_cpu
     from leaf.distill.trainer import DistillTrainer
 
     out = config.output
@@ -383,9 +390,11 @@ def train(config: DistillConfig, student, source, matched, data: TrainingSet, ra
                           target_modules=config.lora_target_modules,
                           gradient_checkpointing=config.gradient_checkpointing)
     terms, lines = [], []
+    configured = fsdp_on_cpu(config.device, ranks.num_processes)
     try:
         trainer = DistillTrainer(
-            model=model, args=training_arguments(config, progress=progress, evaluate=evaluation is not None),
+            model=model, args=training_arguments(config, progress=progress, evaluate=evaluation is not None,
+                                                 configured_state=configured),
             train_dataset=PairedData(data.examples, config.seed), eval_dataset=evaluation,
             data_collator=make_collator(*pad_ids),
             callbacks=[JsonlLog(out / "log.jsonl", terms, lines, logging_steps=config.logging_steps,
