@@ -77,6 +77,54 @@ def test_four_steps_save_a_student_that_reloads_and_generates(setup, tmp_path, m
             float(values.double().mean()), rel=0, abs=sum_atol(values) / 4 + EPS32 * float(values.abs().max()))
 
 
+def test_bf16_distill_keeps_float32_master_weights_and_serves_in_bf16(setup, tmp_path, monkeypatch):
+    """--dtype bfloat16 on CPU: the teacher loads in bf16, the student in float32 (the optimizer's master weights,
+    saved in final/ as float32) and trains under bf16 autocast; the first step's KL lies within the bf16 rounding
+    bound of the float32 run's (tests/tolerances.kd_atol with bf16's unit, over every position of the data: a
+    batch mean moves by no more than its largest term); the student serves in vLLM in bf16."""
+    import leaf.hooks
+    from typer.testing import CliRunner
+
+    from leaf.cli import app
+    from leaf.distill.data import build_examples
+    from leaf.distill.losses import logit_mask
+    from leaf.distill.run import load_records_for
+    from tests.tolerances import kd_atol
+
+    loaded = []
+    real_load = leaf.hooks.load_model
+    monkeypatch.setattr(leaf.hooks, "load_model",
+                        lambda name, **kw: loaded.append((name, kw["dtype"])) or real_load(name, **kw))
+    half = run_distill(_config(setup, tmp_path / "bf16", mode="kd", max_steps=2, dtype="bfloat16"), progress=False)
+    assert loaded == [(setup[1], "float32"), (setup[0], "bfloat16")]
+    full = run_distill(_config(setup, tmp_path / "f32", mode="kd", max_steps=2), progress=False)
+    weights = load_file(half["final"] + "/model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    config = _config(setup, tmp_path / "unused", mode="kd")
+    records, _ = load_records_for(config)
+    tok = AutoTokenizer.from_pretrained(setup[1])
+    examples, _ = build_examples(records, tok, "kd", None)
+    teacher, student = (AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32).eval() for p in setup[:2])
+    bound = 0.0
+    with torch.no_grad():
+        for ex in examples:
+            ids = torch.tensor([ex.input_ids])
+            mask = logit_mask(torch.tensor([ex.response_mask]))
+            bound = max(bound, kd_atol(student(ids).logits, teacher(ids).logits, mask,
+                                       eps=torch.finfo(torch.bfloat16).eps))
+    first = [json.loads((tmp_path / run / "log.jsonl").read_text().splitlines()[0])["kd_original"]
+             for run in ("bf16", "f32")]
+    assert first[0] == pytest.approx(first[1], rel=0, abs=bound) and first[0] != first[1]
+
+    served = CliRunner().invoke(app, ["serve", "--model", half["final"], "--data", str(setup[2]), "--dtype",
+                                      "bfloat16", "--output", str(tmp_path / "served"), "--max-tokens", "8",
+                                      "--iterations", "1"])
+    assert served.exit_code == 0, served.output
+    [entry] = json.loads((tmp_path / "served" / "results.json").read_text())["models"].values()
+    assert entry["engine"]["dtype"] == "bfloat16" and entry["sets"]["original"]["total_output_tokens"] > 0
+    assert full["steps"] == half["steps"] == 2
+
+
 def test_the_student_moves_towards_the_teacher(setup, tmp_path):
     run_distill(_config(setup, tmp_path / "out", max_steps=12, lam="1.0", save_steps=100), progress=False)
     log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]

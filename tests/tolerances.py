@@ -39,12 +39,13 @@ MODEL_ATOL = 1e-4 * 0.1               # 1e-5
 
 
 def kd_atol(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
-            temperature: float = 1.0) -> float:
+            temperature: float = 1.0, eps: float = EPS32) -> float:
     """How far two float32 evaluations of the KD loss (KL(p_T || p_S)·t², averaged over masked positions) on these
     logits may lie apart when the logits come from passes in other batch layouts: each logit may move by 16 ulps of
     the largest |logit| (a few layers of dot products), and a position's term by t·(2 + Σ p_T·|log p_T/p_S - KL|)
     times that (|∂KL/∂z_S| sums to 2/t, |∂KL/∂z_T| to Σ p_T·|log p_T/p_S - KL| / t); a mean moves by no more than
-    its largest term. mask: (B, T) bool over the predicting positions (logit t predicts token t + 1)."""
+    its largest term. mask: (B, T) bool over the predicting positions (logit t predicts token t + 1). eps: the unit
+    of the passes' rounding (float32's; torch.finfo(torch.bfloat16).eps when the passes run in bf16)."""
     worst = 0.0
     for s, t, m in zip(student_logits, teacher_logits, mask):
         rows = m.nonzero().flatten()
@@ -56,7 +57,7 @@ def kd_atol(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: to
         kl = (p_t * (log_pt - log_ps)).sum(-1, keepdim=True)
         sensitivity = 2 + (p_t * (log_pt - log_ps - kl).abs()).sum(-1)
         size = torch.maximum(zs.abs().amax(-1), zt.abs().amax(-1))
-        worst = max(worst, float((temperature * sensitivity * 16 * EPS32 * size).max()))
+        worst = max(worst, float((temperature * sensitivity * 16 * eps * size).max()))
     return worst
 
 
