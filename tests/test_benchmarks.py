@@ -91,3 +91,18 @@ def test_teacher_cache_quick_prints_both_engines_their_agreement_and_the_ceiling
         assert math.isfinite(figures[key]) and figures[key] > 0, key
     assert figures["ratio"] == figures["hf_seconds"] / figures["vllm_seconds"]
     assert "vLLM / HF tokens per second" in out.stdout
+
+
+def test_gpu_hours_quick_estimates_every_paper_recipe_from_measured_shares():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_hours.py"), "--quick"],
+                         capture_output=True, text=True, check=True, timeout=600)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["benchmark"] == "gpu_hours"
+    for kind, share in figures["measured"]["share"].items():   # model FLOPs over the measured matmul rate
+        assert 0 < share < 1.5, kind
+    recipes = sorted(p.stem for p in (ROOT / "recipes").glob("*.toml") if "7b" not in p.stem)
+    assert sorted(figures["estimates"]) == recipes
+    for name, stages in figures["estimates"].items():
+        assert stages["teacher_scores"] > stages["student_scores"] > 0, name   # a 70B teacher against a 1-3B student
+        assert all(math.isfinite(v) and v > 0 for v in stages.values()), name
+    assert "ESTIMATES" in out.stdout
