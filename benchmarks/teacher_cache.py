@@ -118,7 +118,7 @@ def main() -> None:
         hf.close()
 
         start = time.perf_counter()
-        engine = VLLMEngine(path, engine_args={"max_logprobs": args.top_k, "skip_tokenizer_init": True},
+        engine = VLLMEngine(path, engine_args={"max_logprobs": args.top_k},
                             max_model_len=max(len(p) for p in prompts) + 1)
         vllm_start = time.perf_counter() - start
         engine.top_logprobs(prompts[:2], positions[:2], args.top_k, vocab=vocab)  # first-call set-up, not timed

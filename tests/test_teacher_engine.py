@@ -61,7 +61,7 @@ def tiny(tmp_path_factory):
 def _both_engines(path: str, prompts, positions, *, vocab: int, layers: int, width: int):
     from leaf.serve.engines import VLLMEngine
 
-    engine = VLLMEngine(path, engine_args={"max_logprobs": K, "skip_tokenizer_init": True},
+    engine = VLLMEngine(path, engine_args={"max_logprobs": K},
                         max_model_len=max(map(len, prompts)) + 1)
     hf = HFEngine(load_model(path))
     try:

@@ -323,7 +323,7 @@ def vllm_teacher(config: DistillConfig, examples: list[Example], ranks, say):
                       tensor_parallel_size=config.teacher_tensor_parallel_size,
                       gpu_memory_utilization=SHARED_GPU_MEMORY_UTILIZATION, allow_pickle=config.allow_pickle,
                       trust_remote_code=config.trust_remote_code,
-                      engine_args={"max_logprobs": config.top_k, "skip_tokenizer_init": True})
+                      engine_args={"max_logprobs": config.top_k})
 
 
 def cache_summary(config: DistillConfig, data: TrainingSet, ranks) -> dict:
