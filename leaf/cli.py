@@ -23,6 +23,7 @@ from typing import Annotated
 import typer
 
 from leaf.errors import LeafError
+from leaf.help_format import use_readable_options
 from leaf.options import ConfigFields, Flag, choices, command_line, config_options
 from leaf.analyze import AGGREGATES, DOMAINS, LEVELS, PRUNING, SPAN_UNITS, TEMPLATES, UNPARSABLE, AnalyzeConfig
 from leaf.analyze.thresholds import gradient_modes, list_thresholds
@@ -36,6 +37,7 @@ from leaf.inspect.saliency import SaliencyReportConfig
 from leaf.serve.backends import BACKENDS
 from leaf.serve.run import ServeConfig
 
+use_readable_options()  # --help readable at any width: no option name or help text cut with "…"
 app = typer.Typer(
     name="leaf", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -49,6 +49,24 @@ def test_version_short_help_and_brackets_in_help():
         assert panel in short.output  # 40-odd flags grouped by what they are for
 
 
+def test_every_help_is_readable_in_80_columns():
+    """No option name, type or help text cut with "…" at 80 columns (rich cut 20 in distill's help before
+    leaf.help_format): every command's every option name appears whole, and no line is wider than the terminal."""
+    import click
+
+    commands = typer.main.get_command(app).commands
+    assert len(commands) >= 10
+    for name, command in commands.items():
+        result = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+        assert result.exit_code == 0, (name, result.output)
+        assert "…" not in result.output, name
+        assert max(len(line) for line in result.output.splitlines()) <= 80, name
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                for opt in [o for o in param.opts + param.secondary_opts if o.startswith("--")]:
+                    assert opt in result.output, (name, opt)
+
+
 def test_serve_without_prompts_is_a_clear_error():
     result = runner.invoke(app, ["serve", "--model", "x", "--output", "y"])
     assert result.exit_code == 1 and "No prompts" in result.output and "Traceback" not in result.output
