@@ -1,3 +1,4 @@
 from leaf.cli import main
 
-main()
+if __name__ == "__main__":  # python -m leaf (imported, e.g. by the docs build, it does nothing)
+    main()
