@@ -96,7 +96,8 @@ def from_dataset(path: Path, *, prompt_field: str | None = None, response_field:
 
 
 def from_analyze(folder: Path, *, limit: int | None = None) -> list[Problem]:
-    """The analysed samples of a leaf analyze folder: the reference answer from the response, the clean prompt with
+    """The analysed samples of a leaf analyze folder: the reference answer analyze --select recorded (else the
+    response's final answer), the clean prompt with
     the gold spans removed (when the run had gold), the pruned prompt with the detected instruction spans removed."""
     from leaf.answers import extract_answer
     from leaf.programs import tests_of
@@ -106,7 +107,7 @@ def from_analyze(folder: Path, *, limit: int | None = None) -> list[Problem]:
     problems = []
     for record in read_samples(folder, analysed_only=True):
         tests = tests_of(record.tests, f"{folder}: sample {record.id}") if record.tests else None
-        answer = None if tests is not None else extract_answer(record.response)
+        answer = None if tests is not None else recorded_reference(record) or extract_answer(record.response)
         gold = record.gold_spans or []
         detected = record.instruction_spans()
         problems.append(Problem(
@@ -117,6 +118,12 @@ def from_analyze(folder: Path, *, limit: int | None = None) -> list[Problem]:
         if limit and len(problems) >= limit:
             break
     return problems
+
+
+def recorded_reference(record) -> str | None:
+    """The reference answer analyze --select graded the models with (it honours --answer-field), if it recorded one."""
+    reference = (record.selection or {}).get("reference")
+    return reference if reference and reference != "tests" else None
 
 
 def load_problems(data: Path, **kwargs) -> list[Problem]:

@@ -140,8 +140,10 @@ def _sets(problems, tokenizer, config: ServeConfig) -> dict[str, dict]:
     return sets
 
 
-def _accuracy(completions, prompt_set: dict, sandbox) -> dict | None:
-    """Greedy accuracy: math rows by their final answer, code rows by running their tests in the sandbox (pass@1)."""
+def _accuracy(completions, prompt_set: dict, sandbox) -> tuple[dict | None, list]:
+    """Greedy accuracy: math rows by their final answer, code rows by running their tests in the sandbox (pass@1).
+    Returns the figures (None when no row has a reference) and each completion's leaf.grading verdict, which
+    generations.jsonl records per problem (the demo reads it instead of grading again)."""
     from leaf.answers import checker_counts
     from leaf.grading import Item, grade_detailed
 
@@ -150,13 +152,25 @@ def _accuracy(completions, prompt_set: dict, sandbox) -> dict | None:
     graded = grade_detailed(items, sandbox, description="running the tests of code answers")
     verdicts = [g.correct for g in graded if g.correct is not None]
     if not verdicts:
-        return None
+        return None, graded
     correct = sum(verdicts)
     code = sum(t is not None for t in prompt_set["tests"])
     checks = [g.check for g in graded if g.check is not None]
     return {"accuracy": correct / len(verdicts), "correct": correct, "scored": len(verdicts),
             **({"answer_checking": checker_counts(checks)} if checks else {}),
-            **({"pass@1": correct / len(verdicts), "code_rows": code} if code else {})}
+            **({"pass@1": correct / len(verdicts), "code_rows": code} if code else {})}, graded
+
+
+def _verdict(graded) -> dict:
+    """A generation's grade as generations.jsonl records it: correct (None: no reference) and, for a math row,
+    the answer the checker read and which checker decided."""
+    if graded is None:
+        return {"correct": None}
+    out = {"correct": graded.correct}
+    if graded.check is not None:
+        out["answer"] = graded.check.answer
+        out["checker"] = graded.check.checker + (f" ({graded.check.fallback})" if graded.check.fallback else "")
+    return out
 
 
 def benchmark(engine, prompt_set: dict, config: ServeConfig):
@@ -253,11 +267,14 @@ def _serve_one(name, path, problems, focus_items, config, engine_args, generatio
     try:
         for set_name, prompt_set in _sets(problems, engine.tokenizer, config).items():
             figures, completions = benchmark(engine, prompt_set, config)
+            graded = [None] * len(completions)
             if prompt_set["answers"] is not None:
-                figures.update(_accuracy(completions, prompt_set, config.sandbox()) or {})
+                accuracy, graded = _accuracy(completions, prompt_set, config.sandbox())
+                figures.update(accuracy or {})
             entry["sets"][set_name] = figures
             generations += [{"model": name, "set": set_name, "id": i, "text": c.text,
-                             "output_tokens": len(c.token_ids)} for i, c in zip(prompt_set["ids"], completions)]
+                             "output_tokens": len(c.token_ids), **_verdict(g)}
+                            for i, c, g in zip(prompt_set["ids"], completions, graded)]
     finally:
         engine.close()
     if focus_items:  # vLLM exposes no attention: the HF model through leaf.hooks

@@ -208,11 +208,43 @@ def test_leaf_serve_writes_the_results_folder(pair, tmp_path):
     assert "req/s ↑" in text and "mean E2E ms ↓" in text and "output tokens original → pruned" in text
     generations = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert {g["set"] for g in generations} == {"original", "clean", "pruned", "random"}
+    for name, entry in results["models"].items():   # each problem's verdict: what the accuracy counted
+        for set_name in ("original", "clean"):
+            rows = [g for g in generations if g["model"] == name and g["set"] == set_name]
+            assert len(rows) == entry["sets"][set_name]["scored"] == 5
+            assert sum(g["correct"] for g in rows) == entry["sets"][set_name]["correct"]
+            assert all("checker" in g and "answer" in g for g in rows)
+    assert all(g["correct"] is None for g in generations if g["set"] == "random")   # no reference: not graded
     import matplotlib.image
 
     image = matplotlib.image.imread(out / "results.png")
     assert image.shape[0] > 100 and image.shape[1] > 100
     assert "Attention focus" in (out / "results.md").read_text()
+
+
+def test_an_analyze_folder_is_graded_with_the_reference_select_recorded(pair, tmp_path):
+    """analyze --select records the reference it graded with (honouring --answer-field); serve grades with that
+    reference, not one re-extracted from the response."""
+    import hashlib
+    import shutil
+
+    from leaf.records import read_samples, samples_text
+    from leaf.serve.prompts import from_analyze
+
+    folder = tmp_path / "analyze"
+    shutil.copytree(pair[3], folder)
+    records = read_samples(folder)
+    extracted = [p.answer for p in from_analyze(folder)]
+    records[0].selection = {"reference": "12345", "kept": True}
+    records[1].selection = {"reference": "tests", "kept": True}     # a code row's marker: not an answer
+    text = samples_text(records)
+    (folder / "samples.jsonl").write_text(text)
+    summary = json.loads((folder / "summary.json").read_text())       # the edit, recorded as analyze records it
+    summary["files"]["samples.jsonl"].update(sha256=hashlib.sha256(text.encode()).hexdigest(),
+                                             bytes=len(text.encode()))
+    (folder / "summary.json").write_text(json.dumps(summary))
+    answers = [p.answer for p in from_analyze(folder)]
+    assert answers[0] == "12345" and answers[1] == extracted[1] and answers[2:] == extracted[2:]
 
 
 def test_hf_backend_is_labelled_everywhere(pair, tmp_path):

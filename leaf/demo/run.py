@@ -359,7 +359,6 @@ class SeedRun:
         self.originals = {"selected": len(self.kept), "clean_mixed_in": len(clean)}
 
     def serve(self) -> None:
-        from leaf.answers import is_correct
         from leaf.serve import ServeConfig, run_serve
 
         c = self.config
@@ -375,18 +374,18 @@ class SeedRun:
                 output=serve_dir, backend=c.backend, max_tokens=48, iterations=2, warmup=1,
                 focus_samples=c.budget("focus_samples"), device=c.device, batch_size=64, seed=self.seed),
                 progress=True)
-        answers = {p.id: p.answer for p in self.test}
         order = [p.id for p in self.test]
-        texts: dict[tuple[str, str], dict[str, str]] = {}
+        verdicts: dict[tuple[str, str], dict[str, bool | None]] = {}   # serve's own grades, per problem
         for line in (serve_dir / "generations.jsonl").read_text().splitlines():
             g = json.loads(line)
-            texts.setdefault((g["model"], g["set"]), {})[str(g["id"])] = g["text"]
+            verdicts.setdefault((g["model"], g["set"]), {})[str(g["id"])] = g.get("correct")
         missing = [(name, key) for name in self.models for key in ("original", "clean")
-                   if set(texts.get((name, key), {})) != set(order)]
+                   if set(verdicts.get((name, key), {})) != set(order)
+                   or any(v is None for v in verdicts[(name, key)].values())]
         if missing:
-            raise LeafError(f"{serve_dir}/generations.jsonl lacks answers for {missing[0][0]} ({missing[0][1]}): the "
-                            "serve folder does not match this test set. Delete it and rerun.")
-        self.outcomes = {name: {s: [int(is_correct(texts[(name, key)][i], answers[i])) for i in order]
+            raise LeafError(f"{serve_dir}/generations.jsonl lacks graded answers for {missing[0][0]} "
+                            f"({missing[0][1]}): the serve folder does not match this test set. Delete it and rerun.")
+        self.outcomes = {name: {s: [int(verdicts[(name, key)][i]) for i in order]
                                 for s, key in (("distractor", "original"), ("clean", "clean"))}
                          for name in self.models}
         self.engine = served["models"]["Pre-KD"]["engine"]["engine"]
