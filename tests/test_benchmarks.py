@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,6 +21,11 @@ def test_hooks_overhead_quick_prints_table_then_json():
         assert math.isfinite(figures[key]) and figures[key] > 0, key
     assert figures["max_abs_diff"] < 1e-5  # the two paths computed the same numbers
     assert any("plain PyTorch" in line for line in lines[:-1])
+    # the ratios are what the figures say, and sane: on a tiny model fixed costs weigh more than at full size, so
+    # the bounds are wide, but a hooked pass several times the plain one, or attention kept whole, fails
+    assert figures["time_ratio"] == pytest.approx(figures["leaf_seconds"] / figures["plain_seconds"])
+    assert figures["memory_ratio"] == pytest.approx(figures["leaf_peak_bytes"] / figures["plain_peak_bytes"])
+    assert 0.3 < figures["time_ratio"] < 3 and figures["memory_ratio"] < 1
 
 
 def test_analyze_throughput_quick_prints_table_then_json():
@@ -30,6 +37,11 @@ def test_analyze_throughput_quick_prints_table_then_json():
     for key in ("ratio", "floor_seconds", "leaf_seconds", "samples_per_second", "end_to_end_ratio"):
         assert math.isfinite(figures[key]) and figures[key] > 0, key
     assert any("floor" in line for line in lines[:-1])
+    assert figures["ratio"] == pytest.approx(figures["leaf_seconds"] / figures["floor_seconds"])
+    assert figures["samples_per_second"] == pytest.approx(8 / figures["leaf_seconds"])
+    # leaf does the floor's work plus bookkeeping (wide bounds: fixed costs weigh more on tiny models); end to end
+    # adds loading, merging and the report to that
+    assert 0.5 < figures["ratio"] < 4 and figures["end_to_end_ratio"] >= figures["ratio"] * 0.9
 
 
 def test_distill_step_quick_prints_table_then_json():

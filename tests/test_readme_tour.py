@@ -2,6 +2,7 @@
 and serve sections, executed in order in a clean folder. Only sizes shrink (tiny models, 4 samples, 2 steps, 8 new
 tokens); optional flags shown in [brackets] are left out."""
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -49,5 +50,17 @@ def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch):
             args += SERVE_LIMITS
         result = runner.invoke(app, args)
         assert result.exit_code == 0, f"{command}\n{result.output}"
-    assert (tmp_path / "runs" / "serve" / "results.json").exists()
-    assert (tmp_path / "runs" / "distill" / "final" / "model.safetensors").exists()
+    runs = tmp_path / "runs"
+    saliency = json.loads((runs / "saliency.json").read_text())       # every command's output, read back
+    assert saliency and "Tom has 3 apples" in json.dumps(saliency)
+    analyzed = json.loads((runs / "analyze" / "summary.json").read_text())
+    assert analyzed["counts"]["analysed"] == 4
+    records = [json.loads(line) for line in (runs / "analyze" / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(r["status"] == "ok" and r["gold_spans"] is not None for r in records)
+    distilled = json.loads((runs / "distill" / "summary.json").read_text())
+    assert distilled["steps"] == 2 and (runs / "distill" / "final" / "model.safetensors").exists()
+    assert [json.loads(line)["step"] for line in (runs / "distill" / "log.jsonl").read_text().splitlines()] == [1, 2]
+    served = json.loads((runs / "serve" / "results.json").read_text())
+    assert len(served["models"]) == 2
+    for entry in served["models"].values():
+        assert entry["sets"]["original"]["scored"] == 4 and entry["sets"]["original"]["total_output_tokens"] > 0

@@ -258,5 +258,9 @@ def test_merge_needs_neither_models_nor_vllm(setup, tmp_path, monkeypatch):
         raise AssertionError("the merge must not resolve a generator")
 
     monkeypatch.setattr(leaf.serve.backends, "resolve_backend", no_vllm)
+    for name in FINAL:
+        (out / name).unlink()
     result = runner.invoke(app, ["analyze", "--merge", str(out)])
     assert result.exit_code == 0, result.output
+    for name in ("samples.jsonl", "scores.safetensors"):   # the merged output is the one-process run's
+        assert (out / name).read_bytes() == (setup["single"] / name).read_bytes(), name
