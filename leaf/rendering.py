@@ -120,6 +120,57 @@ class Renderer:
         return notes
 
 
+@dataclass(frozen=True)
+class RecordedTemplate:
+    """How `leaf analyze` rendered its records for the student, for the stages after it (distill, inspect): its
+    --template and, when that is the teacher's template, the analyze teacher's tokenizer. `student` names the
+    student analyze rendered for (for messages)."""
+
+    mode: str
+    teacher_tokenizer: object | None = None
+    student: str = ""
+
+    def renderer(self, student_tokenizer, answer_prefix: str = "") -> Renderer:
+        return Renderer(self.mode, self.teacher_tokenizer or student_tokenizer, student_tokenizer,
+                        answer_prefix=answer_prefix)
+
+    def original(self, record, student_tokenizer, what: str) -> Rendering:
+        """The rendering analyze recorded for `record` (its text and spans), checked against what this student's
+        tokenizer gives under the same template: LeafError when they differ (another tokenizer or chat template)."""
+        from leaf.errors import LeafError
+
+        recorded = Rendering(record.text, tuple(record.prompt_span), tuple(record.response_span))
+        again = self.renderer(student_tokenizer, record.answer_prefix or "").render("student", record.prompt,
+                                                                                  record.response)
+        if again != recorded:
+            raise LeafError(
+                f"Sample {record.id} of {what} was rendered by leaf analyze (--template {self.mode}, student "
+                f"{self.student or '?'}) as a text this student's tokenizer does not give: its tokenizer or chat "
+                "template differs from the one analyze rendered for. Distil the student analyze ran with, or rerun "
+                "leaf analyze with this --student.")
+        return recorded
+
+
+def recorded_template(summary: dict, *, trust_remote_code: bool = False) -> RecordedTemplate:
+    """The RecordedTemplate of an analyze folder from its summary.json (its config): the teacher's tokenizer is
+    loaded only for --template teacher."""
+    from leaf.errors import LeafError
+
+    config = summary.get("config") or {}
+    mode = config.get("template", "own")
+    teacher = None
+    if mode == "teacher":
+        from leaf.hooks.loading import load_tokenizer
+
+        try:
+            teacher = load_tokenizer(config["teacher"], trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as exc:
+            raise LeafError(f"The analyze folder was rendered with the teacher's chat template (--template teacher), "
+                            f"but that teacher's tokenizer ({config.get('teacher')!r}) does not load here ({exc}); "
+                            "make it available, or rerun leaf analyze with --template own.") from None
+    return RecordedTemplate(mode, teacher, str(config.get("student", "")))
+
+
 def map_span(span: tuple[int, int], src: Rendering, dst: Rendering) -> tuple[int, int]:
     """A character span inside src's prompt or response -> the same characters in dst."""
     for a, b in ((src.prompt, dst.prompt), (src.response, dst.response)):

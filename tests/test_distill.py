@@ -125,6 +125,46 @@ def test_bf16_distill_keeps_float32_master_weights_and_serves_in_bf16(setup, tmp
     assert full["steps"] == half["steps"] == 2
 
 
+def _other_template(source, folder):
+    """A copy of a model whose chat template writes "# " after the BOS: same vocabulary, other text."""
+    shutil.copytree(source, folder)
+    jinja = folder / "chat_template.jinja"
+    jinja.write_text(jinja.read_text().replace("{{ bos_token }}", "{{ bos_token }}# ", 1))
+    return str(folder)
+
+
+def test_distill_uses_the_rendering_analyze_recorded_and_refuses_another(setup, tmp_path):
+    """The originals are encoded from the text and spans analyze recorded, counterfactuals rendered under its
+    --template (here the teacher's, whose chat template differs from the student's own); a student whose tokenizer
+    no longer gives the recorded text is refused instead of being silently re-rendered."""
+    from leaf.distill.data import build_examples, read_analyze_output
+    from leaf.hooks import encode_text
+    from leaf.records import check_finished
+    from leaf.rendering import own_rendering, recorded_template
+
+    teacher, student, analyze = setup
+    odd = _other_template(student, tmp_path / "odd-student")
+    folder = tmp_path / "analyze-teacher-template"
+    run_analyze(AnalyzeConfig(teacher=teacher, student=odd, data=analyze.parent / "data.jsonl", output=folder,
+                              threshold="quantile", quantile=0.05, level="both", template="teacher"), progress=False)
+    records = read_analyze_output(folder)
+    tok = AutoTokenizer.from_pretrained(odd)
+    template = recorded_template(check_finished(folder))
+    assert template.mode == "teacher"
+    examples, _ = build_examples(records, tok, "instr+resp", None, template=template, what=str(folder))
+    for record, example in zip(records, examples):
+        recorded = encode_text(tok, record.text, tuple(record.prompt_span), tuple(record.response_span))
+        assert example.input_ids == recorded.input_ids.tolist()
+        own = own_rendering(tok, record.prompt, record.response)
+        assert own.text != record.text                        # the student's own template would differ
+    assert sum(len(e.counterfactuals) for e in examples) > 0
+    summary = run_distill(_config(setup, tmp_path / "ok", data=folder, student=odd, max_steps=1), progress=False)
+    assert summary["steps"] == 1
+
+    with pytest.raises(LeafError, match="rendered by leaf analyze"):  # analyze rendered for the plain student
+        run_distill(_config(setup, tmp_path / "refused", student=odd, max_steps=1), progress=False)
+
+
 def test_the_student_moves_towards_the_teacher(setup, tmp_path):
     run_distill(_config(setup, tmp_path / "out", max_steps=12, lam="1.0", save_steps=100), progress=False)
     log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]

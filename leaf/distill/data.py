@@ -105,10 +105,15 @@ def with_end_of_turn(ids: list[int], mask: list[bool], stops: set[int]) -> list[
 
 
 def build_examples(records: list[AnalysedSample], tokenizer, mode: str, max_length: int | None,
-                   teacher_tokenizer=None, teacher_max_length: int | None = None) -> tuple[list[Example], int]:
+                   teacher_tokenizer=None, teacher_max_length: int | None = None, template=None,
+                   what: str = "the data") -> tuple[list[Example], int]:
     """Render and tokenize originals and their counterfactuals with the student's tokenizer; returns the examples
     and how many samples were dropped as too long. With a teacher tokenizer (--cross-tokenizer), each also gets
-    the teacher's own rendering and the alignment of the two (leaf.distill.cross_tokenizer.cross_view)."""
+    the teacher's own rendering and the alignment of the two (leaf.distill.cross_tokenizer.cross_view).
+
+    template: the leaf.rendering.RecordedTemplate of an analyze folder: each original's text and spans are the
+    ones analyze recorded (LeafError when this tokenizer no longer gives them), its counterfactuals rendered under
+    the same template; None (a plain dataset): the student's own rendering."""
     from leaf.distill.cross_tokenizer import cross_view
     from leaf.end_of_turn import stop_ids
     from leaf.hooks import encode_text
@@ -117,10 +122,13 @@ def build_examples(records: list[AnalysedSample], tokenizer, mode: str, max_leng
     stops = set(stop_ids(tokenizer))
     t_stops = set(stop_ids(teacher_tokenizer)) if teacher_tokenizer is not None else set()
 
-    def encode(prompt: str, response: str, prefix: str):
+    def encode(prompt: str, response: str, prefix: str, view=None):
         """(ids, response mask) for the student, and the cross view (or None; False when the teacher's is too long).
-        prefix: the answer prefix analyze rendered before the response (code), in the context, not in the loss."""
-        view = own_rendering(tokenizer, prompt, response, prefix)
+        prefix: the answer prefix analyze rendered before the response (code), in the context, not in the loss.
+        view: the student's rendering when known (analyze's record), else rendered here."""
+        if view is None:
+            view = (template.renderer(tokenizer, prefix).render("student", prompt, response) if template is not None
+                    else own_rendering(tokenizer, prompt, response, prefix))
         enc = encode_text(tokenizer, view.text, view.prompt, view.response)
         ids = enc.input_ids.tolist()
         cross = None
@@ -135,7 +143,8 @@ def build_examples(records: list[AnalysedSample], tokenizer, mode: str, max_leng
     examples, dropped = [], 0
     for record in records:
         prefix = record.answer_prefix or ""
-        ids, mask, cross = encode(record.prompt, record.response, prefix)
+        recorded = template.original(record, tokenizer, what) if template is not None and record.text else None
+        ids, mask, cross = encode(record.prompt, record.response, prefix, recorded)
         if (max_length and len(ids) > max_length) or cross is False:
             dropped += 1
             continue

@@ -261,18 +261,33 @@ def training_set(config: DistillConfig, records: list[dict], identical: int, stu
 def held_out_set(config: DistillConfig, records: list[dict], student, teacher) -> list[dict]:
     """The --eval-data batches' items: each held-out original once, with the first counterfactual of each level
     the mode allows (PairedData's first round, fixed by --seed)."""
-    examples, _ = fitting_examples(config, records, student, teacher, what=f"--eval-data {config.eval_data}")
+    examples, _ = fitting_examples(config, records, student, teacher, what=f"--eval-data {config.eval_data}",
+                                   held_out=True)
     paired = PairedData(examples, config.seed)
     return [paired[i] for i in range(len(examples))]
 
 
-def fitting_examples(config: DistillConfig, records: list[dict], student, teacher, *, what: str):
+def analyze_template(config: DistillConfig, *, held_out: bool = False):
+    """The template analyze rendered --data (or --eval-data) with, when it is an analyze folder; else None."""
+    from leaf.records import SUMMARY, check_finished, is_samples_file, samples_file
+    from leaf.rendering import recorded_template
+
+    data = config.eval_data if held_out else config.data
+    if data is None or not is_samples_file(data) or not (samples_file(data).parent / SUMMARY).exists():
+        return None  # a plain dataset, or a samples file on its own: the student's own rendering
+    return recorded_template(check_finished(samples_file(data).parent), trust_remote_code=config.trust_remote_code)
+
+
+def fitting_examples(config: DistillConfig, records: list[dict], student, teacher, *, what: str,
+                     held_out: bool = False):
     """build_examples for the run's models and --max-length, and how many samples were too long; LeafError when
     none fits."""
     examples, dropped = build_examples(records, student.tokenizer, config.mode,
                                        config.max_length or student.max_length,
                                        teacher_tokenizer=teacher.tokenizer if teacher else None,
-                                       teacher_max_length=teacher.max_length if teacher else None)
+                                       teacher_max_length=teacher.max_length if teacher else None,
+                                       template=analyze_template(config, held_out=held_out),
+                                       what=what)
     if not examples:
         raise LeafError(f"No sample of {what} fits (all {dropped} longer than the context).")
     return examples, dropped

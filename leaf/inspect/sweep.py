@@ -2,8 +2,8 @@
 
     leaf inspect --analyze runs/analyze --output runs/inspect [--model runs/distill/final] [--sample 3 --sample 7]
 
-Per sample (its original X and the counterfactual X\\A with all its detected instruction spans removed, both
-rendered with the inspected model's chat template):
+Per sample (its original X, as analyze rendered it, and the counterfactual X\\A with all its detected instruction
+spans removed, rendered under the same template; a model whose tokenizer does not give analyze's text is refused):
     patching_<component>.png/.json          X\\A's activations patched into X: change in the response's mean
                                             log-prob, layer x position (resid, attn, mlp) or layer x head (head)
     patching_<component>_reverse.png/.json  X's activations patched into X\\A
@@ -16,7 +16,7 @@ and index.json listing them. The model defaults to the analyze run's student.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 
 from leaf.records import AnalysedSample, read_samples
@@ -106,7 +106,8 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
     import torch
 
     from leaf.hooks import (align_tokens, attribute_all, encode_text, head_focus, heatmap_png, list_methods,
-                            load_model, patching_sweep, render_prompt_response)
+                            load_model, patching_sweep)
+    from leaf.rendering import recorded_template
     from leaf.gold import token_gold
 
     records = read_samples(config.analyze)  # validated: rows are non-negative ints (they become folder names)
@@ -117,7 +118,7 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
     name = config.model or summary["config"]["student"]
     model = load_model(name, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
                        trust_remote_code=config.trust_remote_code)
-    chat = summary["config"].get("template", "student") != "none"
+    template = recorded_template(summary, trust_remote_code=config.trust_remote_code)  # analyze's rendering
     num_layers = model.arch.num_layers
     bad = [layer for layer in config.layers if not -num_layers <= layer < num_layers]
     if bad:
@@ -130,11 +131,9 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
     for record in chosen:
         folder = config.output / f"sample-{record.row}"
         spans = record.instruction_spans()
-        text, pspan, rspan = render_prompt_response(model.tokenizer, record.prompt, record.response,
-                                                    chat_template=chat)
-        cf_prompt = record.pruned_prompt()
-        cf_text, cf_pspan, cf_rspan = render_prompt_response(model.tokenizer, cf_prompt, record.response,
-                                                             chat_template=chat)
+        text, pspan, rspan = astuple(template.original(record, model.tokenizer, str(config.analyze)))
+        cf_text, cf_pspan, cf_rspan = astuple(template.renderer(model.tokenizer, record.answer_prefix or "").render(
+            "student", record.pruned_prompt(), record.response))
         x, xs = encode_text(model.tokenizer, text, pspan, rspan), encode_text(model.tokenizer, cf_text, cf_pspan,
                                                                              cf_rspan)
         pruned = [(pspan[0] + a, pspan[0] + b) for a, b in spans]
