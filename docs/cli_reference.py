@@ -3,6 +3,8 @@ that it never drifts from the commands: one section per command with its `--help
 
 from __future__ import annotations
 
+from mkdocs.plugins import event_priority
+
 MARKER = "<!-- leaf-cli -->"
 
 
@@ -31,6 +33,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:  # mkdocs' hook
 SOURCE = "build/docs-src"   # mkdocs.yml's mkdocstrings `paths`
 
 
+@event_priority(100)  # before mkdocstrings reads its `paths`: in a fresh clone the tree does not exist yet
 def on_config(config):  # mkdocs' hook signature
     """The package as it installs, for the API reference's static analysis: leaf.hooks and leaf.serve live in the
     top-level hooks/ and serve/ folders (pyproject's package-dir), so griffe would not find them under leaf/. A
