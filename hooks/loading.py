@@ -33,6 +33,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CAUSAL_CLASSES = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
+def context_length(config) -> int | None:
+    """The context a model config allows (its text config's max_position_embeddings or n_positions), or None."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(value) if value else None
+
+
 @dataclass
 class HookedModel:
     """A loaded causal LM with its tokenizer, its nnsight wrapper and the module paths leaf hooks.
@@ -58,10 +65,7 @@ class HookedModel:
 
     @property
     def max_length(self) -> int | None:
-        config = self.hf_model.config
-        config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        return int(value) if value else None
+        return context_length(self.hf_model.config)
 
     @property
     def pad_token_id(self) -> int:

@@ -148,6 +148,11 @@ class Check:
     checker: str
     fallback: str | None = None
 
+    @property
+    def decided_by(self) -> str:
+        """The checker that decided, with the fallback's reason: "math-verify", "regex (gsm8k-style)", ..."""
+        return self.checker + (f" ({self.fallback})" if self.fallback else "")
+
 
 def check_answer(generation: str, reference_answer: str, checker: str | None = None) -> Check:
     """Whether a generated solution's final answer equals the reference answer, and how that was decided.

@@ -78,8 +78,8 @@ PANELS = {
                      "random_output_len", "focus_samples"), BENCHMARK),
     **dict.fromkeys(("batch_size", "window", "device", "dtype", "device_map", "gradient_checkpointing",
                      "teacher_only", "teacher_scores", "chunk_size", "cache_teacher", "top_k", "cache_only",
-                     "teacher_device_map", "teacher_engine", "teacher_tensor_parallel_size", "max_model_len", "tensor_parallel_size", "data_parallel_size",
-                     "gpu_memory_utilization"), SCALE),
+                     "teacher_device_map", "teacher_engine", "teacher_tensor_parallel_size", "max_model_len",
+                     "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization"), SCALE),
     **dict.fromkeys(("seed", "allow_pickle", "trust_remote_code"), SAFETY),
 }
 

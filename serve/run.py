@@ -169,7 +169,7 @@ def _verdict(graded) -> dict:
     out = {"correct": graded.correct}
     if graded.check is not None:
         out["answer"] = graded.check.answer
-        out["checker"] = graded.check.checker + (f" ({graded.check.fallback})" if graded.check.fallback else "")
+        out["checker"] = graded.check.decided_by
     return out
 
 

@@ -76,7 +76,7 @@ class AnswerChecks:
                 check = graded[name][k].check
                 result[f"{name}_answer"] = None if check is None else check.answer
                 if check is not None:
-                    result[f"{name}_checker"] = check.checker + (f" ({check.fallback})" if check.fallback else "")
+                    result[f"{name}_checker"] = check.decided_by
                 result[f"{name}_correct"] = bool(reference) and bool(graded[name][k].correct)
             result["kept"] = result["teacher_correct"] and not result["student_correct"]
             out[r] = result

@@ -269,13 +269,18 @@ def held_out_set(config: DistillConfig, records: list[dict], student, teacher) -
 
 def analyze_template(config: DistillConfig, *, held_out: bool = False):
     """The template analyze rendered --data (or --eval-data) with, when it is an analyze folder; else None."""
-    from leaf.records import SUMMARY, check_finished, is_samples_file, samples_file
+    from leaf.records import SUMMARY, is_samples_file
     from leaf.rendering import recorded_template
 
     data = config.eval_data if held_out else config.data
-    if data is None or not is_samples_file(data) or not (samples_file(data).parent / SUMMARY).exists():
-        return None  # a plain dataset, or a samples file on its own: the student's own rendering
-    return recorded_template(check_finished(samples_file(data).parent), trust_remote_code=config.trust_remote_code)
+    if data is None or not is_samples_file(data):
+        return None  # a plain dataset: the student's own rendering
+    summary_file = (data if data.is_dir() else data.parent) / SUMMARY
+    if not summary_file.exists():
+        return None  # a samples file on its own: the student's own rendering
+    # reading the records checked the folder finished (summary.json matches samples.jsonl): not hashed again here
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    return recorded_template(summary, trust_remote_code=config.trust_remote_code)
 
 
 def fitting_examples(config: DistillConfig, records: list[dict], student, teacher, *, what: str,
@@ -326,12 +331,11 @@ def vllm_teacher(config: DistillConfig, examples: list[Example], ranks, say):
                         "--teacher-engine vllm` alone first, then train under accelerate launch on the same --output.")
     from transformers import AutoConfig
 
-    from leaf.hooks.loading import resolve_source
+    from leaf.hooks.loading import context_length, resolve_source
 
     longest = max(len(ids) for ex in examples for ids, _ in [(ex.input_ids, None), *ex.counterfactuals])
-    text = AutoConfig.from_pretrained(resolve_source(config.teacher),
-                                      trust_remote_code=config.trust_remote_code).get_text_config()
-    context = getattr(text, "max_position_embeddings", None)
+    context = context_length(AutoConfig.from_pretrained(resolve_source(config.teacher),
+                                                        trust_remote_code=config.trust_remote_code))
     say(f"starting vLLM for the teacher {config.teacher} (top {config.top_k} log-probs per position)")
     return VLLMEngine(config.teacher, device=config.device, dtype=config.dtype, seed=config.seed,
                       max_model_len=longest + 1 if context is None or longest < context else None,

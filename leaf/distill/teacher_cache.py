@@ -106,6 +106,9 @@ def _without_engine(meta: dict) -> dict:
 
 
 def cache_positions(token_mask) -> list[int]:
-    """The logit positions the loss reads for a response-token mask: t where token t + 1 is a target (as
-    leaf.distill.losses.logit_mask selects them), in order."""
-    return [t for t in range(len(token_mask) - 1) if token_mask[t + 1]]
+    """The logit positions the loss reads for a response-token mask (leaf.distill.losses.logit_mask), in order."""
+    import torch
+
+    from leaf.distill.losses import logit_mask
+
+    return logit_mask(torch.tensor([list(token_mask)], dtype=torch.bool))[0].nonzero().flatten().tolist()
