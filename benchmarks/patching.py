@@ -22,8 +22,7 @@ import torch
 
 from common import emit_json, print_table
 from leaf.gold import spans_from_pair
-from leaf.hooks import align_tokens, encode_text, load_model, patching_sweep, render_prompt_response
-from leaf.spans import remove_spans
+from leaf.hooks import counterfactual_pair, load_model, patching_sweep
 from leaf.models.tiny import build_tiny_model
 from transformers.utils import logging as hf_logging
 
@@ -45,12 +44,8 @@ def main() -> None:
         model = load_model(build_tiny_model("llama", Path(tmp) / "m", seed=0, size=size, tokenizer="bpe"))
     tok = model.tokenizer
     spans = spans_from_pair(row["question"], row["seed_question"])
-    text, pspan, rspan = render_prompt_response(tok, row["question"], row["solution"])
-    cf, cf_p, cf_r = render_prompt_response(tok, remove_spans(row["question"], spans), row["solution"])
-    x, xs = encode_text(tok, text, pspan, rspan), encode_text(tok, cf, cf_p, cf_r)
-    alignment = align_tokens(text, x.offsets, cf, xs.offsets, [(pspan[0] + a, pspan[0] + b) for a, b in spans])
-    target = x.response_mask.clone()
-    target[0] = False
+    pair = counterfactual_pair(tok, row["question"], row["solution"], spans)
+    x, xs, alignment, target = pair.original, pair.counterfactual, pair.alignment, pair.target
     times, maps = {}, {}
     variants = (("naive loop (batch 1, full sequences)", 1, False),
                 (f"batched (batch {args.batch_size}, full sequences)", args.batch_size, False),

@@ -8,21 +8,21 @@ import json
 
 import torch
 
-from _common import encode_pair, load, parser, problems
-from leaf.hooks import heatmap_png, patching_sweep
+from _common import load, parser, problems
+from leaf.hooks import counterfactual_pair, heatmap_png, patching_sweep
 
 args = parser(__doc__.splitlines()[0]).parse_args()
 model = load(args)
 question, solution, spans = problems(1, args.seed)[0]
-pair = encode_pair(model.tokenizer, question, solution, spans)
-x, xs, alignment = pair["x"], pair["xs"], pair["alignment"]
+pair = counterfactual_pair(model.tokenizer, question, solution, spans)
+x, xs, alignment = pair.original, pair.counterfactual, pair.alignment
 labels = model.tokenizer.convert_ids_to_tokens(x.input_ids.tolist())
 print(f"question: {question}\ndistractor: {[question[a:b] for a, b in spans]}")
 print(f"{len(alignment.pairs)} aligned positions; {len(alignment.pruned)} inside the distractor (never patched)")
 args.output.mkdir(parents=True, exist_ok=True)
 for component in ("resid", "head"):
-    result = patching_sweep(model, x.input_ids, xs.input_ids, alignment, pair["target"], component=component,
-                            source_mask=pair["cf_target"], batch_size=64)
+    result = patching_sweep(model, x.input_ids, xs.input_ids, alignment, pair.target, component=component,
+                            source_mask=pair.cf_target, batch_size=64)
     print(f"\n{component}: response log-prob {result.clean:.3f} distracted, {result.source:.3f} clean")
     flat = result.effect.nan_to_num(0).flatten()
     for index in flat.abs().argsort(descending=True)[:5].tolist():

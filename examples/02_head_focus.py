@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from _common import encode_pair, parser, problems
-from leaf.hooks import head_focus, heatmap_png, load_model, mean_focus
+from _common import parser, problems
+from leaf.hooks import counterfactual_pair, head_focus, heatmap_png, load_model, mean_focus
 
 p = parser(__doc__.splitlines()[0])
 p.add_argument("--before", default=None)
@@ -29,11 +29,13 @@ with tempfile.TemporaryDirectory() as tmp:
               "after": load_model(args.after or args.model, device=args.device)}
     maps, uniform = {}, []
     for name, model in models.items():
-        pairs = [encode_pair(model.tokenizer, q, s, spans) for q, s, spans in problems(args.problems, args.seed)]
-        per_sample = head_focus(model, [pr["x"].input_ids for pr in pairs], [pr["x"].response_mask for pr in pairs],
-                                [pr["x"].prompt_mask for pr in pairs], [pr["confounder"] for pr in pairs])
+        pairs = [counterfactual_pair(model.tokenizer, q, s, spans)
+                 for q, s, spans in problems(args.problems, args.seed)]
+        per_sample = head_focus(model, [pr.original.input_ids for pr in pairs],
+                                [pr.original.response_mask for pr in pairs],
+                                [pr.original.prompt_mask for pr in pairs], [pr.confounder for pr in pairs])
         maps[name] = mean_focus(per_sample)
-        uniform = [float(pr["confounder"].sum() / pr["x"].prompt_mask.sum()) for pr in pairs]
+        uniform = [float(pr.confounder.sum() / pr.original.prompt_mask.sum()) for pr in pairs]
 args.output.mkdir(parents=True, exist_ok=True)
 change = maps["after"] - maps["before"]
 print(f"share of instruction attention on the distractor (uniform attention would give {sum(uniform) / len(uniform):.3f})")

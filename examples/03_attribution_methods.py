@@ -8,22 +8,22 @@ import json
 
 import torch
 
-from _common import encode_pair, load, parser, problems
-from leaf.hooks import attribute, attribute_all, describe_methods, heatmap_png, list_methods
+from _common import load, parser, problems
+from leaf.hooks import attribute, attribute_all, counterfactual_pair, describe_methods, heatmap_png, list_methods
 
 p = parser(__doc__.splitlines()[0])
 p.add_argument("--steps", type=int, default=64, help="integrated-gradients steps")
 args = p.parse_args()
 model = load(args)
 question, solution, spans = problems(1, args.seed)[0]
-pair = encode_pair(model.tokenizer, question, solution, spans)
-x = pair["x"]
+pair = counterfactual_pair(model.tokenizer, question, solution, spans)
+x = pair.original
 print(f"question: {question}\ndistractor: {[question[a:b] for a, b in spans]}\n")
 for name, text in describe_methods().items():
     print(f"  {name}: {text}")
-scores = attribute_all(model, [x.input_ids], [pair["target"]], list_methods(),
+scores = attribute_all(model, [x.input_ids], [pair.target], list_methods(),
                        options={"integrated_gradients": {"steps": args.steps}})
-prompt, confounder = x.prompt_mask, pair["confounder"]
+prompt, confounder = x.prompt_mask, pair.confounder
 print(f"\nshare of |attribution| on the distractor, over the question ({int(confounder.sum())} of "
       f"{int(prompt.sum())} question tokens):")
 for name, (values,) in scores.items():
@@ -41,7 +41,7 @@ for i, a in enumerate(names):
     row = [float(torch.corrcoef(torch.stack([ranks(scores[a][0][prompt].abs()), ranks(scores[b][0][prompt].abs())]))[0, 1])
            for b in names]
     print(f"  {a:22s} " + " ".join(f"{v:+.2f}" for v in row))
-(ig,), (details,) = attribute(model, [x.input_ids], [pair["target"]], "integrated_gradients", steps=args.steps,
+(ig,), (details,) = attribute(model, [x.input_ids], [pair.target], "integrated_gradients", steps=args.steps,
                               return_details=True)
 gap = details["f_input"] - details["f_baseline"]
 print(f"\nintegrated gradients: sum {float(ig.sum()):+.5f} vs f(x) - f(baseline) {gap:+.5f} (completeness)")

@@ -1,5 +1,6 @@
 """Shared setup of the examples: a model (default: leaf's shipped demo teacher, a 1.1M-parameter Llama trained on
-the demo's distractor task, so the maps mean something) and distractor problems with exact distractor spans."""
+the demo's distractor task, so the maps mean something) and distractor problems with exact distractor spans; each
+example pairs a problem with its counterfactual through leaf.hooks.counterfactual_pair."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ _hf_logging.disable_progress_bar()
 
 from leaf.demo.run import ASSET_TEACHER  # noqa: E402
 from leaf.demo.task import generate  # noqa: E402
-from leaf.hooks import align_tokens, encode_text, load_model, render_prompt_response  # noqa: E402
+from leaf.hooks import load_model  # noqa: E402
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -30,22 +31,6 @@ def parser(description: str) -> argparse.ArgumentParser:
 def problems(count: int, seed: int):
     """(question, solution, distractor character spans in the question) of problems with one or two distractors."""
     return [(p.question, p.solution, p.distractor_spans) for p in generate(count, seed, distractors=(1, 2))]
-
-
-def encode_pair(tokenizer, question: str, solution: str, spans):
-    """X (with the distractor), X\\A (without), their alignment, and the response tokens of each."""
-    from leaf.gold import token_gold
-    from leaf.spans import remove_spans
-
-    text, pspan, rspan = render_prompt_response(tokenizer, question, solution)
-    cf_text, cf_pspan, cf_rspan = render_prompt_response(tokenizer, remove_spans(question, spans), solution)
-    x, xs = encode_text(tokenizer, text, pspan, rspan), encode_text(tokenizer, cf_text, cf_pspan, cf_rspan)
-    pruned = [(pspan[0] + a, pspan[0] + b) for a, b in spans]
-    target, cf_target = x.response_mask.clone(), xs.response_mask.clone()
-    target[0] = cf_target[0] = False
-    confounder = token_gold(x.offsets, spans, base=pspan[0]) & x.prompt_mask   # tokens overlapping a distractor
-    return {"x": x, "xs": xs, "alignment": align_tokens(text, x.offsets, cf_text, xs.offsets, pruned),
-            "target": target, "cf_target": cf_target, "confounder": confounder}
 
 
 def load(args):

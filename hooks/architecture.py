@@ -40,23 +40,23 @@ class Architecture:
     out_proj: str | None = None  # attribute of the attention module
 
     def component_path(self, component: str, index: int) -> str:
-        """Module whose output is the component of layer `index`: resid (the block), attn, mlp; head: the
-        attention's output projection, whose input holds the heads."""
-        if component == "resid":
-            return self.layer_path(index)
-        if component == "attn":
-            return self.attention_path(index)
-        if component == "mlp":
-            if self.mlp is None:
-                raise LeafError(f"Could not find the MLP inside a decoder block (looked for {', '.join(MLP_NAMES)} and "
-                                "for a child whose class name contains 'MLP'); patch resid or attn instead.")
-            return f"{self.layer_path(index)}.{self.mlp}"
-        if component == "head":
-            if self.out_proj is None:
-                raise LeafError("Could not find the attention's output projection (looked for "
-                                f"{', '.join(OUT_PROJ_NAMES)}); per-head patching needs it.")
-            return f"{self.attention_path(index)}.{self.out_proj}"
-        raise LeafError(f"Unknown component {component!r}: use resid, attn, mlp or head.")
+        """Module whose output is the component of layer `index` (leaf.hooks.components.COMPONENTS): resid (the
+        block), attn, mlp; head: the attention's output projection, whose input holds the heads."""
+        from leaf.hooks.components import get_component
+
+        return get_component(component).path(self, index)
+
+    def mlp_path(self, index: int) -> str:
+        if self.mlp is None:
+            raise LeafError(f"Could not find the MLP inside a decoder block (looked for {', '.join(MLP_NAMES)} and "
+                            "for a child whose class name contains 'MLP'); patch resid or attn instead.")
+        return f"{self.layer_path(index)}.{self.mlp}"
+
+    def out_proj_path(self, index: int) -> str:
+        if self.out_proj is None:
+            raise LeafError("Could not find the attention's output projection (looked for "
+                            f"{', '.join(OUT_PROJ_NAMES)}); per-head patching needs it.")
+        return f"{self.attention_path(index)}.{self.out_proj}"
 
     def layer_path(self, index: int) -> str:
         return f"{self.require_layers()}.{index}"

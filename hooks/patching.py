@@ -33,9 +33,9 @@ from leaf.hooks import reductions
 from leaf.hooks.alignment import Alignment
 from leaf.hooks.loading import HookedModel
 from leaf.hooks.batching import as_masks
+from leaf.hooks.components import COMPONENTS, get_component
 from leaf.hooks.tracing import _envoy, _first_tensor, _prepared, _resolve_layers
 
-COMPONENTS = ("resid", "attn", "mlp", "head")
 Metric = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -75,7 +75,7 @@ def _ids(x) -> torch.Tensor:
 def _component_tensor(envoy, component: str):
     """The tensor a component patch reads or writes: the module's (first) output, or for heads the output
     projection's input."""
-    return envoy.input if component == "head" else _first_tensor(envoy.output)
+    return envoy.input if COMPONENTS[component].per_head else _first_tensor(envoy.output)
 
 
 def _read(model: HookedModel, component: str, layers: list[int], ids: torch.Tensor, metric: Metric,
@@ -131,7 +131,7 @@ def _source_acts(model: HookedModel, component: str, layers: list[int], source: 
         read = nnsight.save(_read(model, component, layers, source[None], metric, mask[None]))
     acts = {layer: a[0] for layer, a in zip(layers, read["acts"])}
     head_dim = 0
-    if component == "head":
+    if COMPONENTS[component].per_head:
         width = acts[layers[0]].shape[-1]
         if width % model.arch.num_heads:
             raise LeafError(f"The output projection's input has width {width}, not a multiple of the "
@@ -142,8 +142,7 @@ def _source_acts(model: HookedModel, component: str, layers: list[int], source: 
 
 
 def _prepare(model, target, source, alignment, target_mask, component, layers, source_mask):
-    if component not in COMPONENTS:
-        raise LeafError(f"Unknown component {component!r}: use {', '.join(COMPONENTS)}.")
+    get_component(component)  # a clear error for an unknown name
     target, source = _ids(target), _ids(source)
     [mask] = as_masks([target_mask], [target], "target_mask")
     if not mask[1:].any():
@@ -181,7 +180,7 @@ def patch_all(model: HookedModel, target, source, alignment: Alignment, target_m
     with _prepared(model, eager=False), torch.no_grad():
         acts, _, head_dim = _source_acts(model, component, layers, source, metric, None)
         head_list = (list(range(model.arch.num_heads)) if heads is None else sorted(set(heads))) \
-            if component == "head" else [None]
+            if COMPONENTS[component].per_head else [None]
         plan = [(layer, [(0, tp, sp, h) for h in head_list]) for layer in layers]
         with model.nnsight.trace(input_ids=target[None]):
             clean = nnsight.save(metric(model.nnsight.output.logits, target[None], mask[None]))
@@ -226,7 +225,7 @@ def patching_sweep(model: HookedModel, target, source, alignment: Alignment, tar
         if cache is not None and not _croppable(cache):
             cache = None  # no KV cache, or one that cannot be cut (sliding windows): full sequences
         first_target = int(mask[1:].nonzero()[0]) + 1   # the metric never reads token 0
-        if component == "head":
+        if COMPONENTS[component].per_head:
             head_list = list(range(model.arch.num_heads)) if heads is None else sorted(set(heads))
             tp = [p for p, _ in pairs]
             sp = [q for _, q in pairs]
@@ -268,6 +267,5 @@ def patching_sweep(model: HookedModel, target, source, alignment: Alignment, tar
         notes.append(f"{len(alignment.pruned)} target position(s) inside pruned spans and {len(alignment.changed)} "
                      "retokenized at a cut have no partner: not patched (NaN)")
     return PatchingResult(component=component, effect=effect, layers=layers,
-                          columns="head" if component == "head" else "position", clean=float(clean["metric"][0]),
-                          source=source_value,
-                          alignment=alignment, notes=notes)
+                          columns="head" if COMPONENTS[component].per_head else "position",
+                          clean=float(clean["metric"][0]), source=source_value, alignment=alignment, notes=notes)

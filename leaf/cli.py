@@ -32,8 +32,11 @@ from leaf.doctor import DoctorConfig
 from leaf.inspect import InspectConfig
 from leaf.distill import MODES, DistillConfig
 from leaf.distill.config import TEACHER_ENGINES
+from leaf.distill.divergences import list_divergences
 from leaf.eval import EvalConfig, list_tasks
+from leaf.hooks.components import COMPONENTS
 from leaf.inspect.saliency import SaliencyReportConfig
+from leaf.models.families import FAMILIES, SIZES
 from leaf.serve.backends import BACKENDS
 from leaf.serve.run import ServeConfig
 
@@ -93,9 +96,9 @@ FLAGS = {
     "max_new_tokens": Flag("--max-tokens", hidden="--max-new-tokens"),  # vLLM's name, as in serve; the old one read
     "mode": Flag(choices=MODES), "lam": Flag("--lambda", "--lambda-schedule"),
     "teacher_engine": Flag(choices=TEACHER_ENGINES),
-    "divergence": Flag(choices=("forward_kl", "reverse_kl", "jsd")),  # leaf.distill.losses.DIVERGENCES
+    "divergence": Flag(choices=list_divergences()),
     "backend": Flag(choices=BACKENDS), "tasks": Flag(choices=list_tasks()),  # leaf eval's benchmarks
-    "components": Flag(choices=("resid", "attn", "mlp", "head")),  # leaf.hooks.COMPONENTS
+    "components": Flag(choices=tuple(COMPONENTS)),
     "methods": Flag(metavar="saliency|input_x_gradient|integrated_gradients|attention_rollout"),
     "method": Flag(metavar="saliency|input_x_gradient_norm"), "norm": Flag(choices=("l2", "l1")),
     "batch_size": Flag(min=1), "seeds": Flag(min=1),
@@ -110,8 +113,8 @@ JsonOut = Annotated[bool, typer.Option("--json", rich_help_panel=INPUTS,
 Output = Annotated[Path, typer.Option("--output", rich_help_panel=INPUTS,
                                       help="Output folder (or file where the command says so).")]
 Seed = Annotated[int, typer.Option("--seed", rich_help_panel=SAFETY, help="Random seed.")]
-Family = choices("Family", ("llama", "qwen2", "mistral", "gpt2", "gpt_neox", "falcon"))  # leaf.models.tiny.FAMILIES
-Size = choices("Size", ("tiny", "small"))
+Family = choices("Family", FAMILIES)
+Size = choices("Size", SIZES)
 
 RECIPE_DATA: dict[str, str] = {}  # --config: the recipe's data path and the command that prepares it
 

@@ -188,6 +188,23 @@ def check_vllm_can_load(path: str, device: str, *, allow_pickle: bool = False,
     return "auto" if allow_pickle else "safetensors"
 
 
+def vllm_environment(device: str) -> dict[str, str]:
+    """leaf's defaults for vLLM's environment (read when vLLM is first imported): the engine in this process (no
+    engine-core subprocess), WARNING-level logs on stderr (stdout holds results tables and --json), and on CPU a
+    1 GiB KV cache. One table for every in-process vLLM leaf starts (`VLLMEngine`, `leaf eval --backend vllm`)."""
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
+           "VLLM_LOGGING_STREAM": "ext://sys.stderr"}
+    if device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+    return env
+
+
+def set_vllm_environment(device: str) -> None:
+    """Apply `vllm_environment(device)`; a variable the user already set wins."""
+    for name, value in vllm_environment(device).items():
+        os.environ.setdefault(name, value)
+
+
 class VLLMEngine:
     label = VLLM_LABEL
     backend = "vllm"
@@ -200,11 +217,8 @@ class VLLMEngine:
         `gpu_memory_utilization` of the device. Environment variables already set win over leaf's defaults."""
         if not vllm_installed():
             raise LeafError(VLLM_MISSING)
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would bury the results table
+        set_vllm_environment(device)
         on_cpu = device == "cpu"
-        if on_cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         load_format = check_vllm_can_load(path, device, allow_pickle=allow_pickle,
                                           trust_remote_code=trust_remote_code)
         from transformers import AutoTokenizer

@@ -36,6 +36,37 @@ class RequestTiming:
         return [b - a for a, b in zip(self.token_times, self.token_times[1:])]
 
 
+@dataclass(frozen=True)
+class ServeMetric:
+    """One figure of a prompt set that the reports show: its key in results.json, its column header, which way is
+    better, and the key of its spread (the run-to-run std over --iterations for throughputs, the std over requests
+    for latencies). `table`: a column of serve's per-model table (and a figure the demo records); `compared`: a
+    ratio against the baseline model in results.json's comparisons and their table."""
+
+    key: str
+    header: str
+    higher_is_better: bool
+    spread: str | None = None
+    table: bool = True
+    compared: bool = True
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+
+# The serve-metric registry: `leaf serve`'s comparisons and report and the demo's records read it, so that a new
+# metric is its computation in `summarize` and one entry here.
+SERVE_METRICS: tuple[ServeMetric, ...] = (
+    ServeMetric("requests_per_second", "req/s", True, "requests_per_second_std"),
+    ServeMetric("output_throughput", "output tok/s", True, "output_throughput_std"),
+    ServeMetric("total_token_throughput", "total tok/s", True, "total_token_throughput_std", table=False),
+    ServeMetric("mean_ttft_ms", "mean TTFT ms", False, "std_ttft_ms"),
+    ServeMetric("p99_tpot_ms", "p99 TPOT ms", False, compared=False),
+    ServeMetric("mean_e2el_ms", "mean E2E ms", False, "std_e2el_ms"),
+)
+
+
 def percentile(values: list[float], q: float) -> float:
     """Linear-interpolation percentile (numpy's default), q in [0, 100]."""
     if not values:

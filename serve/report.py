@@ -13,13 +13,20 @@ def _f(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _pm(figures: dict, key: str, std_key: str | None = None) -> str:
-    """A figure with its spread: `mean ± std` (throughputs: `KEY_std`; latencies: `std_NAME_ms`)."""
-    value, std = figures.get(key), figures.get(std_key or f"{key}_std")
+def _cell(figures: dict, metric) -> str:
+    """A figure with its spread, `mean ± std`, when the metric has one."""
+    value = figures.get(metric.key)
+    std = figures.get(metric.spread) if metric.spread else None
     return _f(value) + (f" ± {_f(std, 2)}" if value is not None and std is not None else "")
 
 
 def markdown(results: dict) -> str:
+    """The results folder's README table: one row per model and prompt set (the columns from
+    leaf.serve.metrics.SERVE_METRICS), the answer checkers, attention focus, and the comparisons."""
+    from leaf.serve.metrics import SERVE_METRICS
+
+    shown = [m for m in SERVE_METRICS if m.table]
+    compared = [m for m in SERVE_METRICS if m.compared]
     models = results["models"]
     lines = ["# leaf serve results", ""]
     engines = {m["engine"]["engine"] for m in models.values()}
@@ -27,16 +34,14 @@ def markdown(results: dict) -> str:
               ""]
     lines += ["↑ higher is better, ↓ lower is better; ± is the run-to-run std over --iterations (throughputs) or "
               "over requests (latencies).", "",
-              "| model | prompts | req/s ↑ | output tok/s ↑ | output tokens | mean TTFT ms ↓ | p99 TPOT ms ↓ | "
-              "mean E2E ms ↓ | accuracy ↑ |", "|---|---|---|---|---|---|---|---|---|"]
+              "| model | prompts | output tokens | " + " | ".join(f"{m.header} {m.arrow}" for m in shown) +
+              " | accuracy ↑ |", "|---|---|---|" + "---|" * len(shown) + "---|"]
     for name, entry in models.items():
         for set_name, m in entry["sets"].items():
             acc = f"{m['accuracy']:.3f} ({m['correct']}/{m['scored']})" if "accuracy" in m else "-"
             runs = m.get("iterations", 1)
-            lines.append(f"| {name} | {set_name} ({m['completed'] // runs}) | "
-                         f"{_pm(m, 'requests_per_second')} | {_pm(m, 'output_throughput')} | "
-                         f"{m['total_output_tokens'] // runs} | {_pm(m, 'mean_ttft_ms', 'std_ttft_ms')} |"
-                         f" {_f(m.get('p99_tpot_ms'))} | {_pm(m, 'mean_e2el_ms', 'std_e2el_ms')} | {acc} |")
+            lines.append(f"| {name} | {set_name} ({m['completed'] // runs}) | {m['total_output_tokens'] // runs} | "
+                         + " | ".join(_cell(m, metric) for metric in shown) + f" | {acc} |")
     checking = {}
     for entry in models.values():
         for m in entry["sets"].values():
@@ -58,18 +63,18 @@ def markdown(results: dict) -> str:
     comp = results["comparisons"]
     if comp["vs_baseline"]:
         lines += ["", f"Against `{comp['baseline']}` (ratio model / baseline; ↑: above 1 is better, ↓: below 1 is "
-                  "better):", "", "| model | prompts | req/s ↑ | output tok/s ↑ | mean E2E ↓ | accuracy Δ ↑ |",
-                  "|---|---|---|---|---|---|"]
+                  "better):", "", "| model | prompts | " + " | ".join(f"{m.header} {m.arrow}" for m in compared) +
+                  " | accuracy Δ ↑ |", "|---|---|" + "---|" * len(compared) + "---|"]
         for name, row in comp["vs_baseline"].items():
             for set_name, r in row.items():
                 if set_name == "attention_focus":
                     continue
-                lines.append(f"| {name} | {set_name} | {_f(r['requests_per_second'])} | {_f(r['output_throughput'])} |"
-                             f" {_f(r['mean_e2el_ms'])} | {_f(r.get('accuracy_delta'))} |")
+                lines.append(f"| {name} | {set_name} | " + " | ".join(_f(r.get(m.key)) for m in compared) +
+                             f" | {_f(r.get('accuracy_delta'))} |")
             if "attention_focus" in row:
                 a = row["attention_focus"]
                 lines.append(f"| {name} | attention focus | {a['baseline']:.4f} → {a['model']:.4f} "
-                             f"({a['relative_change']:+.2%}) | | | |")
+                             f"({a['relative_change']:+.2%}) |" + " |" * len(compared))
     if comp["pruned_vs_original"]:
         lines += ["", "Pruned vs original prompts (detected confounders removed; speedups ↑, above 1 is faster; "
                   "± the run-to-run spread; output tokens per run, since shorter answers are faster too):", "",

@@ -300,7 +300,7 @@ def speedup_spread(speedup: float | None, new: dict, old: dict, key: str = "requ
 
 def comparisons(models: dict) -> dict:
     """Ratios: every model against the first (per prompt set), pruned vs original per model, focus changes."""
-    from leaf.serve.metrics import ratio
+    from leaf.serve.metrics import SERVE_METRICS, ratio
 
     names = list(models)
     base = models[names[0]]
@@ -310,9 +310,8 @@ def comparisons(models: dict) -> dict:
         for set_name, figures in entry["sets"].items():
             ref = base["sets"].get(set_name)
             if ref:
-                row[set_name] = {key: ratio(figures.get(key), ref.get(key)) for key in
-                                 ("requests_per_second", "output_throughput", "total_token_throughput",
-                                  "mean_e2el_ms", "mean_ttft_ms")}
+                row[set_name] = {m.key: ratio(figures.get(m.key), ref.get(m.key)) for m in SERVE_METRICS
+                                 if m.compared}
                 if "accuracy" in figures and "accuracy" in ref:
                     row[set_name]["accuracy_delta"] = figures["accuracy"] - ref["accuracy"]
         bf, ef = base.get("attention_focus"), entry.get("attention_focus")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a model hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -33,7 +34,7 @@ def model_dirs(tmp_path_factory) -> dict[str, str]:
     return {family: str(build_tiny_model(family, root / family, seed=7)) for family in FAMILIES}
 
 
-@pytest.fixture(params=FAMILIES)
+@pytest.fixture(params=list(FAMILIES))
 def family(request) -> str:
     return request.param
 
@@ -83,10 +84,39 @@ def smollm2(tmp_path_factory):
 @pytest.fixture(scope="session")
 def gsm8(tmp_path_factory):
     """8 GSM-Plus distraction rows (shipped data), the shortest ones."""
-    from tests.test_answers_gold_segments import GSM_PLUS
+    from tests.shared import shortest_gsm_plus, write_jsonl
 
-    rows = sorted((json.loads(line) for line in GSM_PLUS.read_text().splitlines()),
-                  key=lambda r: len(r["question"]) + len(r["solution"]))[:8]
-    path = tmp_path_factory.mktemp("gsm") / "gsm8.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl(tmp_path_factory.mktemp("gsm") / "gsm8.jsonl", shortest_gsm_plus(8))
+
+
+@dataclass(frozen=True)
+class Analyzed:
+    """A tiny teacher and student and a finished `leaf analyze` folder over their data (see `analyzed`)."""
+
+    teacher: str
+    student: str
+    data: Path
+    folder: Path
+
+
+ANALYZED_ROWS = 6
+
+
+@pytest.fixture(scope="session")
+def analyzed(tmp_path_factory) -> Analyzed:
+    """The analyze folder every later stage's tests read (distill, serve, inspect, the records, the run guards),
+    built once per session: a Qwen2 teacher and student with the same byte tokenizer, the 6 shortest GSM-Plus
+    distraction rows (ids g0..g5), both levels, the quantile threshold (every instruction gets spans), and gold spans
+    from the clean twins. Tests copy it before changing anything in it."""
+    from leaf.analyze import AnalyzeConfig, run_analyze
+    from tests.shared import shortest_gsm_plus, write_jsonl
+
+    root = tmp_path_factory.mktemp("analyzed")
+    teacher = str(build_tiny_model("qwen2", root / "teacher", seed=11))
+    student = str(build_tiny_model("qwen2", root / "student", seed=12))
+    data = write_jsonl(root / "data.jsonl", [{"id": f"g{i}", **r}
+                                             for i, r in enumerate(shortest_gsm_plus(ANALYZED_ROWS))])
+    run_analyze(AnalyzeConfig(teacher=teacher, student=student, data=data, output=root / "analyze", level="both",
+                              threshold="quantile", quantile=0.1, gold_pair="question,seed_question"),
+                progress=False)
+    return Analyzed(teacher, student, data, root / "analyze")

@@ -1,7 +1,6 @@
 """Answer extraction (on the 200 real GSM-Plus solutions), gold spans and metrics, response splitting."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +8,7 @@ import torch
 from leaf.answers import answers_match, extract_answer, normalize_answer
 from leaf.gold import DetectionCounts, is_pure_insertion, spans_from_pair, spans_from_text
 from leaf.segments import split_response
-
-GSM_PLUS = Path(__file__).resolve().parent / "data" / "gsm_plus_distraction_dev.jsonl"  # CC BY-SA 4.0
+from tests.shared import GSM_PLUS  # CC BY-SA 4.0
 
 
 def gsm_plus() -> list[dict]:

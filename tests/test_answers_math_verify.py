@@ -15,7 +15,7 @@ from math_verify.errors import TimeoutException
 
 from leaf.answers import default_checker, is_correct, list_checkers, math_verify_match
 from leaf.errors import LeafError
-from tests.test_answers_gold_segments import GSM_PLUS
+from tests.shared import GSM_PLUS
 
 HARD_CASES = [
     # fractions

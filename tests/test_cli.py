@@ -137,7 +137,7 @@ def test_cli_choices_match_the_library_registries():
     from leaf.distill import MODES
     from leaf.hooks import COMPONENTS
     from leaf.distill.losses import DIVERGENCES
-    from leaf.models.tiny import FAMILIES
+    from leaf.models.tiny import FAMILIES, SIZES
     from leaf.serve.backends import BACKENDS
     from leaf.spans import SPAN_UNITS as units
 
@@ -148,7 +148,7 @@ def test_cli_choices_match_the_library_registries():
     assert _choices("inspect", "components") == list(COMPONENTS)
     assert _choices("serve", "backend") == _choices("demo", "backend") == _choices("analyze", "generator") == list(
         BACKENDS)
-    assert [f.value for f in cli.Family] == list(FAMILIES)
+    assert [f.value for f in cli.Family] == list(FAMILIES) and [s.value for s in cli.Size] == list(SIZES)
 
 
 CONFIG_COMMANDS = {"analyze": AnalyzeConfig, "distill": DistillConfig, "serve": ServeConfig,
@@ -203,7 +203,7 @@ def test_the_command_line_loads_no_torch():
 
 def test_json_puts_only_the_summary_on_stdout(tmp_path):
     """--json: stdout is the JSON summary alone (progress and stage lines go to stderr)."""
-    from tests.test_answers_gold_segments import GSM_PLUS
+    from tests.shared import GSM_PLUS
 
     for seed, name in ((1, "t"), (2, "s")):
         assert runner.invoke(app, ["tiny-model", "--output", str(tmp_path / name), "--seed", str(seed)]).exit_code == 0

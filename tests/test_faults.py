@@ -19,7 +19,7 @@ from leaf.cli import app
 from leaf.distill import DistillConfig, run_distill
 from leaf.errors import LeafError
 from leaf.models.tiny import build_tiny_model
-from tests.test_answers_gold_segments import GSM_PLUS
+from tests.shared import GSM_PLUS
 
 runner = CliRunner()
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -75,7 +75,7 @@ def _tiny_recipe(tmp_path, suffix, pair, data):
 @pytest.mark.parametrize("suffix", [".toml", ".yaml"])
 def test_cli_config_sets_flags_and_flags_override(tmp_path, suffix):
     from leaf.models.tiny import build_tiny_model
-    from tests.test_answers_gold_segments import GSM_PLUS
+    from tests.shared import GSM_PLUS
 
     pair = (str(build_tiny_model("llama", tmp_path / "t", seed=1)), str(build_tiny_model("llama", tmp_path / "s",
                                                                                          seed=2)))

@@ -6,42 +6,30 @@ import json
 
 import pytest
 
-from leaf.analyze import AnalyzeConfig, run_analyze
 from leaf.errors import LeafError
-from leaf.models.tiny import build_tiny_model
 from leaf.spans import remove_spans
 from leaf.records import (SCHEMA_VERSION, AnalysedSample, AnalysedUnit, Counterfactual, Span, check_finished,
                           read_samples, samples_text)
-from tests.test_answers_gold_segments import GSM_PLUS
 
 
 @pytest.fixture(scope="module")
-def analyzed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("records")
-    teacher = build_tiny_model("llama", root / "teacher", seed=1, tokenizer="bpe")
-    student = build_tiny_model("qwen2", root / "student", seed=2)
-    rows = sorted((json.loads(line) for line in GSM_PLUS.read_text().splitlines()),
-                  key=lambda r: len(r["question"]) + len(r["solution"]))[:4]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = root / "analyze"
-    run_analyze(AnalyzeConfig(teacher=str(teacher), student=str(student), data=data, output=out, level="both",
-                              threshold="quantile", quantile=0.2, gold_pair="question,seed_question"), progress=False)
-    return out
+def analysis(analyzed):
+    """conftest's shared analyze run (both levels, gold spans from the clean twins)."""
+    return analyzed.folder
 
 
-def test_an_analyze_folder_round_trips_byte_for_byte(analyzed):
-    samples = read_samples(analyzed)
-    assert samples_text(samples) == (analyzed / "samples.jsonl").read_text()
-    assert json.loads((analyzed / "summary.json").read_text())["schema"] == SCHEMA_VERSION
+def test_an_analyze_folder_round_trips_byte_for_byte(analysis):
+    samples = read_samples(analysis)
+    assert samples_text(samples) == (analysis / "samples.jsonl").read_text()
+    assert json.loads((analysis / "summary.json").read_text())["schema"] == SCHEMA_VERSION
     ok = [s for s in samples if s.analysed]
     assert ok and all(isinstance(u, AnalysedUnit) for s in ok for u in s.units)
     assert {u.level for s in ok for u in s.units} == {"instruction", "response"}
-    assert read_samples(analyzed, analysed_only=True) == ok
+    assert read_samples(analysis, analysed_only=True) == ok
 
 
-def test_helpers_agree_with_a_hand_computation(analyzed):
-    for sample in read_samples(analyzed, analysed_only=True):
+def test_helpers_agree_with_a_hand_computation(analysis):
+    for sample in read_samples(analysis, analysed_only=True):
         raw = json.loads(samples_text([sample]))
         spans = sorted({(s["start"], s["end"]) for u in raw["units"] if u["level"] == "instruction"
                         for s in u["spans"]})
@@ -103,11 +91,11 @@ def test_bad_records_are_refused_naming_file_line_and_field(edit, message):
     (SCHEMA_VERSION + 1, r"written by a newer leaf \(0.0.1; records schema \d+, this leaf reads schema \d+\)\. "
                          r"Upgrade leaf"),
 ])
-def test_a_folder_of_another_schema_version_is_refused(analyzed, tmp_path, schema, message):
+def test_a_folder_of_another_schema_version_is_refused(analysis, tmp_path, schema, message):
     import shutil
 
     folder = tmp_path / "other"
-    shutil.copytree(analyzed, folder)
+    shutil.copytree(analysis, folder)
     summary = json.loads((folder / "summary.json").read_text())
     summary["versions"]["leaf-distill"] = "0.0.1"
     if schema is None:

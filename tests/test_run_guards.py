@@ -12,12 +12,12 @@ from leaf.distill import DistillConfig
 from leaf.distill.run import run_distill
 from leaf.errors import LeafError
 from leaf.run_folder import FolderLock
-from tests.test_distill import tiny_pair_and_analysis
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    return tiny_pair_and_analysis(tmp_path_factory.mktemp("guards"))
+def pair(analyzed):
+    """(teacher, student, analyze folder): conftest's shared analyze run."""
+    return analyzed.teacher, analyzed.student, analyzed.folder
 
 
 def _config(pair, out, **kwargs):
@@ -146,7 +146,7 @@ def test_eval_measures_its_own_run_again_and_never_replaces_another(tmp_path, mo
     from leaf.eval import EvalConfig
     from leaf.eval.run import run_eval
     import leaf.eval.run as run
-    from tests.test_eval_code import MBPP, CodeLM
+    from tests.eval.test_eval_code import MBPP, CodeLM
 
     monkeypatch.setattr(run, "harness_model", lambda backend, path, config: CodeLM(path))
     (tmp_path / "data").mkdir()
@@ -190,7 +190,7 @@ def test_a_truncated_weights_file_is_one_clear_message_in_every_command(pair, tm
                      "--backend", "hf", "--allow-code-execution"]}[command]
     if command == "eval":
         pytest.importorskip("lm_eval")
-        from tests.test_eval_code import MBPP
+        from tests.eval.test_eval_code import MBPP
 
         (tmp_path / "data").mkdir()
         (tmp_path / "data" / "mbpp.jsonl").write_text("".join(json.dumps(r) + "\n" for r in MBPP))

@@ -2,8 +2,8 @@
 
 Per window: --select's filter, then one `Job` per analysis unit (a loss and the region scored against it), the
 teacher's gradient pass (or its stored scores), the student's, detection per unit (leaf.analyze.detect), --verify's
-filter, and the part files (leaf.analyze.parts). The `Analyzer` (leaf.analyze.run) holds what a window reads: the
-config, the loaded models and every sample's renderings.
+filter, and the part files (leaf.analyze.parts). A window reads `WindowInputs` (the config, the loaded models and
+every sample's renderings, made once by leaf.analyze.run's `Analyzer`) and writes only its own part.
 """
 
 from __future__ import annotations
@@ -79,12 +79,33 @@ def units_of(config, base) -> list[Unit]:
     return units
 
 
-class WindowRun:
-    """Analyse one window of rows with an Analyzer's models and renderings, and write its part."""
+@dataclass(frozen=True)
+class WindowInputs:
+    """What every window reads, made once per run: the config, the teacher (a HookedModel or its stored
+    TeacherScores) and the student (None in a teacher-only run), the samples, the base rendering the records refer
+    to and the teacher's own (per row), the Renderer, and --select/--verify's AnswerChecks."""
 
-    def __init__(self, analyzer, window: int, rows: list[int]) -> None:
-        self.an, self.window, self.rows = analyzer, window, rows
-        self.config = analyzer.config
+    config: object
+    teacher: object
+    student: object | None
+    samples: list
+    rendered: list
+    rendered_teacher: list
+    renderer: object
+    checks: object
+
+
+def _no_ticker(jobs: int, samples: int, passes: int):
+    return None
+
+
+class WindowRun:
+    """Analyse one window of rows and write its part. `ticker(jobs, samples, passes)` gives the per-batch progress
+    callback of the model passes (leaf.hooks.run's on_batch)."""
+
+    def __init__(self, inputs: WindowInputs, window: int, rows: list[int], *, ticker=_no_ticker) -> None:
+        self.inputs, self.window, self.rows, self.ticker = inputs, window, rows, ticker
+        self.config = inputs.config
         self.counts = {"skipped_too_long": 0, "filtered_selection": 0, "counterfactuals_dropped": 0,
                        "units_without_target": 0, "no_reference_answer": 0, "counterfactuals_unparsable": 0}
         self.detection: dict = {}
@@ -95,18 +116,18 @@ class WindowRun:
 
     def run(self) -> None:
         clock = time.perf_counter()
-        jobs = self.jobs(self.an.checks.select(self.rows) if self.config.select else {})
+        jobs = self.jobs(self.inputs.checks.select(self.rows) if self.config.select else {})
         if jobs:
             teacher_only = self.config.teacher_only
-            passes = (0 if isinstance(self.an.teacher, TeacherScores) else 1) + (0 if teacher_only else 1)
-            self.an.on_batch = self.an.ticker(len(jobs), len(self.rows), passes)
-            teacher = self.teacher_scores(jobs)
+            passes = (0 if isinstance(self.inputs.teacher, TeacherScores) else 1) + (0 if teacher_only else 1)
+            on_batch = self.ticker(len(jobs), len(self.rows), passes)
+            teacher = self.teacher_scores(jobs, on_batch)
             if teacher_only:
                 self.store_teacher_scores(jobs, teacher)
             else:
-                self.detect_all(jobs, teacher, self.student_scores(jobs))
+                self.detect_all(jobs, teacher, self.student_scores(jobs, on_batch))
         if self.config.verify:
-            self.counts["counterfactuals_dropped"] = self.an.checks.verify(
+            self.counts["counterfactuals_dropped"] = self.inputs.checks.verify(
                 [rec for rec in self.records.values() if rec.units is not None])
         lines = [self.records[r].to_json() | ({"units": self.index_units[r]} if r in self.index_units else {})
                  for r in self.rows]
@@ -122,14 +143,14 @@ class WindowRun:
         from leaf.programs import test_fields
         from leaf.rendering import map_span
 
-        an, config, teacher_only = self.an, self.config, self.config.teacher_only
+        inputs, config, teacher_only = self.inputs, self.config, self.config.teacher_only
         jobs = []
         for r in self.rows:
-            sample, base, t_view = an.samples[r], an.rendered[r], an.rendered_teacher[r]
+            sample, base, t_view = inputs.samples[r], inputs.rendered[r], inputs.rendered_teacher[r]
             record = AnalysedSample(row=r, id=sample.id, status="ok", prompt=sample.prompt, response=sample.response,
                                     text=base.text, prompt_span=base.prompt, response_span=base.response,
                                     text_sha256=text_digest(base.text) if teacher_only else None,
-                                    answer_prefix=an.renderer.answer_prefix or None,
+                                    answer_prefix=inputs.renderer.answer_prefix or None,
                                     tests=test_fields(sample.record))
             self.records[r] = record
             if r in selection:
@@ -139,11 +160,12 @@ class WindowRun:
                     record.status = "filtered_selection"
                     self.counts["filtered_selection"] += 1
                     continue
-            t_enc = encode_text(an.teacher.tokenizer, t_view.text, t_view.prompt, t_view.response)
-            s_enc = None if teacher_only else encode_text(an.student.tokenizer, base.text, base.prompt, base.response)
-            limits = [(len(t_enc.input_ids), an.teacher.max_length)]
+            t_enc = encode_text(inputs.teacher.tokenizer, t_view.text, t_view.prompt, t_view.response)
+            s_enc = None if teacher_only else encode_text(inputs.student.tokenizer, base.text, base.prompt,
+                                                          base.response)
+            limits = [(len(t_enc.input_ids), inputs.teacher.max_length)]
             if s_enc is not None:
-                limits.append((len(s_enc.input_ids), an.student.max_length))
+                limits.append((len(s_enc.input_ids), inputs.student.max_length))
             if any(limit is not None and n > limit for n, limit in limits):
                 record.status = "skipped_too_long"
                 record.lengths = dict(zip(("teacher", "student"), (n for n, _ in limits)))
@@ -163,24 +185,25 @@ class WindowRun:
             record.units = []
         return jobs
 
-    def teacher_scores(self, jobs: list[Job]) -> list[TeacherScore]:
+    def teacher_scores(self, jobs: list[Job], on_batch=None) -> list[TeacherScore]:
         """The teacher's saliency and loss per job: run the teacher, or look them up in --teacher-scores."""
         from leaf.hooks import HookPlan, run
         from leaf.rendering import map_span
 
-        an = self.an
-        if isinstance(an.teacher, TeacherScores):
-            return [an.teacher.lookup(an.rendered_teacher[j.row].text,
-                                      map_span(j.unit.target, an.rendered[j.row], an.rendered_teacher[j.row]),
-                                      len(j.teacher.input_ids), an.samples[j.row].id)
+        inputs = self.inputs
+        if isinstance(inputs.teacher, TeacherScores):
+            return [inputs.teacher.lookup(inputs.rendered_teacher[j.row].text,
+                                          map_span(j.unit.target, inputs.rendered[j.row],
+                                                   inputs.rendered_teacher[j.row]),
+                                          len(j.teacher.input_ids), inputs.samples[j.row].id)
                     for j in jobs]
-        results = run(an.teacher, [j.teacher.input_ids for j in jobs],
+        results = run(inputs.teacher, [j.teacher.input_ids for j in jobs],
                       HookPlan(saliency="grad", target_mask=[j.teacher_target for j in jobs],
                                gradient_checkpointing=self.config.gradient_checkpointing),
-                      batch_size=self.config.batch_size, on_batch=an.on_batch)
+                      batch_size=self.config.batch_size, on_batch=on_batch)
         return [TeacherScore(saliency=t.saliency, loss=t.loss) for t in results]
 
-    def student_scores(self, jobs: list[Job]) -> list:
+    def student_scores(self, jobs: list[Job], on_batch=None) -> list:
         """The student's saliency and loss per job, and its per-token surprisal when a threshold mode needs it (the
         chosen mode, or a row of the detection table)."""
         from leaf.hooks import HookPlan, run
@@ -190,10 +213,10 @@ class WindowRun:
 
         with_gold = config.gold is not None or config.gold_pair is not None  # the detection table runs every mode
         need_ppl = any("surprisal" in THRESHOLDS[m].needs for m in (THRESHOLDS if with_gold else [config.threshold]))
-        return run(self.an.student, [j.student.input_ids for j in jobs],
+        return run(self.inputs.student, [j.student.input_ids for j in jobs],
                    HookPlan(saliency="grad", target_mask=[j.student_target for j in jobs], token_nll=need_ppl,
                             gradient_checkpointing=config.gradient_checkpointing),
-                   batch_size=config.batch_size, on_batch=self.an.on_batch)
+                   batch_size=config.batch_size, on_batch=on_batch)
 
     def store_teacher_scores(self, jobs: list[Job], teacher: list[TeacherScore]) -> None:
         """--teacher-only: each unit's saliency under its store key, and the index entry that finds it."""
@@ -208,12 +231,12 @@ class WindowRun:
         """Detection per unit; the unit's record joins its sample's, its tensors the part's."""
         from leaf.rendering import map_offsets
 
-        an, config = self.an, self.config
+        inputs, config = self.inputs, self.config
         for job, s, t in zip(jobs, student, teacher):
             r, unit, record = job.row, job.unit, self.records[job.row]
             # the teacher's token offsets in the student's text (its own rendering may differ)
-            t_enc = replace(job.teacher, offsets=map_offsets(job.teacher.offsets, an.rendered_teacher[r],
-                                                             an.rendered[r]))
+            t_enc = replace(job.teacher, offsets=map_offsets(job.teacher.offsets, inputs.rendered_teacher[r],
+                                                                 inputs.rendered[r]))
             gold = record.gold_spans
             tables = ([self.detection, self.exact] if record.gold_exact else [self.detection]) \
                 if (gold is not None and unit.level == "instruction") else None

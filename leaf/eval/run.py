@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 from pathlib import Path
 
 from leaf.errors import LeafError
@@ -127,15 +126,9 @@ def harness_model(backend: str, path: str, config: EvalConfig):
         return HFLM(pretrained=source, device=config.device, dtype=config.dtype, batch_size=config.batch_size,
                     trust_remote_code=config.trust_remote_code,
                     **({} if config.allow_pickle else {"use_safetensors": True}))
-    from leaf.serve.engines import check_vllm_can_load
+    from leaf.serve.engines import check_vllm_can_load, set_vllm_environment
 
-    # in-process, quiet, logging to stderr (stdout holds the table or --json), and on CPU eager with a 1 GiB KV
-    # cache, as leaf.serve.engines.VLLMEngine; values already set win (read when vLLM is first imported)
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    if config.device == "cpu":
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    set_vllm_environment(config.device)  # the engine layer's defaults, as for leaf serve's VLLMEngine
     load_format = check_vllm_can_load(source, config.device, allow_pickle=config.allow_pickle,
                                       trust_remote_code=config.trust_remote_code)
     try:
@@ -150,38 +143,69 @@ def harness_model(backend: str, path: str, config: EvalConfig):
 
 
 def _harness_vllm_class():
-    """lm-eval's VLLM model. It reads vLLM's version from the `vllm` distribution; the CPU build installs the same
-    `vllm` module as the `vllm-cpu` distribution, so that name is read instead, as vLLM itself does for its platform
-    (vllm.platforms.vllm_version_matches_substr: version("vllm-cpu") + "+cpu")."""
+    """lm-eval's VLLM model class.
+
+    lm-eval reads vLLM's version from the `vllm` distribution (`from importlib.metadata import version`, called at
+    import time and later). The CPU build installs the same `vllm` module as the `vllm-cpu` distribution, so that
+    module is executed here with its own `version`, which reads "vllm" as `vllm-cpu` + "+cpu" (as vLLM itself does
+    for its platform: vllm.platforms.vllm_version_matches_substr). Nothing outside that one module changes: no
+    importlib function is replaced for the process."""
+    import builtins
+    import importlib.util
+    import sys
+    from importlib import metadata
+
+    name = "lm_eval.models.vllm_causallms"
+    if name in sys.modules or _distribution_version("vllm") is not None:
+        from lm_eval.models.vllm_causallms import VLLM
+
+        return VLLM
+
+    def version(distribution: str) -> str:
+        return metadata.version("vllm-cpu") + "+cpu" if distribution == "vllm" else metadata.version(distribution)
+
+    view = _ModuleView(metadata, version=version)
+
+    def scoped_import(module_name, globals=None, locals=None, fromlist=(), level=0):
+        if module_name == "importlib.metadata" and level == 0 and fromlist:
+            return view  # `from importlib.metadata import version` in that module's body only
+        return builtins.__import__(module_name, globals, locals, fromlist, level)
+
+    spec = importlib.util.find_spec(name)
+    module = importlib.util.module_from_spec(spec)
+    module.__dict__["__builtins__"] = {**builtins.__dict__, "__import__": scoped_import}
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module.VLLM
+
+
+class _ModuleView:
+    """A module's attributes, with some replaced, for one importer."""
+
+    def __init__(self, module, **replaced) -> None:
+        self._module, self._replaced = module, replaced
+
+    def __getattr__(self, attribute: str):
+        return self._replaced[attribute] if attribute in self._replaced else getattr(self._module, attribute)
+
+
+def _distribution_version(name: str) -> str | None:
     from importlib import metadata
 
     try:
-        metadata.version("vllm")
+        return metadata.version(name)
     except metadata.PackageNotFoundError:
-        real = metadata.version
-
-        def version(name: str) -> str:
-            return real("vllm-cpu") + "+cpu" if name == "vllm" else real(name)
-
-        metadata.version = version  # while the module is imported (its import-time check)
-        try:
-            import lm_eval.models.vllm_causallms as module
-        finally:
-            metadata.version = real
-        module.version = version  # and for its later checks
-    from lm_eval.models.vllm_causallms import VLLM
-
-    return VLLM
+        return None
 
 
 def _vllm_version() -> str | None:
-    from importlib import metadata
-
     for name in ("vllm", "vllm-cpu"):
-        try:
-            return f"{name} {metadata.version(name)}"
-        except metadata.PackageNotFoundError:
-            continue
+        if (found := _distribution_version(name)) is not None:
+            return f"{name} {found}"
     return None
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from leaf.records import AnalysedSample, read_samples
 from leaf.errors import LeafError
+from leaf.hooks.components import COMPONENTS
 from leaf.io import check_output_folder, write_json_atomic
 from leaf.options import doc
 
-DEFAULT_COMPONENTS = ("resid", "attn", "mlp", "head")
+DEFAULT_COMPONENTS = tuple(COMPONENTS)  # every registered component
 DEFAULT_MAX_LAYERS = 8
 
 
@@ -62,7 +63,6 @@ class InspectConfig:
 
     def __post_init__(self) -> None:
         from leaf.hooks.attribution import get_method
-        from leaf.hooks.patching import COMPONENTS
 
         self.analyze, self.output = Path(self.analyze), Path(self.output)
         check_output_folder(self.output, allow_nonempty=True)
@@ -102,13 +102,36 @@ def choose_samples(records: list[AnalysedSample], rows: list[int], count: int) -
     return chosen
 
 
-def run_inspect(config: InspectConfig, *, log=print) -> dict:
-    import torch
+@dataclass
+class Loaded:
+    """What every sample's maps need: the model (and its name), the chosen records, analyze's rendering (a
+    leaf.rendering.RecordedTemplate), the layers to patch and the attribution methods."""
 
-    from leaf.hooks import (align_tokens, attribute_all, encode_text, head_focus, heatmap_png, list_methods,
-                            load_model, patching_sweep)
+    model: object
+    name: str
+    records: list[AnalysedSample]
+    template: object
+    layers: list[int]
+    methods: list[str]
+
+
+@dataclass
+class SampleMaps:
+    """One sample's results: patching per (component, reverse), per-head focus, attributions per method, and the
+    token labels of X and X\\A."""
+
+    pair: object                 # leaf.hooks.CounterfactualPair
+    patching: dict               # (component, reverse) -> PatchingResult
+    focus: object                # (layers, heads) share of response->instruction attention on the confounders
+    attributions: dict           # method -> (T,) scores on X
+    labels: list[str]
+    cf_labels: list[str]
+
+
+def load(config: InspectConfig, log=print) -> Loaded:
+    """The records to inspect, the model and analyze's rendering; layers and methods resolved (bad ones refused)."""
+    from leaf.hooks import list_methods, load_model
     from leaf.rendering import recorded_template
-    from leaf.gold import token_gold
 
     records = read_samples(config.analyze)  # validated: rows are non-negative ints (they become folder names)
     summary = json.loads((config.analyze / "summary.json").read_text())
@@ -126,68 +149,113 @@ def run_inspect(config: InspectConfig, *, log=print) -> dict:
     layers = sorted({layer % num_layers for layer in config.layers}) or default_layers(num_layers)
     if len(layers) < num_layers:
         log(f"patching {len(layers)} of {num_layers} layers ({', '.join(map(str, layers))}); --layer N to choose")
-    methods = config.methods or list_methods()
-    index = {"model": name, "analyze": str(config.analyze), "samples": []}
-    for record in chosen:
+    return Loaded(model, name, chosen, template, layers, config.methods or list_methods())
+
+
+def sample_pair(loaded: Loaded, record: AnalysedSample, what: str):
+    """X as analyze recorded it (refused when this model's tokenizer renders it otherwise) and X\\A with every
+    detected instruction span removed, under the same template: leaf.hooks.counterfactual_pair."""
+    from leaf.hooks import counterfactual_pair
+
+    tokenizer = loaded.model.tokenizer
+    loaded.template.original(record, tokenizer, what)   # the recorded text is what this tokenizer renders
+    renderer = loaded.template.renderer(tokenizer, record.answer_prefix or "")
+    return counterfactual_pair(tokenizer, record.prompt, record.response, record.instruction_spans(),
+                               render=lambda prompt, response: astuple(renderer.render("student", prompt, response)))
+
+
+def compute_maps(loaded: Loaded, pair, config: InspectConfig) -> SampleMaps:
+    """Patching both ways per component, per-head focus on the confounder spans, and every attribution method."""
+    from leaf.hooks import attribute_all, head_focus, patching_sweep
+
+    model, x, xs = loaded.model, pair.original, pair.counterfactual
+    patching = {}
+    for component in config.components:
+        for reverse in (False, True):
+            run_ids, src_ids = (xs.input_ids, x.input_ids) if reverse else (x.input_ids, xs.input_ids)
+            patching[component, reverse] = patching_sweep(
+                model, run_ids, src_ids, pair.alignment.reversed() if reverse else pair.alignment,
+                pair.cf_target if reverse else pair.target, component=component, batch_size=config.batch_size,
+                layers=loaded.layers, progress=True, source_mask=pair.target if reverse else pair.cf_target)
+    [focus] = head_focus(model, [x.input_ids], [x.response_mask], [x.prompt_mask], [pair.confounder])
+    scores = attribute_all(model, [x.input_ids], [pair.target], loaded.methods, batch_size=config.batch_size,
+                           options={"integrated_gradients": {"steps": config.ig_steps}})
+    tokens = model.tokenizer.convert_ids_to_tokens
+    return SampleMaps(pair, patching, focus, {m: scores[m][0] for m in loaded.methods},
+                      [_short(t) for t in tokens(x.input_ids.tolist())],
+                      [_short(t) for t in tokens(xs.input_ids.tolist())])
+
+
+def _direction(reverse: bool) -> str:
+    return "X into X\\A" if reverse else "X\\A into X"
+
+
+def _stem(component: str, reverse: bool) -> str:
+    return f"patching_{component}" + ("_reverse" if reverse else "")
+
+
+def write_maps(maps: SampleMaps, record: AnalysedSample, folder: Path) -> list[str]:
+    """The JSON files of one sample's maps; their names."""
+    written = []
+    for (component, reverse), result in maps.patching.items():
+        payload = {**result.to_json(), "direction": _direction(reverse), "row": record.row,
+                   "tokens": maps.cf_labels if reverse else maps.labels}
+        write_json_atomic(folder / f"{_stem(component, reverse)}.json", payload)
+        written.append(f"{_stem(component, reverse)}.json")
+    x, confounder = maps.pair.original, maps.pair.confounder
+    write_json_atomic(folder / "head_focus.json", {
+        "row": record.row, "share_on_confounders": [[None if v != v else round(float(v), 6) for v in row]
+                                                     for row in maps.focus.tolist()],
+        "confounder_tokens": int(confounder.sum()), "instruction_tokens": int(x.prompt_mask.sum()),
+        "uniform_share": float(confounder.sum() / max(int(x.prompt_mask.sum()), 1))})
+    write_json_atomic(folder / "attributions.json", {
+        "row": record.row, "tokens": maps.labels, "prompt_tokens": x.prompt_mask.tolist(),
+        "confounder_tokens": confounder.tolist(),
+        "scores": {m: [round(float(v), 7) for v in values] for m, values in maps.attributions.items()}})
+    return written + ["head_focus.json", "attributions.json"]
+
+
+def plot_maps(maps: SampleMaps, folder: Path) -> list[str]:
+    """The PNG heatmaps of one sample's maps; their names."""
+    import torch
+
+    from leaf.hooks import COMPONENTS, heatmap_png
+
+    written = []
+    for (component, reverse), result in maps.patching.items():
+        columns = ("head", [str(h) for h in range(result.effect.shape[1])]) if COMPONENTS[component].per_head \
+            else ("position (token)", maps.cf_labels if reverse else maps.labels)
+        heatmap_png(result.effect, folder / f"{_stem(component, reverse)}.png", signed=True,
+                    title=f"{component} patching, {_direction(reverse)}: Δ mean log-prob of the response "
+                          f"(clean {result.clean:.3f}, source {result.source:.3f})",
+                    xlabel=columns[0], ylabel="layer", xticklabels=columns[1],
+                    yticklabels=[str(layer) for layer in result.layers], colorbar="Δ log-prob")
+        written.append(f"{_stem(component, reverse)}.png")
+    heatmap_png(maps.focus, folder / "head_focus.png", signed=False,
+                title="share of response→instruction attention on the confounder spans",
+                xlabel="head", ylabel="layer", xticklabels=[str(h) for h in range(maps.focus.shape[1])],
+                yticklabels=[str(layer) for layer in range(maps.focus.shape[0])], colorbar="share")
+    methods = list(maps.attributions)
+    rows = torch.stack([maps.attributions[m] for m in methods])
+    scaled = rows / rows.abs().amax(-1, keepdim=True).clamp(min=1e-12)
+    heatmap_png(scaled, folder / "attributions.png", signed=bool((rows < 0).any()),
+                title="attributions on X, each row scaled by its largest |value|", xlabel="token",
+                ylabel="method", xticklabels=maps.labels, yticklabels=methods, colorbar="scaled score")
+    return written + ["head_focus.png", "attributions.png"]
+
+
+def run_inspect(config: InspectConfig, *, log=print) -> dict:
+    """Load, then per chosen sample: its pair, the maps, their JSON and PNG files; index.json lists them."""
+    loaded = load(config, log)
+    index = {"model": loaded.name, "analyze": str(config.analyze), "samples": []}
+    for record in loaded.records:
         folder = config.output / f"sample-{record.row}"
-        spans = record.instruction_spans()
-        text, pspan, rspan = astuple(template.original(record, model.tokenizer, str(config.analyze)))
-        cf_text, cf_pspan, cf_rspan = astuple(template.renderer(model.tokenizer, record.answer_prefix or "").render(
-            "student", record.pruned_prompt(), record.response))
-        x, xs = encode_text(model.tokenizer, text, pspan, rspan), encode_text(model.tokenizer, cf_text, cf_pspan,
-                                                                             cf_rspan)
-        pruned = [(pspan[0] + a, pspan[0] + b) for a, b in spans]
-        alignment = align_tokens(text, x.offsets, cf_text, xs.offsets, pruned)
-        target, cf_target = x.response_mask.clone(), xs.response_mask.clone()
-        target[0] = cf_target[0] = False
-        labels = [_short(t) for t in model.tokenizer.convert_ids_to_tokens(x.input_ids.tolist())]
-        cf_labels = [_short(t) for t in model.tokenizer.convert_ids_to_tokens(xs.input_ids.tolist())]
-        written = []
-        for component in config.components:
-            for reverse in (False, True):
-                run_ids, src_ids = (xs.input_ids, x.input_ids) if reverse else (x.input_ids, xs.input_ids)
-                result = patching_sweep(model, run_ids, src_ids, alignment.reversed() if reverse else alignment,
-                                        cf_target if reverse else target, component=component,
-                                        batch_size=config.batch_size, layers=layers, progress=True,
-                                        source_mask=target if reverse else cf_target)
-                stem = f"patching_{component}" + ("_reverse" if reverse else "")
-                into = "X into X\\A" if reverse else "X\\A into X"
-                payload = {**result.to_json(), "direction": into, "row": record.row,
-                           "tokens": cf_labels if reverse else labels}
-                write_json_atomic(folder / f"{stem}.json", payload)
-                columns = ("head", [str(h) for h in range(result.effect.shape[1])]) if component == "head" else (
-                    "position (token)", cf_labels if reverse else labels)
-                heatmap_png(result.effect, folder / f"{stem}.png", signed=True,
-                            title=f"{component} patching, {into}: Δ mean log-prob of the response "
-                                  f"(clean {result.clean:.3f}, source {result.source:.3f})",
-                            xlabel=columns[0], ylabel="layer", xticklabels=columns[1],
-                            yticklabels=[str(layer) for layer in result.layers], colorbar="Δ log-prob")
-                written += [f"{stem}.json", f"{stem}.png"]
-        confounder = token_gold(x.offsets, spans, base=pspan[0]) & x.prompt_mask   # tokens overlapping a span
-        [focus] = head_focus(model, [x.input_ids], [x.response_mask], [x.prompt_mask], [confounder])
-        write_json_atomic(folder / "head_focus.json", {
-            "row": record.row, "share_on_confounders": [[None if v != v else round(float(v), 6) for v in row]
-                                                         for row in focus.tolist()],
-            "confounder_tokens": int(confounder.sum()), "instruction_tokens": int(x.prompt_mask.sum()),
-            "uniform_share": float(confounder.sum() / max(int(x.prompt_mask.sum()), 1))})
-        heatmap_png(focus, folder / "head_focus.png", signed=False,
-                    title="share of response→instruction attention on the confounder spans",
-                    xlabel="head", ylabel="layer", xticklabels=[str(h) for h in range(focus.shape[1])],
-                    yticklabels=[str(layer) for layer in range(focus.shape[0])], colorbar="share")
-        scores = attribute_all(model, [x.input_ids], [target], methods, batch_size=config.batch_size,
-                               options={"integrated_gradients": {"steps": config.ig_steps}})
-        rows = torch.stack([scores[m][0] for m in methods])
-        scaled = rows / rows.abs().amax(-1, keepdim=True).clamp(min=1e-12)
-        write_json_atomic(folder / "attributions.json", {
-            "row": record.row, "tokens": labels, "prompt_tokens": x.prompt_mask.tolist(),
-            "confounder_tokens": confounder.tolist(),
-            "scores": {m: [round(float(v), 7) for v in scores[m][0]] for m in methods}})
-        heatmap_png(scaled, folder / "attributions.png", signed=bool((rows < 0).any()),
-                    title="attributions on X, each row scaled by its largest |value|", xlabel="token",
-                    ylabel="method", xticklabels=labels, yticklabels=methods, colorbar="scaled score")
-        written += ["head_focus.json", "head_focus.png", "attributions.json", "attributions.png"]
-        index["samples"].append({"row": record.row, "id": record.id, "folder": str(folder),
-                                 "files": written, "pruned_spans": [list(s) for s in spans],
+        maps = compute_maps(loaded, sample_pair(loaded, record, str(config.analyze)), config)
+        json_files, png_files = write_maps(maps, record, folder), plot_maps(maps, folder)
+        written = [name for pair in zip(json_files, png_files) for name in pair]
+        alignment = maps.pair.alignment
+        index["samples"].append({"row": record.row, "id": record.id, "folder": str(folder), "files": written,
+                                 "pruned_spans": [list(s) for s in record.instruction_spans()],
                                  "unpartnered": {"pruned": len(alignment.pruned), "changed": len(alignment.changed)}})
         log(f"sample {record.row}: wrote {len(written)} files to {folder}")
     index["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}

@@ -15,25 +15,15 @@ Head dim is 32 everywhere: vLLM's CPU attention supports {32, 64, 80, ...} and f
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    FalconConfig,
-    GPT2Config,
-    GPTNeoXConfig,
-    LlamaConfig,
-    MistralConfig,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from leaf.errors import LeafError
 from leaf.io import check_output_folder
+from leaf.models.families import FAMILIES, SIZES, TinySize, get_family  # noqa: F401 (re-exported)
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -49,26 +39,6 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class TinySize:
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    intermediate_size: int
-    max_positions: int
-
-
-SIZES: dict[str, TinySize] = {
-    # Under 1M parameters: what the test suite uses.
-    "tiny": TinySize(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256,
-                     max_positions=1024),
-    # About 10M parameters: benchmarks and the demo.
-    "small": TinySize(hidden_size=384, num_layers=6, num_heads=12, num_kv_heads=4, intermediate_size=1024,
-                      max_positions=2048),
-}
-
-FAMILIES = ("llama", "qwen2", "mistral", "gpt2", "gpt_neox", "falcon")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -144,31 +114,7 @@ TOKENIZERS = {"byte": byte_tokenizer, "bpe": bpe_tokenizer}
 
 def _config(family: str, size: TinySize, vocab_size: int, tok: PreTrainedTokenizerFast):
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    if family == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=size.hidden_size, n_layer=size.num_layers,
-                          n_head=size.num_heads, n_inner=size.intermediate_size, n_positions=size.max_positions,
-                          tie_word_embeddings=True, **ids)
-    common = dict(vocab_size=vocab_size, hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
-                  num_attention_heads=size.num_heads, num_key_value_heads=size.num_kv_heads,
-                  intermediate_size=size.intermediate_size, max_position_embeddings=size.max_positions,
-                  head_dim=size.hidden_size // size.num_heads, **ids)
-    if family == "llama":
-        return LlamaConfig(tie_word_embeddings=False, **common)
-    if family == "qwen2":  # GQA + tied embeddings + qkv bias, as the real Qwen2 family
-        return Qwen2Config(tie_word_embeddings=True, use_sliding_window=False, **common)
-    if family == "mistral":
-        return MistralConfig(tie_word_embeddings=False, sliding_window=size.max_positions, **common)
-    if family == "gpt_neox":  # Pythia's layout: untied `embed_out` (renamed to lm_head on load), partial rotary
-        return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
-                             num_attention_heads=size.num_heads, intermediate_size=size.intermediate_size,
-                             max_position_embeddings=size.max_positions, tie_word_embeddings=False, **ids)
-    if family == "falcon":  # Falcon-7B's layout: multi-query attention, parallel attention + MLP, tied embeddings;
-        # its attention cannot be switched at run time (leaf loads it eager for attention maps)
-        return FalconConfig(vocab_size=vocab_size, hidden_size=size.hidden_size, num_hidden_layers=size.num_layers,
-                            num_attention_heads=size.num_heads, multi_query=True, new_decoder_architecture=False,
-                            parallel_attn=True, alibi=False, bias=False, max_position_embeddings=size.max_positions,
-                            tie_word_embeddings=True, **ids)
-    raise LeafError(f"Unknown tiny model family {family!r}. Available: {', '.join(FAMILIES)}.")
+    return get_family(family).config(size, vocab_size, ids)
 
 
 def build_tiny_model(family: str, output_dir: str | Path, *, seed: int = 0, size: str | TinySize = "tiny",

@@ -6,10 +6,8 @@ import torch
 from transformers import AutoTokenizer
 
 from leaf.errors import LeafError
-from leaf.hooks import (Alignment, align_tokens, attribute, attribute_all, encode_prompt_response, head_focus,
-                        heatmap_png, list_methods, load_model, patch_all, patching_sweep, render_prompt_response)
-from leaf.hooks.templates import encode_text
-from leaf.spans import remove_spans
+from leaf.hooks import (Alignment, attribute, attribute_all, counterfactual_pair, encode_prompt_response, head_focus,
+                        heatmap_png, list_methods, load_model, patch_all, patching_sweep)
 from tests.hooks import reference
 from tests.hooks.test_no_trace import _hook_count
 
@@ -22,14 +20,24 @@ def pair(tokenizer):
     """X and X\\A (the distractor pruned), rendered and encoded, with their alignment and response masks."""
     start = PROMPT.index(DISTRACTOR)
     spans = [(start, start + len(DISTRACTOR))]
-    text, pspan, rspan = render_prompt_response(tokenizer, PROMPT, RESPONSE)
-    cf_text, cf_pspan, cf_rspan = render_prompt_response(tokenizer, remove_spans(PROMPT, spans), RESPONSE)
-    x, xs = encode_text(tokenizer, text, pspan, rspan), encode_text(tokenizer, cf_text, cf_pspan, cf_rspan)
-    pruned = [(pspan[0] + a, pspan[0] + b) for a, b in spans]
-    alignment = align_tokens(text, x.offsets, cf_text, xs.offsets, pruned)
-    tx, ts = x.response_mask.clone(), xs.response_mask.clone()
-    tx[0] = ts[0] = False
-    return x, xs, alignment, tx, ts, pruned
+    p = counterfactual_pair(tokenizer, PROMPT, RESPONSE, spans)
+    return p.original, p.counterfactual, p.alignment, p.target, p.cf_target, p.pruned
+
+
+def test_counterfactual_pair_is_both_samples_encoded_by_hand(model_dirs):
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs["llama"])       # byte-level: one token per character
+    p = counterfactual_pair(tokenizer, PROMPT, RESPONSE, [(PROMPT.index(DISTRACTOR),
+                                                          PROMPT.index(DISTRACTOR) + len(DISTRACTOR))])
+    by_hand = "Tom has 3 apples. He buys 2 more apples. How many apples does he have?"   # the cut tidied
+    x, xs = encode_prompt_response(tokenizer, PROMPT, RESPONSE), encode_prompt_response(tokenizer, by_hand, RESPONSE)
+    assert torch.equal(p.original.input_ids, x.input_ids) and torch.equal(p.counterfactual.input_ids, xs.input_ids)
+    (a, b), = p.pruned
+    assert p.text[a:b] == DISTRACTOR and p.cf_text == p.text[:a] + p.text[b + 1:]        # and the space after it
+    inside = [i for i, (s, e) in enumerate(x.offsets.tolist()) if s < b and a < e]
+    assert p.confounder.nonzero().flatten().tolist() == inside == p.alignment.pruned and len(inside) == len(DISTRACTOR)
+    assert torch.equal(p.target, x.response_mask) and torch.equal(p.cf_target, xs.response_mask)  # token 0: prompt
+    with pytest.raises(LeafError, match="inside the prompt"):
+        counterfactual_pair(tokenizer, PROMPT, RESPONSE, [(0, len(PROMPT) + 1)])
 
 
 @pytest.fixture(scope="module")

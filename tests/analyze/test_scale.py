@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from leaf.cli import app
 from leaf.models.tiny import build_tiny_model
-from tests.test_answers_gold_segments import GSM_PLUS
+from tests.shared import GSM_PLUS
 
 runner = CliRunner()
 FINAL = ("samples.jsonl", "scores.safetensors", "summary.json", "report.html")

@@ -10,7 +10,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from leaf.analyze import AnalyzeConfig, run_analyze
 from leaf.errors import LeafError
 from leaf.end_of_turn import stop_ids
 from leaf.hooks import encode_prompt_response, load_model
@@ -21,7 +20,8 @@ from tests.hooks.reference import instruction_and_confounders
 from leaf.serve.metrics import RequestTiming, percentile, summarize, summarize_iterations
 from leaf.serve.prompts import from_dataset, render
 from leaf.models.tiny import TinySize, build_tiny_model
-from tests.test_answers_gold_segments import GSM_PLUS
+from tests.conftest import ANALYZED_ROWS
+from tests.shared import GSM_PLUS
 
 vllm = pytest.importorskip("vllm")
 
@@ -30,19 +30,10 @@ PROMPTS = ["What is 2+3?", "Tom has 3 apples and buys 2 more. How many apples?",
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """Two tiny Qwen2 models and a leaf analyze folder over GSM-Plus distraction problems (gold spans from the clean
-    twins, detected spans at instruction level)."""
-    root = tmp_path_factory.mktemp("serve")
-    student = str(build_tiny_model("qwen2", root / "student", seed=3))
-    teacher = str(build_tiny_model("qwen2", root / "teacher", seed=4))
-    rows = sorted((json.loads(line) for line in GSM_PLUS.read_text().splitlines()),
-                  key=lambda r: len(r["question"]) + len(r["solution"]))[:5]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps({"id": f"g{i}", **r}) + "\n" for i, r in enumerate(rows)))
-    run_analyze(AnalyzeConfig(teacher=teacher, student=student, data=data, output=root / "analyze",
-                              threshold="quantile", quantile=0.1, gold_pair="question,seed_question"), progress=False)
-    return student, teacher, data, root / "analyze"
+def pair(analyzed):
+    """(student, teacher, data, analyze folder): conftest's shared analyze run over GSM-Plus distraction problems
+    (two tiny Qwen2 models; gold spans from the clean twins, detected spans at both levels)."""
+    return analyzed.student, analyzed.teacher, analyzed.data, analyzed.folder
 
 
 def test_percentiles_and_summary_by_hand():
@@ -254,7 +245,7 @@ def test_hf_backend_is_labelled_everywhere(pair, tmp_path):
     entry = results["models"]["student"]
     assert entry["engine"]["engine"] == HF_LABEL and "not vLLM" in (tmp_path / "hf" / "results.md").read_text()
     assert set(entry["sets"]) == {"original", "clean"}  # a dataset with seed_question: no pruned set
-    assert entry["attention_focus"]["samples"] == 5  # gold spans from the clean twins
+    assert entry["attention_focus"]["samples"] == ANALYZED_ROWS  # gold spans from the clean twins
 
 
 def test_dataset_problems_carry_gold_spans_and_answers():
@@ -329,3 +320,16 @@ def test_openai_server_answers_like_hf_greedy(pair, tmp_path):
         openai_server.stop(process)
     assert reply["choices"][0]["text"] == expected.text
     assert process.poll() is not None  # stopped
+
+
+def test_vllm_environment_is_one_table_and_the_users_values_win(monkeypatch):
+    from leaf.serve.engines import set_vllm_environment, vllm_environment
+
+    assert "VLLM_CPU_KVCACHE_SPACE" in vllm_environment("cpu")
+    assert "VLLM_CPU_KVCACHE_SPACE" not in vllm_environment("cuda")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    monkeypatch.delenv("VLLM_LOGGING_STREAM", raising=False)
+    set_vllm_environment("cpu")
+    import os
+
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "4" and os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"

@@ -16,7 +16,7 @@ def test_same_seed_gives_identical_weights_and_other_seed_differs(tmp_path):
     assert not torch.equal(a["model.embed_tokens.weight"], c["model.embed_tokens.weight"])
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", list(FAMILIES))
 def test_every_family_reloads_as_a_causal_lm_with_vllm_compatible_heads(model_dirs, name):
     model = AutoModelForCausalLM.from_pretrained(model_dirs[name])
     config = model.config

@@ -14,26 +14,14 @@ from leaf.distill import DistillConfig, run_distill
 from leaf.errors import LeafError
 from leaf.records import SCHEMA_VERSION, AnalysedSample, samples_text
 from leaf.models.tiny import build_tiny_model
-from tests.test_answers_gold_segments import GSM_PLUS
+from tests.shared import GSM_PLUS
 from tests.tolerances import EPS32, sum_atol
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return tiny_pair_and_analysis(tmp_path_factory.mktemp("distill"))
-
-
-def tiny_pair_and_analysis(root):
-    """A Qwen2 teacher and student (same tokenizer) and a leaf analyze folder with counterfactuals at both levels."""
-    teacher = str(build_tiny_model("qwen2", root / "teacher", seed=11))
-    student = str(build_tiny_model("qwen2", root / "student", seed=12))
-    rows = sorted((json.loads(line) for line in GSM_PLUS.read_text().splitlines()),
-                  key=lambda r: len(r["question"]) + len(r["solution"]))[:6]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_analyze(AnalyzeConfig(teacher=teacher, student=student, data=data, output=root / "analyze",
-                              threshold="quantile", quantile=0.05, level="both"), progress=False)
-    return teacher, student, root / "analyze"
+def setup(analyzed):
+    """(teacher, student, analyze folder): conftest's shared analyze run (Qwen2 pair, one tokenizer, both levels)."""
+    return analyzed.teacher, analyzed.student, analyzed.folder
 
 
 def _config(setup, out, **kwargs):
@@ -406,7 +394,7 @@ def test_fsdp2_on_two_cpu_processes_equals_one_process_resumes_and_serves(setup,
 
     from leaf.cli import app
 
-    fsdp = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
+    fsdp = Path(__file__).resolve().parents[2] / "configs" / "accelerate" / "fsdp.yaml"
     out = tmp_path / "fsdp"
     result = _launch_distill(setup, out, config_file=fsdp)
     assert result.returncode == 0, result.stderr[-3000:]

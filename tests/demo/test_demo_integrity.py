@@ -168,21 +168,21 @@ def test_the_one_seed_power_caveat_comes_from_the_power_formula():
 
 
 def test_a_demo_seed_reruns_its_stages_when_the_code_changed(tmp_path):
-    from leaf.demo.run import ASSET_TEACHER, DemoConfig, SeedRun
+    from leaf.demo.run import ASSET_TEACHER, DemoConfig, prepare_seed_folder
     from leaf.run_folder import code_version
 
     if not ASSET_TEACHER.exists():
         pytest.skip("the shipped demo teacher is missing")
     config = DemoConfig(output=tmp_path, quick=True)
-    run = SeedRun(config, ASSET_TEACHER, 0, print)
-    stored = json.loads((run.out / "settings.json").read_text())
+    out = prepare_seed_folder(config, ASSET_TEACHER, 0, print)
+    stored = json.loads((out / "settings.json").read_text())
     assert stored["code"] == code_version() and len(stored["teacher_sha256"]) == 64
-    (run.out / "analyze").mkdir()
-    (run.out / "analyze" / "summary.json").write_text("{}")       # a finished stage
-    SeedRun(config, ASSET_TEACHER, 0, print)                        # same code: kept
-    assert (run.out / "analyze" / "summary.json").exists()
-    (run.out / "settings.json").write_text(json.dumps({**stored, "code": "0.0.1+000000000000"}))
+    (out / "analyze").mkdir()
+    (out / "analyze" / "summary.json").write_text("{}")       # a finished stage
+    prepare_seed_folder(config, ASSET_TEACHER, 0, print)                        # same code: kept
+    assert (out / "analyze" / "summary.json").exists()
+    (out / "settings.json").write_text(json.dumps({**stored, "code": "0.0.1+000000000000"}))
     said = []
-    SeedRun(config, ASSET_TEACHER, 0, said.append)                  # other code: every stage runs again
-    assert not (run.out / "analyze").exists() and "its stages run again" in said[0]
-    assert json.loads((run.out / "settings.json").read_text())["code"] == code_version()
+    prepare_seed_folder(config, ASSET_TEACHER, 0, said.append)                  # other code: every stage runs again
+    assert not (out / "analyze").exists() and "its stages run again" in said[0]
+    assert json.loads((out / "settings.json").read_text())["code"] == code_version()

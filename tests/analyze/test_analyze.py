@@ -13,7 +13,7 @@ from leaf.analyze import AnalyzeConfig, run_analyze
 from leaf.cli import app
 from leaf.spans import remove_spans
 from leaf.models.tiny import build_tiny_model
-from tests.test_answers_gold_segments import GSM_PLUS
+from tests.shared import GSM_PLUS
 
 runner = CliRunner()
 

@@ -21,7 +21,7 @@ from leaf.rendering import prefix_part
 from leaf.segments import split_response
 from leaf.spans import never_flagged
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREFIX = (ROOT / "leaf" / "templates" / "code_answer_prefix.txt").read_text()
 
 

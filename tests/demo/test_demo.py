@@ -220,16 +220,16 @@ def test_a_gain_without_the_oracle_is_not_credited_to_focus():
 
 
 def test_a_demo_folder_continues_only_with_the_same_settings(tmp_path):
-    from leaf.demo.run import DemoConfig, SeedRun
+    from leaf.demo.run import DemoConfig, prepare_seed_folder
     from leaf.errors import LeafError
 
-    SeedRun(DemoConfig(output=tmp_path, quick=True), ASSET_TEACHER, 0, print)
-    SeedRun(DemoConfig(output=tmp_path, quick=True), ASSET_TEACHER, 0, print)   # same settings: fine
+    prepare_seed_folder(DemoConfig(output=tmp_path, quick=True), ASSET_TEACHER, 0, print)
+    prepare_seed_folder(DemoConfig(output=tmp_path, quick=True), ASSET_TEACHER, 0, print)   # same settings: fine
     with pytest.raises(LeafError, match="lr differ"):
-        SeedRun(DemoConfig(output=tmp_path, quick=True, lr=3e-4), ASSET_TEACHER, 0, print)
+        prepare_seed_folder(DemoConfig(output=tmp_path, quick=True, lr=3e-4), ASSET_TEACHER, 0, print)
     with pytest.raises(LeafError, match="distill_steps, focus_samples"):
-        SeedRun(DemoConfig(output=tmp_path), ASSET_TEACHER, 0, print)
+        prepare_seed_folder(DemoConfig(output=tmp_path), ASSET_TEACHER, 0, print)
     (tmp_path / "seed-1").mkdir()
     (tmp_path / "seed-1" / "notes.txt").write_text("mine")
     with pytest.raises(LeafError, match="not a leaf demo seed folder"):
-        SeedRun(DemoConfig(output=tmp_path, quick=True), ASSET_TEACHER, 1, print)
+        prepare_seed_folder(DemoConfig(output=tmp_path, quick=True), ASSET_TEACHER, 1, print)
