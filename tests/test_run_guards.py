@@ -268,7 +268,8 @@ def test_bad_rows_are_skipped_and_counted_unless_strict(pair, tmp_path):
     from leaf.cli import app
 
     teacher, student, analyze = pair
-    rows = [json.loads(line) for line in (analyze.parent / "data.jsonl").read_text().splitlines()][:4]
+    rows = [{k: v for k, v in json.loads(line).items() if k != "id"}      # ids from the row numbers
+            for line in (analyze.parent / "data.jsonl").read_text().splitlines()][:4]
     bad = [{**rows[0], "solution": ""}, {**rows[1], "solution": None}, {**rows[2], "solution": "   "},
            {k: v for k, v in rows[3].items() if k != "question"}]
     data = tmp_path / "data.jsonl"

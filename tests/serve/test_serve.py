@@ -159,7 +159,7 @@ def test_attention_focus_matches_plain_output_attentions(pair):
     assert result["focus"] == pytest.approx(float(expected.mean()), abs=1e-5)
 
 
-def test_leaf_serve_writes_the_results_folder(pair, tmp_path):
+def test_leaf_serve_writes_the_results_folder(pair, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from leaf.cli import app
@@ -170,7 +170,7 @@ def test_leaf_serve_writes_the_results_folder(pair, tmp_path):
                                       "--output", str(out), "--max-tokens", "16", "--iterations", "2",
                                       "--random-prompts", "3", "--random-input-len", "8", "--random-output-len", "6"])
     assert result.exit_code == 0, result.output
-    assert "| student | original (5)" in result.output and "Answers checked (every model and prompt set)" in \
+    assert f"| student | original ({ANALYZED_ROWS})" in result.output and "Answers checked (every model and prompt set)" in \
         (out / "results.md").read_text()
     results = json.loads((out / "results.json").read_text())
     assert list(results["models"]) == ["student", "teacher"]
@@ -180,9 +180,9 @@ def test_leaf_serve_writes_the_results_folder(pair, tmp_path):
         for figures in entry["sets"].values():
             _sane(figures)
         assert entry["sets"]["random"]["total_output_tokens"] == 3 * 6 * 2  # ignore_eos: exact budget, 2 iterations
-        assert 0 <= entry["sets"]["original"]["accuracy"] <= 1 and entry["sets"]["clean"]["scored"] == 5
+        assert 0 <= entry["sets"]["original"]["accuracy"] <= 1 and entry["sets"]["clean"]["scored"] == ANALYZED_ROWS
         # how each answer was decided (math-verify, or the regex checker in its place, by reason)
-        assert sum(entry["sets"]["clean"]["answer_checking"].values()) == 5
+        assert sum(entry["sets"]["clean"]["answer_checking"].values()) == ANALYZED_ROWS
         assert 0 < entry["attention_focus"]["focus"] < 1
     assert results["confounder_source"] == ["gold"]
     comp = results["comparisons"]
@@ -202,7 +202,7 @@ def test_leaf_serve_writes_the_results_folder(pair, tmp_path):
     for name, entry in results["models"].items():   # each problem's verdict: what the accuracy counted
         for set_name in ("original", "clean"):
             rows = [g for g in generations if g["model"] == name and g["set"] == set_name]
-            assert len(rows) == entry["sets"][set_name]["scored"] == 5
+            assert len(rows) == entry["sets"][set_name]["scored"] == ANALYZED_ROWS
             assert sum(g["correct"] for g in rows) == entry["sets"][set_name]["correct"]
             assert all("checker" in g and "answer" in g for g in rows)
     assert all(g["correct"] is None for g in generations if g["set"] == "random")   # no reference: not graded
@@ -211,6 +211,25 @@ def test_leaf_serve_writes_the_results_folder(pair, tmp_path):
     image = matplotlib.image.imread(out / "results.png")
     assert image.shape[0] > 100 and image.shape[1] > 100
     assert "Attention focus" in (out / "results.md").read_text()
+    _a_new_metric_is_one_registry_entry(results, monkeypatch)
+
+
+def _a_new_metric_is_one_registry_entry(results: dict, monkeypatch) -> None:
+    """A metric added to leaf.serve.metrics.SERVE_METRICS (p90 TTFT, computed by summarize already) is a column of
+    both tables and a ratio of the comparisons, with no other change."""
+    from leaf.serve import metrics
+    from leaf.serve.report import markdown
+    from leaf.serve.run import comparisons
+
+    before = markdown(results)
+    monkeypatch.setattr(metrics, "SERVE_METRICS", (*metrics.SERVE_METRICS,
+                                                   metrics.ServeMetric("p90_ttft_ms", "p90 TTFT ms", False)))
+    models = results["models"]
+    ratio = comparisons(models)["vs_baseline"]["teacher"]["original"]["p90_ttft_ms"]
+    assert ratio == pytest.approx(models["teacher"]["sets"]["original"]["p90_ttft_ms"]
+                                  / models["student"]["sets"]["original"]["p90_ttft_ms"])
+    after = markdown({**results, "comparisons": comparisons(models)})
+    assert "p90 TTFT ms ↓" not in before and after.count("p90 TTFT ms ↓") == 2     # both tables
 
 
 def test_an_analyze_folder_is_graded_with_the_reference_select_recorded(pair, tmp_path):
