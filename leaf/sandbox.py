@@ -474,7 +474,7 @@ class SandboxConfig:
             raise LeafError(
                 f"{what} would run {count} model-written program(s) (each in leaf's sandbox: its own process, "
                 f"resource limits, a {self.limits.timeout_s:g} s timeout, no network where the kernel allows it). "
-                f"Running code a model wrote is opt-in: add {ALLOW_FLAG} to allow it (see README, Code: what the "
+                f"Running code a model wrote is opt-in: add {ALLOW_FLAG} to allow it (see docs/code.md, what the "
                 "sandbox guards against and what it does not).")
 
     def describe(self) -> dict:

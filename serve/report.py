@@ -21,7 +21,7 @@ def _cell(figures: dict, metric) -> str:
 
 
 def markdown(results: dict) -> str:
-    """The results folder's README table: one row per model and prompt set (the columns from
+    """The results folder's results.md: one row per model and prompt set (the columns from
     leaf.serve.metrics.SERVE_METRICS), the answer checkers, attention focus, and the comparisons."""
     from leaf.serve.metrics import SERVE_METRICS
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-# the demo-teacher examples; 04_real_model.py runs in tests/test_real_model.py (it needs the SmolLM2 wheel)
+# the demo-teacher examples; 04_real_model.py runs in tests/models/test_real_model.py (it needs the SmolLM2 wheel)
 EXAMPLES = sorted(p for p in (Path(__file__).parent.parent / "examples").glob("0*.py") if p.stem != "04_real_model")
 
 

@@ -136,7 +136,7 @@ def test_a_program_that_prints_1_gb_is_cut(isolation):
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_a_program_that_kills_its_parent_does_not_kill_leaf(isolation):
     if os.geteuid() != 0 and isolation == "none":
-        pytest.skip("without root and without namespaces a program may signal the user's own processes (README)")
+        pytest.skip("without root and without namespaces a program may signal the user's own processes (docs/code.md)")
     program = ("import os, signal\nfor target in (os.getppid(), -os.getpgid(os.getppid()), -1):\n"
                "    try:\n        os.kill(target, signal.SIGKILL)\n    except OSError as e:\n        print(type(e).__name__)\n"
                "print('still here')")

@@ -38,7 +38,7 @@ class AnalyzeConfig(SandboxOptions):
         "Threshold mode: iqr (flag Δ < Q1 − 1.5·IQR: the seed's rule), absolute (Δ <= --tau: the paper's), quantile "
         "(exactly the lowest ceil(p·N) candidates), released (the released scripts' rule: Δ <= min(sorted(Δ)[int(p·N)], "
         "0.5), over leaf's candidates), random / ppl (baselines: as many flags as --baseline-count, at random / where "
-        "the student is most surprised). README \"Threshold modes\" says how they differ from the released "
+        "the student is most surprised). docs/analyze.md \"Threshold modes\" says how they differ from the released "
         "detection."))
     tau: float | None = field(default=None, metadata=doc("τ for --threshold absolute (paper: 0.10 instr, 0.15 resp)."))
     quantile: float | None = field(default=None, metadata=doc(

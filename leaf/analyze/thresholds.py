@@ -95,7 +95,7 @@ def _absolute(d: torch.Tensor, ctx: ThresholdContext) -> Flags:
 
 def _quantile(d: torch.Tensor, ctx: ThresholdContext) -> Flags:
     """leaf's fixed ratio: flag exactly the lowest ceil(p·N) candidates (ties broken by position). The released
-    scripts flag a ratio too, by another rule (`released`) over another range (README: "Threshold modes")."""
+    scripts flag a ratio too, by another rule (`released`) over another range (docs/analyze.md: "Threshold modes")."""
     count = min(d.numel(), math.ceil(ctx.quantile * d.numel()))
     mask = _lowest(d, count)
     return Flags(mask, float(d[mask].max()) if mask.any() else None)
@@ -105,7 +105,7 @@ def _released(d: torch.Tensor, ctx: ThresholdContext) -> Flags:
     """The released scripts' threshold rule (remove_confounding_tokens_{math,code}.py): τ = min(sorted(Δ)[int(p·N)],
     0.5), flag Δ <= τ. Ties at τ are all flagged, so it may flag more than p·N tokens; the cap binds when the p-th
     value is above 0.5. Only the rule: leaf applies it to its own Δ over its own candidates, which differ from the
-    released detection's (README: "Threshold modes" lists every difference and what they do to the flags)."""
+    released detection's (docs/analyze.md: "Threshold modes" lists every difference and what they do to the flags)."""
     tau = min(float(d.sort().values[min(int(ctx.quantile * d.numel()), d.numel() - 1)]), 0.5)
     return Flags(d <= tau, tau)
 

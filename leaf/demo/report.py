@@ -360,7 +360,7 @@ taught the student on originals and on counterfactuals with those tokens pruned 
 or perfect (oracle) masks instead (controls), or on originals only (KD rows); the verdict reads the intervals.
 Open {output}/RESULTS.md, {output}/accuracy.png, {output}/serve.png and {output}/analyze_report.html.
 
-The same pipeline on real models (GPUs; see README "Real models"):
+The same pipeline on real models (GPUs; see docs/gpu.md):
   leaf analyze --teacher Qwen/Qwen2.5-7B-Instruct --student Qwen/Qwen2.5-Math-1.5B --data train.jsonl \
       --output runs/analyze --select --device cuda --dtype bfloat16
   accelerate launch --config_file configs/accelerate/ddp.yaml -m leaf distill --teacher Qwen/Qwen2.5-7B-Instruct \

@@ -367,7 +367,7 @@ def frozen(model):
 
 def training_arguments(config: DistillConfig, *, progress: bool, evaluate: bool = False,
                        configured_state: bool = False):
-    """The Trainer's settings; leaf's option names and their TrainingArguments names are tabled in README.
+    """The Trainer's settings; leaf's option names and their TrainingArguments names are tabled in docs/distill.md.
     configured_state: keep the accelerate state leaf set (FSDP on CPU, leaf.distill.sharding) instead of letting
     the Trainer reset it."""
     from transformers import TrainingArguments

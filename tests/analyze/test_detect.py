@@ -115,7 +115,7 @@ def test_distractor_coverage_by_hand():
 
 
 def test_each_threshold_mode_s_definition_on_a_hand_made_delta():
-    """Δ over 10 candidates; each mode's rule computed by hand (README "Threshold modes")."""
+    """Δ over 10 candidates; each mode's rule computed by hand (docs/analyze.md "Threshold modes")."""
     import pytest
 
     from leaf.analyze.thresholds import ThresholdContext, flag

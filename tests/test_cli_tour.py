@@ -1,5 +1,5 @@
-"""The README's CLI tour runs as written: the first command block of "A tour of the CLI" and of the analyze, distill
-and serve sections, executed in order in a clean folder. Only sizes shrink (tiny models, 4 samples, 2 steps, 8 new
+"""The documentation's CLI tour runs as written: the first command block of docs/tour.md ("A tour of the CLI") and of
+the analyze, distill and serve pages, executed in order in a clean folder. Only sizes shrink (tiny models, 4 samples, 2 steps, 8 new
 tokens); optional flags shown in [brackets] are left out."""
 
 import json
@@ -12,17 +12,19 @@ from typer.testing import CliRunner
 from leaf.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("## A tour of the CLI", "## `leaf analyze`", "## `leaf distill`", "## `leaf serve`")
+PAGES = (("tour.md", "# A tour of the CLI"), ("analyze.md", "# `leaf analyze`"), ("distill.md", "# `leaf distill`"),
+         ("serve.md", "# `leaf serve`"))
 SMALLER = [(r"--size small", ""), (r"--limit \d+", "--limit 4"), (r"--max-steps \d+", "--max-steps 2")]
 SERVE_LIMITS = ["--limit", "4", "--max-tokens", "8", "--iterations", "1", "--warmup", "0", "--focus-samples", "1"]
 
 
 def tour_commands() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
     commands = []
-    for heading in SECTIONS:
-        start = readme.index(heading)
-        block = readme[readme.index("```bash\n", start) + 8: readme.index("```", readme.index("```bash\n", start) + 8)]
+    for page, heading in PAGES:
+        source = (ROOT / "docs" / page).read_text()
+        start = source.index(heading)
+        opening = source.index("```bash\n", start) + 8
+        block = source[opening: source.index("```", opening)]
         text = re.sub(r"\\\n\s*", " ", block)                      # join continued lines
         for line in text.splitlines():
             line = re.sub(r"\s+#.*$", "", line)                      # trailing comments
@@ -39,7 +41,7 @@ def test_the_tour_blocks_are_found():
     assert names == ["tiny-model", "saliency", "tiny-model", "tiny-model", "analyze", "distill", "serve"], names
 
 
-def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch):
+def test_the_tour_runs_as_written(tmp_path, monkeypatch):
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "data").symlink_to(ROOT / "tests" / "data")
     monkeypatch.chdir(tmp_path)
