@@ -18,7 +18,16 @@ from leaf.hooks import encode_prompt_response
 from leaf.models.tiny import FAMILIES, build_tiny_model
 
 hf_logging.disable_progress_bar()
-torch.set_num_threads(2)
+# two threads, or one per worker when pytest-xdist runs the suite on two workers (no oversubscription)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+def pytest_collection_modifyitems(items) -> None:
+    """Under pytest-xdist (--dist loadgroup), every test that reads SmolLM2 runs on one worker, so that the session
+    fixture converts its GGUF once."""
+    for item in items:
+        if "smollm2" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smollm2"))
+
 
 PROMPTS = [
     ("Tom has 3 apples. His hat is red. He buys 2 more apples. How many apples does he have?",

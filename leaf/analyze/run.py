@@ -14,6 +14,7 @@ from __future__ import annotations
 import shlex
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from leaf.analyze.config import AnalyzeConfig
 from leaf.analyze.merge import merge_output
@@ -25,6 +26,11 @@ from leaf.io import write_json_atomic
 from leaf.run_folder import (FolderLock, check_run_folder, describe_model, gpu_share, process_device, processes,
                              versions)
 from leaf.analyze.teacher_scores import TOKENIZER, TeacherScores
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from leaf.hooks import HookedModel
 
 
 def run_analyze(config: AnalyzeConfig, *, command: list[str] | None = None, progress: bool = True) -> dict:
@@ -45,10 +51,10 @@ class LoadedModels:
     """The teacher (its weights, or its stored --teacher-scores), the teacher that generates for --select/--verify
     (None when neither), the student (None in a teacher-only run) and the student's tokenizer."""
 
-    teacher: object
-    generating_teacher: object | None
-    student: object | None
-    student_tokenizer: object | None
+    teacher: HookedModel | TeacherScores
+    generating_teacher: HookedModel | None
+    student: HookedModel | None
+    student_tokenizer: PreTrainedTokenizerBase | None
 
 
 @dataclass(frozen=True)

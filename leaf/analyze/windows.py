@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,12 @@ from leaf.analyze.parts import write_part
 from leaf.analyze.teacher_scores import TeacherScore, TeacherScores, score_key, text_digest
 from leaf.errors import LeafError
 from leaf.records import AnalysedSample
+
+if TYPE_CHECKING:
+    from leaf.analyze.config import AnalyzeConfig
+    from leaf.analyze.select import AnswerChecks
+    from leaf.hooks import HookedModel
+    from leaf.rendering import Renderer, Rendering
 
 
 @dataclass
@@ -85,14 +92,14 @@ class WindowInputs:
     TeacherScores) and the student (None in a teacher-only run), the samples, the base rendering the records refer
     to and the teacher's own (per row), the Renderer, and --select/--verify's AnswerChecks."""
 
-    config: object
-    teacher: object
-    student: object | None
+    config: AnalyzeConfig
+    teacher: HookedModel | TeacherScores
+    student: HookedModel | None
     samples: list
-    rendered: list
-    rendered_teacher: list
-    renderer: object
-    checks: object
+    rendered: list[Rendering]
+    rendered_teacher: list[Rendering]
+    renderer: Renderer
+    checks: AnswerChecks
 
 
 def _no_ticker(jobs: int, samples: int, passes: int):

@@ -22,15 +22,20 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from leaf.demo.experiment import Variant
 from leaf.errors import LeafError
+
+if TYPE_CHECKING:
+    from leaf.demo.run import DemoConfig
 
 
 @dataclass(frozen=True)
 class SeedContext:
     """What every stage of one seed reads: the demo's settings, the teacher folder, the seed and its folder."""
 
-    config: object          # leaf.demo.run.DemoConfig
+    config: DemoConfig
     teacher: Path
     seed: int
     out: Path               # OUTPUT/seed-N
@@ -50,7 +55,7 @@ class Splits:
 @dataclass(frozen=True)
 class Detection:
     rules: dict             # rule name -> its validation figures
-    variant: object         # the chosen leaf.demo.experiment.Variant
+    variant: Variant        # the chosen rule
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,7 @@ def train_student(ctx: SeedContext, splits: Splits) -> Path:
     return path
 
 
-def analyze(ctx: SeedContext, student: Path, data: Path, output: Path, variant, **extra) -> dict:
+def analyze(ctx: SeedContext, student: Path, data: Path, output: Path, variant: Variant, **extra) -> dict:
     """`leaf analyze` with the demo's settings and a detection rule; its summary (kept when it finished before)."""
     from leaf.analyze import AnalyzeConfig, run_analyze
 
@@ -170,7 +175,7 @@ def compare_detection_rules(ctx: SeedContext, student: Path) -> Detection:
     return Detection(rules, chosen)
 
 
-def analyze_pool(ctx: SeedContext, student: Path, splits: Splits, variant) -> PoolAnalysis:
+def analyze_pool(ctx: SeedContext, student: Path, splits: Splits, variant: Variant) -> PoolAnalysis:
     """The chosen rule on the pool (select + verify), then the controls on the same selected problems."""
     from leaf.demo.experiment import counterfactual_rows, write_jsonl
     from leaf.records import read_samples

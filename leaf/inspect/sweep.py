@@ -18,12 +18,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from leaf.records import AnalysedSample, read_samples
 from leaf.errors import LeafError
 from leaf.hooks.components import COMPONENTS
 from leaf.io import check_output_folder, write_json_atomic
 from leaf.options import doc
+
+if TYPE_CHECKING:
+    import torch
+
+    from leaf.hooks import CounterfactualPair, HookedModel, PatchingResult
+    from leaf.rendering import RecordedTemplate
 
 DEFAULT_COMPONENTS = tuple(COMPONENTS)  # every registered component
 DEFAULT_MAX_LAYERS = 8
@@ -107,10 +114,10 @@ class Loaded:
     """What every sample's maps need: the model (and its name), the chosen records, analyze's rendering (a
     leaf.rendering.RecordedTemplate), the layers to patch and the attribution methods."""
 
-    model: object
+    model: HookedModel
     name: str
     records: list[AnalysedSample]
-    template: object
+    template: RecordedTemplate
     layers: list[int]
     methods: list[str]
 
@@ -120,10 +127,10 @@ class SampleMaps:
     """One sample's results: patching per (component, reverse), per-head focus, attributions per method, and the
     token labels of X and X\\A."""
 
-    pair: object                 # leaf.hooks.CounterfactualPair
-    patching: dict               # (component, reverse) -> PatchingResult
-    focus: object                # (layers, heads) share of response->instruction attention on the confounders
-    attributions: dict           # method -> (T,) scores on X
+    pair: CounterfactualPair
+    patching: dict[tuple[str, bool], PatchingResult]
+    focus: torch.Tensor          # (layers, heads) share of response->instruction attention on the confounders
+    attributions: dict[str, torch.Tensor]   # method -> (T,) scores on X
     labels: list[str]
     cf_labels: list[str]
 
@@ -152,7 +159,7 @@ def load(config: InspectConfig, log=print) -> Loaded:
     return Loaded(model, name, chosen, template, layers, config.methods or list_methods())
 
 
-def sample_pair(loaded: Loaded, record: AnalysedSample, what: str):
+def sample_pair(loaded: Loaded, record: AnalysedSample, what: str) -> CounterfactualPair:
     """X as analyze recorded it (refused when this model's tokenizer renders it otherwise) and X\\A with every
     detected instruction span removed, under the same template: leaf.hooks.counterfactual_pair."""
     from leaf.hooks import counterfactual_pair
@@ -164,7 +171,7 @@ def sample_pair(loaded: Loaded, record: AnalysedSample, what: str):
                                render=lambda prompt, response: astuple(renderer.render("student", prompt, response)))
 
 
-def compute_maps(loaded: Loaded, pair, config: InspectConfig) -> SampleMaps:
+def compute_maps(loaded: Loaded, pair: CounterfactualPair, config: InspectConfig) -> SampleMaps:
     """Patching both ways per component, per-head focus on the confounder spans, and every attribution method."""
     from leaf.hooks import attribute_all, head_focus, patching_sweep
 
