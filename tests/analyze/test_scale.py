@@ -94,9 +94,15 @@ def assert_same_analysis(a, b, atol=0.0):
     assert summary_a["counts"] == summary_b["counts"] and summary_a["detection"] == summary_b["detection"]
 
 
-def test_two_processes_give_the_one_process_output(setup):
+@pytest.fixture(scope="module")
+def two_processes(setup):
+    """The same analyze run under `accelerate launch` with two processes (gloo on CPU): its folder and result."""
     out = setup["root"] / "two"
-    result = _launch("analyze", *setup["args"], "--output", str(out))
+    return out, _launch("analyze", *setup["args"], "--output", str(out))
+
+
+def test_two_processes_give_the_one_process_output(setup, two_processes):
+    out, result = two_processes
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("wrote ") == 1                     # only the main process reports
     assert_same_analysis(setup["single"], out)
@@ -107,9 +113,11 @@ def test_two_processes_give_the_one_process_output(setup):
     assert [r["row"] for r in _records(out)] == list(range(7))
 
 
-def test_an_interrupted_two_process_run_resumes_per_shard(setup):
-    out = setup["root"] / "resumed"
-    assert _launch("analyze", *setup["args"], "--output", str(out)).returncode == 0
+def test_an_interrupted_two_process_run_resumes_per_shard(setup, two_processes):
+    finished, result = two_processes
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = setup["root"] / "resumed"       # a copy of the two-process run, then what a crash leaves
+    shutil.copytree(finished, out)
     # a crash: window 1 (process 1's) never finished, window 2 (process 0's) was cut short, nothing was merged
     (out / "parts" / "part-00001.jsonl").unlink()
     (out / "parts" / "part-00002.safetensors").write_bytes(b"\0" * 8)
