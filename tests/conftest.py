@@ -22,11 +22,16 @@ hf_logging.disable_progress_bar()
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 def pytest_collection_modifyitems(items) -> None:
-    """Under pytest-xdist (--dist loadgroup), every test that reads SmolLM2 runs on one worker, so that the session
-    fixture converts its GGUF once."""
+    """Under pytest-xdist (--dist loadgroup): every test that reads SmolLM2 runs on one worker, so that the session
+    fixture converts its GGUF once; the tests of a module with a module-scoped fixture run on one worker, so that
+    the fixture (an accelerate launch, a harness run) is built once."""
     for item in items:
         if "smollm2" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("smollm2"))
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        if info and any(defs and defs[-1].scope == "module" for defs in info.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 PROMPTS = [

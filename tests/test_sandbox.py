@@ -14,7 +14,7 @@ from leaf.errors import LeafError
 from leaf.grading import Item, grade
 from leaf.programs import CodeTests, extract_code, pass_at_k, solution_code
 from leaf.programs import tests_of as read_tests  # (a name pytest would collect)
-from leaf.sandbox import UID_BASE, Limits, SandboxConfig, isolation_support, run_program, run_programs
+from leaf.sandbox import UID_BASE, UID_SLOTS, Limits, SandboxConfig, isolation_support, run_program, run_programs
 
 ISOLATIONS = [name for name in ("bwrap", "unshare", "none") if isolation_support()[name]]
 NAMESPACED = [name for name in ("bwrap", "unshare") if isolation_support()[name]]
@@ -27,12 +27,14 @@ def _skip_reason(what: str) -> str:
 
 
 def _sandbox_processes() -> list[int]:
-    """PIDs of processes owned by a sandbox user id (what a program could have left behind)."""
+    """PIDs of processes owned by one of this process's sandbox user ids (what its programs could have left behind;
+    another leaf process, such as a second test worker, has user ids of its own)."""
+    first = UID_BASE + UID_SLOTS * (os.getpid() % 10_000)
     found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid >= UID_BASE:
+                if first <= entry.stat().st_uid < first + UID_SLOTS:
                     found.append(int(entry.name))
             except OSError:
                 pass
