@@ -75,14 +75,11 @@ def _tiny_recipe(tmp_path, suffix, pair, data):
 @pytest.mark.parametrize("suffix", [".toml", ".yaml"])
 def test_cli_config_sets_flags_and_flags_override(tmp_path, suffix):
     from leaf.models.tiny import build_tiny_model
-    from tests.shared import GSM_PLUS
+    from tests.shared import shortest_gsm_plus, write_jsonl
 
     pair = (str(build_tiny_model("llama", tmp_path / "t", seed=1)), str(build_tiny_model("llama", tmp_path / "s",
                                                                                          seed=2)))
-    rows = sorted((json.loads(line) for line in GSM_PLUS.read_text().splitlines()),
-                  key=lambda r: len(r["question"]) + len(r["solution"]))[:3]
-    data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_jsonl(tmp_path / "data.jsonl", shortest_gsm_plus(3))
     recipe = _tiny_recipe(tmp_path, suffix, pair, data)
     result = runner.invoke(app, ["analyze", "--config", str(recipe), "--limit", "2", "--quantile", "0.3"])
     assert result.exit_code == 0, result.output

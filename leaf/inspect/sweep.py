@@ -226,7 +226,7 @@ def plot_maps(maps: SampleMaps, folder: Path) -> list[str]:
     """The PNG heatmaps of one sample's maps; their names."""
     import torch
 
-    from leaf.hooks import COMPONENTS, heatmap_png
+    from leaf.hooks import heatmap_png
 
     written = []
     for (component, reverse), result in maps.patching.items():

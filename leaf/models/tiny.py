@@ -39,8 +39,6 @@ CHAT_TEMPLATE = (
 )
 
 
-
-
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table, the alphabet of the ByteLevel pre-tokenizer."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(

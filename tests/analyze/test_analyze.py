@@ -13,7 +13,7 @@ from leaf.analyze import AnalyzeConfig, run_analyze
 from leaf.cli import app
 from leaf.spans import remove_spans
 from leaf.models.tiny import build_tiny_model
-from tests.shared import GSM_PLUS
+from tests.shared import GSM_PLUS, shortest_gsm_plus, write_jsonl
 
 runner = CliRunner()
 
@@ -29,11 +29,7 @@ def pair(tmp_path_factory):
 @pytest.fixture
 def data(tmp_path):
     """Six short GSM-Plus problems (they fit the tiny models' 1024-token context)."""
-    rows = [json.loads(line) for line in GSM_PLUS.read_text().splitlines()]
-    rows = sorted(rows, key=lambda r: len(r["question"]) + len(r["solution"]))[:6]
-    path = tmp_path / "data.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl(tmp_path / "data.jsonl", shortest_gsm_plus(6))
 
 
 class Marks(HTMLParser):

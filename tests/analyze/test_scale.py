@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from leaf.cli import app
 from leaf.models.tiny import build_tiny_model
-from tests.shared import GSM_PLUS
+from tests.shared import shortest_gsm_plus, write_jsonl
 
 runner = CliRunner()
 FINAL = ("samples.jsonl", "scores.safetensors", "summary.json", "report.html")
@@ -38,10 +38,7 @@ def setup(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("scale")
     teacher = str(build_tiny_model("llama", root / "teacher", seed=1, tokenizer="bpe"))
     student = str(build_tiny_model("qwen2", root / "student", seed=2))
-    rows = sorted((json.loads(line) for line in GSM_PLUS.read_text().splitlines()),
-                  key=lambda r: len(r["question"]) + len(r["solution"]))[:7]
-    data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_jsonl(root / "data.jsonl", shortest_gsm_plus(7))
     args = ["--teacher", teacher, "--student", student, "--data", str(data), "--gold-pair", "question,seed_question",
             "--window", "2", "--batch-size", "2"]
     single = root / "single"
