@@ -11,7 +11,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from leaf.errors import LeafError
-from leaf.end_of_turn import stop_ids
 from leaf.hooks import encode_prompt_response, load_model
 from leaf.serve import ServeConfig, run_serve
 from leaf.serve.engines import HF_LABEL, HFEngine, VLLMEngine, check_vllm_can_load
@@ -312,33 +311,6 @@ def test_bad_input(pair, tmp_path):
         patch.setattr("leaf.serve.engines.make_engine", lambda *a, **k: pytest.fail("a model was loaded first"))
         with pytest.raises(LeafError, match="has no chat template.*--no-chat-template"):
             run_serve(ServeConfig(models=[str(plain)], data=data, output=tmp_path / "p"), progress=False)
-
-
-def test_openai_server_answers_like_hf_greedy(pair, tmp_path):
-    """`leaf serve --openai` starts vLLM's OpenAI-compatible server on loopback; its greedy completion is HF's."""
-    import socket
-    import urllib.request
-
-    from leaf.serve import openai_server
-
-    student = pair[0]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    hf = HFEngine(student)
-    prompt = render(hf.tokenizer, PROMPTS[1])
-    expected = hf.generate([prompt], [12])[0][0]
-    process = openai_server.start(student, port, log=tmp_path / "server.log", timeout=300)
-    try:
-        body = {"model": student, "prompt": prompt, "max_tokens": 12, "temperature": 0,
-                "skip_special_tokens": True, "stop_token_ids": stop_ids(hf.tokenizer)}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        reply = json.loads(urllib.request.urlopen(request, timeout=120).read())
-    finally:
-        openai_server.stop(process)
-    assert reply["choices"][0]["text"] == expected.text
-    assert process.poll() is not None  # stopped
 
 
 def test_vllm_environment_is_one_table_and_the_users_values_win(monkeypatch):
