@@ -235,9 +235,15 @@ class VLLMEngine:
         if not on_cpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs.update(engine_args or {})
+        # vLLM's start collects garbage five times, each a walk over every object this process holds (torch,
+        # transformers, loaded models: ~0.3 s a walk here, more in a larger process); frozen first, those walks see
+        # only what the start itself allocates. vLLM freezes the heap at the end of its start anyway and unfreezes
+        # it at shutdown (close()); a failed start unfreezes it here.
+        gc.freeze()
         try:
             self.llm = LLM(**kwargs)
         except Exception as exc:  # vLLM raises many types; the message is what the user needs
+            gc.unfreeze()
             raise LeafError(f"vLLM could not load {path!r}: {type(exc).__name__}: {str(exc)[:600]}\nCheck that the "
                             "folder is a complete HF model (config.json, safetensors weights, tokenizer); on CPU use "
                             f"{HF_INSTEAD}, or raise VLLM_CPU_KVCACHE_SPACE (GiB).") from None
