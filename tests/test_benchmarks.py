@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# A timed ratio's sane range. The suite runs on one xdist worker per core, so another worker's burst can slow either
+# side of a ratio several times over (a clean-clone run measured analyze's window/floor ratio at 0.32, 3x under its
+# quiet value). The bounds catch a broken measurement (a missing pass, a unit slip: 10x and more), not a busy
+# machine; the benchmarks themselves judge their targets, run alone.
+LOADED = 10
 
 
 def test_hooks_overhead_quick_prints_table_then_json():
@@ -21,12 +26,12 @@ def test_hooks_overhead_quick_prints_table_then_json():
         assert math.isfinite(figures[key]) and figures[key] > 0, key
     assert figures["max_abs_diff"] < 1e-5  # the two paths computed the same numbers
     assert any("plain PyTorch" in line for line in lines[:-1])
-    # the ratios are what the figures say, and sane: on a tiny model fixed costs weigh more than at full size (the
-    # attention reduction that halves memory at full size saves little there: 1.06 measured), so the bounds are
-    # wide, but a hooked pass several times the plain one fails
+    # the ratios are what the figures say, and sane: peak memory does not depend on the machine's load (on a tiny
+    # model the attention reduction that halves memory at full size saves little: 1.06 measured, bound 2); time
+    # within LOADED
     assert figures["time_ratio"] == pytest.approx(figures["leaf_seconds"] / figures["plain_seconds"])
     assert figures["memory_ratio"] == pytest.approx(figures["leaf_peak_bytes"] / figures["plain_peak_bytes"])
-    assert 0.3 < figures["time_ratio"] < 3 and figures["memory_ratio"] < 2
+    assert 1 / LOADED < figures["time_ratio"] < LOADED and figures["memory_ratio"] < 2
 
 
 def test_analyze_throughput_quick_prints_table_then_json():
@@ -40,9 +45,9 @@ def test_analyze_throughput_quick_prints_table_then_json():
     assert any("floor" in line for line in lines[:-1])
     assert figures["ratio"] == pytest.approx(figures["leaf_seconds"] / figures["floor_seconds"])
     assert figures["samples_per_second"] == pytest.approx(8 / figures["leaf_seconds"])
-    # leaf does the floor's work plus bookkeeping (wide bounds: fixed costs weigh more on tiny models); end to end
-    # adds loading, merging and the report to that
-    assert 0.5 < figures["ratio"] < 4 and figures["end_to_end_ratio"] >= figures["ratio"] * 0.9
+    # leaf does the floor's work plus bookkeeping; end to end adds loading, merging and the report to the windows,
+    # inside the same timer
+    assert 1 / LOADED < figures["ratio"] < LOADED and figures["end_to_end_ratio"] >= figures["ratio"]
 
 
 def test_distill_step_quick_prints_table_then_json():
@@ -112,7 +117,7 @@ def test_gpu_hours_quick_estimates_every_paper_recipe_from_measured_shares():
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["benchmark"] == "gpu_hours"
     for kind, share in figures["measured"]["share"].items():   # model FLOPs over the measured matmul rate
-        assert 0 < share < 1.5, kind
+        assert 0 < share < LOADED, kind                         # (at most 1 on a quiet machine)
     recipes = sorted(p.stem for p in (ROOT / "recipes").glob("*.toml") if "7b" not in p.stem)
     assert sorted(figures["estimates"]) == recipes
     for name, stages in figures["estimates"].items():

@@ -79,7 +79,7 @@ def convert_gguf(gguf: Path, output: Path, *, trust_remote_code: bool = False) -
     """Any GGUF transformers reads -> a float32 safetensors HF folder at `output` (written to a temporary folder,
     then renamed: an interrupted conversion leaves nothing half-written)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     gguf, output = Path(gguf), Path(output)
     if not gguf.exists():
@@ -87,10 +87,9 @@ def convert_gguf(gguf: Path, output: Path, *, trust_remote_code: bool = False) -
     check_output_folder(output)
     if importlib.util.find_spec("gguf") is None:
         raise LeafError("Reading GGUF needs the gguf package: pip install -e '.[real]' (or pip install gguf).")
-    kwargs = dict(gguf_file=gguf.name, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    keep_tokenizer_flags(tokenizer, gguf)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    tokenizer = gguf_tokenizer(gguf, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                 trust_remote_code=trust_remote_code)
     # transformers refuses to save a model that still carries its GGUF quantizer; the weights are already float32
     model.hf_quantizer = None
     for config in (model.config, getattr(model, "generation_config", None)):
@@ -108,6 +107,17 @@ def convert_gguf(gguf: Path, output: Path, *, trust_remote_code: bool = False) -
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+def gguf_tokenizer(gguf: Path, *, trust_remote_code: bool = False):
+    """The tokenizer `convert_gguf` saves: transformers' conversion of the GGUF's, with what that drops restored
+    (keep_tokenizer_flags)."""
+    from transformers import AutoTokenizer
+
+    gguf = Path(gguf)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=trust_remote_code)
+    keep_tokenizer_flags(tokenizer, gguf)
+    return tokenizer
 
 
 def gguf_metadata(gguf: Path, keys: tuple[str, ...]) -> dict:

@@ -334,13 +334,14 @@ def test_code_through_analyze_distill_and_eval_on_smollm2(smollm2, perturbed, tm
 
 
 def test_convert_gguf_keeps_the_tokenizer_flags(tmp_path):
-    """A GGUF that says tokenizer.ggml.add_bos_token = True (as Gemma's do): the converted tokenizer puts BOS first,
-    as llama.cpp would, and keeps the GGUF's chat template. The GGUF is SmolLM2's with that one flag rewritten in
-    place by the gguf package's reader (its own value is False)."""
+    """A GGUF that says tokenizer.ggml.add_bos_token = True (as Gemma's do): the tokenizer convert-gguf saves
+    (`gguf_tokenizer`, saved and read back as convert_gguf does; the whole command runs in the session's smollm2
+    fixture) puts BOS first, as llama.cpp would, and keeps the GGUF's chat template. The GGUF is SmolLM2's with that
+    one flag rewritten in place by the gguf package's reader (its own value is False)."""
     from gguf import GGUFReader
     from transformers import AutoTokenizer
 
-    from leaf.models.pretrained import find_smollm2_gguf
+    from leaf.models.pretrained import find_smollm2_gguf, gguf_tokenizer
 
     try:
         source = find_smollm2_gguf()
@@ -357,8 +358,7 @@ def test_convert_gguf_keeps_the_tokenizer_flags(tmp_path):
     field.parts[field.data[0]][0] = 1
     del reader
     assert GGUFReader(str(gguf)).fields["tokenizer.ggml.add_bos_token"].contents() is True
-    result = runner.invoke(app, ["convert-gguf", "--gguf", str(gguf), "--output", str(tmp_path / "bos")])
-    assert result.exit_code == 0, result.output
+    gguf_tokenizer(gguf).save_pretrained(tmp_path / "bos")
     tok = AutoTokenizer.from_pretrained(tmp_path / "bos")
     assert tok("Hello").input_ids[0] == tok.bos_token_id and len(tok("Hello").input_ids) == 2
     plain = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)      # transformers alone drops it
