@@ -208,16 +208,19 @@ def test_serve_smollm2_on_vllm_matches_hf_greedy(smollm2, gsm8, tmp_path):
         assert g["text"] == tok.decode(out_ids[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def test_inspect_one_sample_of_smollm2(smollm2, bos_teacher, gsm8, tmp_path):
+def test_inspect_one_sample_of_smollm2(smollm2, bos_teacher, tmp_path):
     """leaf inspect on a 30-layer model: by default 8 evenly spaced layers are patched (a full sweep would take
-    hours on a CPU), and every file is written."""
+    hours on a CPU), and every file is written. One short problem (each patched head is a forward pass of the whole
+    sample: 72 of them)."""
     from leaf.inspect import default_layers
+    from tests.shared import write_jsonl
 
     assert default_layers(30) == [0, 4, 8, 12, 17, 21, 25, 29]
+    data = write_jsonl(tmp_path / "one.jsonl", [{"question": "Tom has 3 apples. His hat is red. He buys 2 more. How "
+                                                             "many apples does he have?", "solution": "3 + 2 = 5"}])
     analyze = tmp_path / "analyze"
-    result = runner.invoke(app, ["analyze", "--teacher", bos_teacher, "--student", smollm2, "--data", str(gsm8),
-                                 "--output", str(analyze), "--limit", "1", "--threshold", "quantile",
-                                 "--quantile", "0.1"])
+    result = runner.invoke(app, ["analyze", "--teacher", bos_teacher, "--student", smollm2, "--data", str(data),
+                                 "--output", str(analyze), "--threshold", "quantile", "--quantile", "0.1"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "inspect"
     result = runner.invoke(app, ["inspect", "--analyze", str(analyze), "--output", str(out), "--count", "1",
@@ -268,15 +271,15 @@ def test_the_real_model_example_runs(smollm2, tmp_path):
     assert (tmp_path / "out" / "smollm2_head_focus.png").read_bytes()[:4] == b"\x89PNG"
 
 
-CODE_PROBLEMS = 8  # the shortest HumanEval problems: enough to run every stage on code with real weights
+CODE_PROBLEMS = 4  # the shortest HumanEval problems: enough to run every stage on code with real weights
 
 
 def test_code_through_analyze_distill_and_eval_on_smollm2(smollm2, perturbed, tmp_path):
-    """SmolLM2-135M-Instruct on code: 8 HumanEval problems (the shortest) through analyze with the code settings
-    (SmolLM2 teaching a noisy copy of itself), 3 steps of instr distillation on the counterfactuals, and
-    `leaf eval --task humaneval --limit 8` on the distilled student. Its pass@1 is reported whatever it is; it must
-    equal the fraction of lm-eval's own programs (prompt + completion + test) that pass when run again through
-    leaf.sandbox directly."""
+    """SmolLM2-135M-Instruct on code: the CODE_PROBLEMS shortest HumanEval problems through analyze with the code
+    settings (SmolLM2 teaching a noisy copy of itself), 3 steps of instr distillation on the counterfactuals, and
+    `leaf eval --task humaneval --limit CODE_PROBLEMS` on the distilled student. Its pass@1 is reported whatever
+    it is; it must equal the fraction of lm-eval's own programs (prompt + completion + test) that pass when run
+    again through leaf.sandbox directly."""
     import subprocess
     import sys
     from pathlib import Path
@@ -302,8 +305,8 @@ def test_code_through_analyze_distill_and_eval_on_smollm2(smollm2, perturbed, tm
     summary = json.loads((analyze / "summary.json").read_text())
     assert summary["config"]["domain"] == "code" and summary["config"]["quantile"] == 0.10
     assert summary["counts"]["analysed"] == CODE_PROBLEMS and summary["counts"]["counterfactuals"] > 0
-    print(f"\nSmolLM2 on {CODE_PROBLEMS} HumanEval problems: {summary['counts']['counterfactuals']} counterfactuals kept, "
-          f"{summary['counts']['counterfactuals_unparsable']} dropped as no longer parsing")
+    print(f"\nSmolLM2 on {CODE_PROBLEMS} HumanEval problems: {summary['counts']['counterfactuals']} counterfactuals "
+          f"kept, {summary['counts']['counterfactuals_unparsable']} dropped as no longer parsing")
     for record in _records(analyze):
         assert record["tests"]["entry_point"] and record["answer_prefix"].endswith("```python\n")
         assert all(cf.get("parses") is not False for unit in record["units"] for cf in unit["counterfactuals"])
