@@ -286,6 +286,7 @@ def _sandbox_uid(slot: int) -> int | None:
 
 
 KILL_ROUNDS = 20  # each round walks the process table once (~15 µs here); a fork bomb holds at most 32 processes
+KILL_TIMEOUT_S = 30  # a survivor that stops the sweeper (SIGSTOP to everything) must not hang leaf
 
 # Runs as root in a fresh interpreter, becomes the sandbox user and signals everything it may (kill(-1) spares the
 # caller itself), KILL_ROUNDS times over.
@@ -308,8 +309,17 @@ def _kill_user(uid: int) -> None:
     signal, so its return value cannot say that none is left. Under bwrap and unshare the PID namespace's end has
     already killed them all.) A new interpreter rather than os.fork(): subprocess starts it with vfork, while a
     fork copies the caller's page tables, ~0.2 s per program when a 3 GB model is loaded in this process."""
-    subprocess.run([sys.executable, "-I", "-S", "-c", _KILLER, str(uid), str(KILL_ROUNDS)], env={},
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", _KILLER, str(uid), str(KILL_ROUNDS)], env={},
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              close_fds=True, timeout=KILL_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LeafError(f"sandbox: could not end the processes of sandbox user {uid} ({exc}); some may still run: "
+                        f"pkill -KILL -U {uid}") from None
+    if done.returncode != 0:
+        raise LeafError(f"sandbox: could not end the processes of sandbox user {uid} (exit {done.returncode}: "
+                        f"{done.stderr.decode(errors='replace').strip()[-300:]}); some may still run: "
+                        f"pkill -KILL -U {uid}")
 
 
 def _nproc_limit(limits: Limits, uid: int | None) -> int:

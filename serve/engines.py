@@ -236,14 +236,17 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs.update(engine_args or {})
         # vLLM's start collects garbage five times, each a walk over every object this process holds (torch,
-        # transformers, loaded models: ~0.3 s a walk here, more in a larger process); frozen first, those walks see
-        # only what the start itself allocates. vLLM freezes the heap at the end of its start anyway and unfreezes
-        # it at shutdown (close()); a failed start unfreezes it here.
+        # transformers, loaded models: ~0.3 s a walk here, more in a larger process). Collected once and frozen
+        # first (what vLLM's own freeze_gc_heap does after its start), those walks see only what the start
+        # allocates. close() unfreezes (vLLM's in-process shutdown does too; an engine-core process would not).
+        gc.collect()
         gc.freeze()
         try:
             self.llm = LLM(**kwargs)
-        except Exception as exc:  # vLLM raises many types; the message is what the user needs
+        except BaseException as exc:  # vLLM raises many types; the message is what the user needs
             gc.unfreeze()
+            if not isinstance(exc, Exception):
+                raise
             raise LeafError(f"vLLM could not load {path!r}: {type(exc).__name__}: {str(exc)[:600]}\nCheck that the "
                             "folder is a complete HF model (config.json, safetensors weights, tokenizer); on CPU use "
                             f"{HF_INSTEAD}, or raise VLLM_CPU_KVCACHE_SPACE (GiB).") from None
@@ -324,6 +327,7 @@ class VLLMEngine:
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
             del self.llm
+        gc.unfreeze()  # the freeze of __init__ (and vLLM's): the engine's objects become collectable
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
