@@ -313,13 +313,12 @@ def _kill_user(uid: int) -> None:
         done = subprocess.run([sys.executable, "-I", "-S", "-c", _KILLER, str(uid), str(KILL_ROUNDS)], env={},
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               close_fds=True, timeout=KILL_TIMEOUT_S)
+        failure = done.returncode and f"exit {done.returncode}: {done.stderr.decode(errors='replace').strip()[-300:]}"
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LeafError(f"sandbox: could not end the processes of sandbox user {uid} ({exc}); some may still run: "
-                        f"pkill -KILL -U {uid}") from None
-    if done.returncode != 0:
-        raise LeafError(f"sandbox: could not end the processes of sandbox user {uid} (exit {done.returncode}: "
-                        f"{done.stderr.decode(errors='replace').strip()[-300:]}); some may still run: "
-                        f"pkill -KILL -U {uid}")
+        failure = str(exc)
+    if failure:
+        raise LeafError(f"sandbox: could not end the processes of sandbox user {uid} ({failure}); some may still "
+                        f"run: pkill -KILL -U {uid}")
 
 
 def _nproc_limit(limits: Limits, uid: int | None) -> int:

@@ -17,7 +17,7 @@ from leaf.cli import app
 from leaf.distill import DistillConfig, run_distill
 from leaf.errors import LeafError
 from leaf.models.tiny import build_tiny_model
-from tests.shared import GSM_PLUS
+from tests.shared import GSM_PLUS, free_port
 
 runner = CliRunner()
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -248,12 +248,6 @@ def test_a_missing_local_path_is_never_taken_for_a_hub_id(tmp_path, monkeypatch)
     assert result.exit_code == 1 and "does not exist (runs/ exists" in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_openai_refuses_a_busy_port_before_starting_vllm(analyzed):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -365,7 +359,7 @@ def test_a_server_that_dies_is_reported_with_its_code_and_log(analyzed, tmp_path
         return process
 
     monkeypatch.setattr(openai_server, "start", fake_start)
-    result = runner.invoke(app, ["serve", "--openai", "--model", analyzed[1], "--port", str(_free_port())])
+    result = runner.invoke(app, ["serve", "--openai", "--model", analyzed[1], "--port", str(free_port())])
     assert result.exit_code == 1, result.output
     assert "exited on its own with code 3" in result.output and "the last words of the server" in result.output
 

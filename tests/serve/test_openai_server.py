@@ -15,17 +15,13 @@ import pytest
 
 from leaf.end_of_turn import stop_ids
 from leaf.serve.engines import HFEngine
+from leaf.serve.openai_server import stop
 from leaf.serve.prompts import render
+from tests.shared import free_port
 
 pytest.importorskip("vllm")
 
 KEY = "sesame"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +30,7 @@ def server(analyzed, tmp_path_factory):
     as a user starts it, once healthy."""
     import os
 
-    port = _free_port()
+    port = free_port()
     out = tmp_path_factory.mktemp("openai") / "server"
     process = subprocess.Popen([sys.executable, "-m", "leaf", "serve", "--openai", "--model", analyzed.student,
                                 "--port", str(port), "--output", str(out), "--api-key", KEY],
@@ -52,13 +48,7 @@ def server(analyzed, tmp_path_factory):
                 time.sleep(0.5)
         yield process, port, out, analyzed.student
     finally:  # the SIGTERM test stopped it, unless it was deselected or failed first
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process)
 
 
 def _request(port: int, path: str, body: dict | None = None, key: str | None = KEY) -> urllib.request.Request:
