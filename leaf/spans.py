@@ -31,12 +31,12 @@ def token_spans(flags: torch.Tensor, offsets: torch.Tensor, text: str,
     that are whitespace bridge a run (with across_lines=False, as for code, not one that holds a line break: each
     line's run is its own span, as in the reference); any other non-flagged token ends it.
     """
-    spans: list[tuple[int, int, list[int]]] = []
+    spans: list[list[int]] = []
     current: list[int] = []
     pending_ws: list[int] = []
-    for i in range(len(flags)):
-        start, end = int(offsets[i, 0]), int(offsets[i, 1])
-        if flags[i]:
+    bounds, flagged = offsets.tolist(), flags.tolist()  # Python values: a tensor element read costs microseconds
+    for i, ((start, end), flag) in enumerate(zip(bounds, flagged)):
+        if flag:
             current.extend(pending_ws)
             current.append(i)
             pending_ws = []
@@ -50,9 +50,7 @@ def token_spans(flags: torch.Tensor, offsets: torch.Tensor, text: str,
         spans.append(current)
     out = []
     for tokens in spans:
-        start = min(int(offsets[i, 0]) for i in tokens)
-        end = max(int(offsets[i, 1]) for i in tokens)
-        out.append((start, end, tokens))
+        out.append((min(bounds[i][0] for i in tokens), max(bounds[i][1] for i in tokens), tokens))
     return out
 
 
@@ -159,13 +157,12 @@ def grow_spans(spans: list[tuple[int, int, list[int]]], text: str, offsets: torc
 def content_starts(text: str, offsets: torch.Tensor) -> torch.Tensor:
     """(T,) where each token's text starts once its leading whitespace is skipped: byte-level BPE tokens such as
     " Eva" begin with the space that ends the previous sentence, but belong to the next one."""
-    out = offsets[:, 0].clone()
-    for i in range(len(offsets)):
-        a, b = int(offsets[i, 0]), int(offsets[i, 1])
+    out = []
+    for a, b in offsets.tolist():
         while a < b - 1 and text[a].isspace():
             a += 1
-        out[i] = a
-    return out
+        out.append(a)
+    return torch.tensor(out, dtype=offsets.dtype).reshape(len(out))
 
 
 def piece_index(text: str, offsets: torch.Tensor, tokens: torch.Tensor, units: list[tuple[int, int]]) -> torch.Tensor:

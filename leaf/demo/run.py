@@ -41,7 +41,7 @@ ASSET_TEACHER = Path(__file__).parent / "assets" / "teacher"
 # budgets: (quick, default, full)
 BUDGETS = {"seeds": (1, 1, 5), "student_steps": (300, 1200, 1200), "distill_steps": (40, 300, 300),
            "pool": (300, 1500, 1500), "validation": (60, 200, 400), "test_size": (200, 1000, 2000),
-           "focus_samples": (40, 200, 300)}
+           "focus_samples": (40, 200, 300), "serve_iterations": (1, 2, 2)}
 
 
 @dataclass
@@ -58,6 +58,9 @@ class DemoConfig:
         "Validation problems for choosing the detection rule and the attention head (default 200)."))
     test_size: int | None = field(default=None, metadata=doc("Distractor test problems (default 1000; --full 2000)."))
     focus_samples: int | None = field(default=None, metadata=doc("Problems for attention focus (default 200)."))
+    serve_iterations: int | None = field(default=None, metadata=doc(
+        "Timed serve runs of each model and prompt set, for the throughput panel's spread (default 2; --quick 1; "
+        "accuracy reads the first)."))
     settings: list[str] = field(default_factory=lambda: list(SETTING_NAMES), metadata=doc(
         "Distillation settings to run (default all): " + ", ".join(SETTING_NAMES) + "."))
     variant: str = field(default="auto", metadata=doc(
@@ -85,6 +88,7 @@ class DemoConfig:
         checks = [
             (not (self.quick and self.full), "Give --quick or --full, not both."),
             (self.seeds is None or self.seeds >= 1, "--seeds must be at least 1."),
+            (self.serve_iterations is None or self.serve_iterations >= 1, "--serve-iterations must be at least 1."),
             (not unknown, f"Unknown setting(s) {', '.join(map(repr, unknown))}. Available: {', '.join(SETTING_NAMES)}."),
             ("KD w/o mask" in self.settings, "The settings must include 'KD w/o mask': every comparison is against it."),
             (self.variant == "auto" or self.variant in VARIANT_NAMES,

@@ -277,8 +277,8 @@ def serve_models(ctx: SeedContext, splits: Splits, models: dict) -> Served:
         ctx.log(f"seed {ctx.seed}: leaf serve on {len(models)} models")
         served = run_serve(ServeConfig(
             models=list(models.values()), names=list(models), data=ctx.out / "test.jsonl", output=serve_dir,
-            backend=c.backend, max_tokens=48, iterations=2, warmup=1, focus_samples=c.budget("focus_samples"),
-            device=c.device, batch_size=64, seed=ctx.seed), progress=True)
+            backend=c.backend, max_tokens=48, iterations=c.budget("serve_iterations"), warmup=1,
+            focus_samples=c.budget("focus_samples"), device=c.device, batch_size=64, seed=ctx.seed), progress=True)
     order = [p.id for p in splits.test]
     verdicts: dict[tuple[str, str], dict[str, bool | None]] = {}   # serve's own grades, per problem
     for line in (serve_dir / "generations.jsonl").read_text().splitlines():

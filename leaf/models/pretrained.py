@@ -120,23 +120,12 @@ def gguf_tokenizer(gguf: Path, *, trust_remote_code: bool = False):
     return tokenizer
 
 
-def gguf_metadata(gguf: Path, keys: tuple[str, ...]) -> dict:
-    """The values of some GGUF metadata keys (absent keys left out), read without loading any tensor."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(gguf))
-    out = {}
-    for key in keys:
-        field = reader.fields.get(key)
-        if field is not None:
-            out[key] = field.contents()
-    return out
-
-
 def keep_tokenizer_flags(tokenizer, gguf: Path) -> None:
     """What transformers' GGUF tokenizer conversion drops: whether the model's inputs start with BOS (and end with
     EOS), `tokenizer.ggml.add_bos_token` / `add_eos_token` (Gemma's GGUFs say add_bos_token = True, and a Gemma fed
     without its <bos> degrades), and the chat template when the GGUF has one."""
+    from leaf.models.gguf_header import gguf_metadata
+
     meta = gguf_metadata(gguf, ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
                                 "tokenizer.chat_template"))
     for flag in ("add_bos_token", "add_eos_token"):

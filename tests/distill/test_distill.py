@@ -337,22 +337,18 @@ def test_counterfactual_file_errors(setup, tmp_path):
     assert not any((tmp_path / name).exists() for name in "abcde")  # nothing written on bad input
 
 
-def test_two_processes_under_accelerate_launch(setup, tmp_path):
+@pytest.fixture(scope="module")
+def ddp(setup, tmp_path_factory):
+    """`leaf distill` on 2 CPU processes under accelerate launch (DDP), 4 steps with checkpoints every 2: its
+    folder and result, for the tests that read it (the resume test works on a copy)."""
+    out = tmp_path_factory.mktemp("ddp") / "out"
+    return out, _launch_distill(setup, out)
+
+
+def test_two_processes_under_accelerate_launch(setup, ddp):
     """Data-parallel on CPU: accelerate launch starts 2 gloo processes (its torchrun launcher; `--multi_gpu` is
     accelerate's name for it even without GPUs); the main one writes checkpoints and a student that reloads."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    teacher, student, analyze = setup
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
-    out = tmp_path / "out"
-    result = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "leaf", "distill", "--teacher", teacher, "--student", student,
-         "--data", str(analyze), "--output", str(out), "--max-steps", "4", "--save-steps", "2", "--batch-size", "2"],
-        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    out, result = ddp
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count('"final"') == 1  # one report, from the main process
     summary = json.loads((out / "summary.json").read_text())
@@ -360,7 +356,7 @@ def test_two_processes_under_accelerate_launch(setup, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert not torch.equal(model.model.embed_tokens.weight,
-                           AutoModelForCausalLM.from_pretrained(student).model.embed_tokens.weight)
+                           AutoModelForCausalLM.from_pretrained(setup[1]).model.embed_tokens.weight)
 
 
 def _launch_distill(setup, out, *extra, config_file=None):
@@ -427,13 +423,14 @@ def test_fsdp2_on_two_cpu_processes_equals_one_process_resumes_and_serves(setup,
     assert entry["engine"]["backend"] == "vllm" and entry["sets"]["original"]["total_output_tokens"] > 0
 
 
-def test_a_two_process_checkpoint_resumes_in_one_process(setup, tmp_path):
+def test_a_two_process_checkpoint_resumes_in_one_process(setup, ddp, tmp_path):
     """DDP checkpoints hold full weights and optimizer state, so a run started on 2 processes continues on 1 (the
     per-process RNG state of the missing rank is not needed; the data order after the resume follows the new
-    process count, as the Trainer documents)."""
-    out = tmp_path / "out"
-    result = _launch_distill(setup, out)
+    process count, as the Trainer documents). On a copy of the 2-process run, cut after checkpoint-2."""
+    finished, result = ddp
     assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
     shutil.rmtree(out / "checkpoints" / "checkpoint-4")
     shutil.rmtree(out / "final")
     (out / "summary.json").unlink()
