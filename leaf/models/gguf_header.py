@@ -83,9 +83,9 @@ def gguf_metadata(gguf: str | Path, keys: tuple[str, ...] | list[str]) -> dict:
                 if wanted <= out.keys():
                     break
                 key = header.value(STRING, keep=True)
-                kind = header.read("I")
-                value = header.value(kind, keep=key in wanted)
-                if key in wanted:
+                keep = key in wanted
+                value = header.value(header.read("I"), keep=keep)
+                if keep:
                     out[key] = value
         except EOFError:
             raise LeafError(f"{gguf} is cut short: its metadata ends before its key count says.") from None
